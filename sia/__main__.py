@@ -1,0 +1,31 @@
+"""``python -m sia [overrides]``: compose the Hydra config and run the loop."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def _run_dir(resume, default):
+    """Hydra's output dir: the resumed run's own dir, else a new timestamped one."""
+    return str(resume) if resume not in (None, "", "null") else default
+
+
+OmegaConf.register_new_resolver("sia_run_dir", _run_dir, replace=True)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def main(cfg: DictConfig) -> None:
+    from sia.app import run
+
+    code = run(cfg)
+    if code:
+        sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
