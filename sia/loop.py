@@ -236,7 +236,7 @@ class Loop:
         timing["train_s"] += self.train_seconds
         self.train_seconds = 0.0
         self.run.save_state(self.state)
-        self.tracker.log_generation({k: v for k, v in record.items() if k not in ("rationale",)})
+        self.tracker.log_generation({k: v for k, v in record.items() if k != "rationale"}, self.state["history"])
         mark = "kept" if record.get("kept") else ("failed: " + record["failed"] if record.get("failed") else "rejected")
         log.info("gen %d %s%s val=%s (%s) incumbent val=%s test=%s", record["generation"], record["action"],
                  f":{record['edit']}" if record.get("edit") else "", _fmt(record.get("val")), mark,

@@ -1,13 +1,14 @@
 """Metrics out of a run: W&B (offline by default), metrics.jsonl, summary table and plot."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from sia.run import write_jsonl_atomic
 
 log = logging.getLogger(__name__)
 ACTION_MARKERS = {"seed": "o", "harness": "s", "weights": "^", "stop": "x"}
@@ -39,9 +40,9 @@ class Tracker:
             )
             self.run_id = self.wandb.id
 
-    def log_generation(self, row: dict[str, Any]) -> None:
-        with self.metrics_file.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    def log_generation(self, row: dict[str, Any], history: list[dict]) -> None:
+        # metrics.jsonl is rewritten from the state's history, so a crash never duplicates a row
+        write_jsonl_atomic(self.metrics_file, history)
         if self.wandb is not None:
             flat = {k: v for k, v in row.items() if isinstance(v, (int, float, bool)) or k == "decision"}
             self.wandb.log(flat, step=row["generation"])

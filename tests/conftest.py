@@ -1,0 +1,34 @@
+"""Shared fixtures: compose the real Hydra config the way `python -m sia` does."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+import sia.__main__  # noqa: F401  (registers the sia_run_dir resolver)
+
+REPO = Path(__file__).resolve().parent.parent
+CONF_DIR = REPO / "conf"
+SHARED_LAWBENCH = REPO.parent / "shared" / "data" / "lawbench" / "charge_3-3_dev.json"
+
+
+@pytest.fixture
+def compose_cfg(tmp_path):
+    """compose_cfg(*overrides) -> DictConfig with run_dir/cache_dir under tmp_path."""
+
+    def _compose(*overrides: str):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+            return compose(config_name="config",
+                           overrides=[f"run_dir={tmp_path / 'run'}", *overrides])
+
+    yield _compose
+    GlobalHydra.instance().clear()
+
+
+@pytest.fixture(scope="session")
+def model_cache_dir(tmp_path_factory) -> Path:
+    """One converted copy of the embedded model per test session."""
+    return tmp_path_factory.mktemp("sia_cache")

