@@ -35,6 +35,7 @@ BATCH_WINDOW_S = 0.02       # flush pending model calls when no new one came for
 MAX_BATCH_WAIT_S = 0.2      # ... and never hold a request longer than this
 POLL_S = 0.5                # upper bound on a select(): notice dead workers promptly
 MIN_STARTUP_S = 30.0        # interpreter start + harness import, on a loaded machine
+WARMUP_WAIT_S = 5.0         # hold the first jobs until the first workers are all up (or this passes)
 MAX_TOKENS_PER_CALL = 2048  # engine time is not charged to the example: bound what one call may ask
 STDERR_TAIL_BYTES = 8192
 ERROR_KINDS = set(get_args(ErrorKind))
@@ -64,6 +65,7 @@ class _Worker:
         self.llm_calls = 0
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        self.served: list[dict] = []   # the job's model calls as the parent saw them
 
     def compute_s(self, now: float) -> float:
         """Wall time of the current job minus the time spent waiting for the engine."""
@@ -220,7 +222,9 @@ class _Session:
             return
         now = time.monotonic()
         llm_s = w.llm_s + (now - w.wait_start if w.state == "waiting" else 0.0)
-        result = JobResult(id=self.jobs[index].id, answer=answer, error=error, events=events or [],
+        # A job that died in its worker keeps the trajectory the parent saw: its model calls.
+        events = events if events is not None else w.served
+        result = JobResult(id=self.jobs[index].id, answer=answer, error=error, events=events,
                            wall_s=now - w.job_start, llm_s=llm_s, prompt_tokens=w.prompt_tokens,
                            completion_tokens=w.completion_tokens)
         self.finished.append((index, result))
@@ -358,18 +362,26 @@ class _Session:
         pos = 0
         for w, reqs in groups:
             mine, pos = outputs[pos:pos + len(reqs)], pos + len(reqs)
-            if w.state != "waiting":
-                continue
-            w.llm_s += now - w.wait_start
-            w.state = "busy"
-            for out in mine:
-                w.prompt_tokens += int(out.prompt_tokens)
-                w.completion_tokens += int(out.completion_tokens)
-            results = [{"text": out.text, "prompt_tokens": int(out.prompt_tokens),
-                        "completion_tokens": int(out.completion_tokens),
-                        "logprobs": [float(x) for x in out.token_logprobs],
-                        "finish_reason": out.finish_reason, "latency_s": float(out.latency_s)} for out in mine]
-            self.send(w, protocol.pack({"type": "llm_reply", "results": results}))
+            if w.state == "waiting":
+                self.reply(w, reqs, mine, now)
+
+    def reply(self, w: _Worker, requests: list[GenRequest], outputs: list, now: float) -> None:
+        results = []
+        for req, out in zip(requests, outputs):
+            r = {"text": str(out.text), "prompt_tokens": int(out.prompt_tokens),
+                 "completion_tokens": int(out.completion_tokens),
+                 "logprobs": [float(x) for x in out.token_logprobs],
+                 "finish_reason": str(out.finish_reason), "latency_s": float(out.latency_s)}
+            results.append(r)
+            w.prompt_tokens += r["prompt_tokens"]
+            w.completion_tokens += r["completion_tokens"]
+            w.served.append({"type": "llm_call", "messages": req.messages, "completion": r["text"],
+                             "prompt_tokens": r["prompt_tokens"], "completion_tokens": r["completion_tokens"],
+                             "latency_s": round(now - w.wait_start, 6), "logprobs": r["logprobs"],
+                             "finish_reason": r["finish_reason"]})
+        w.llm_s += now - w.wait_start
+        w.state = "busy"
+        self.send(w, protocol.pack({"type": "llm_reply", "results": results}))
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -432,12 +444,15 @@ class _Session:
         results: list[JobResult | None] = [None] * len(jobs)
         queue = deque(range(len(jobs)))
         target_workers = min(self.pool.workers, len(jobs))
-        for _ in range(target_workers):
-            self.start_worker()
+        first_workers = [self.start_worker() for _ in range(target_workers)]
         remaining = len(jobs)
+        warmup_until = time.monotonic() + WARMUP_WAIT_S
         while remaining and self.import_error is None:
+            # Starting every worker's first job together lets their first model calls share a
+            # batch; otherwise the first worker up could run many short jobs alone.
+            warming = time.monotonic() < warmup_until and any(w.state == "starting" for w in first_workers)
             for w in self.live_workers():
-                if w.state == "idle" and queue:
+                if w.state == "idle" and queue and not warming:
                     index = queue.popleft()
                     job = jobs[index]
                     w.reset_job(index)

@@ -12,8 +12,9 @@ untrusted. It stacks these layers, each covering what the others miss:
 4. PR_SET_NO_NEW_PRIVS: exec can never gain privileges (setuid binaries, file caps).
 5. seccomp: only AF_INET/AF_INET6/AF_NETLINK sockets (no unix-socket or vsock path out of the
    namespace), no io_uring (it would bypass the socket filter), no setsid/setpgid (every
-   descendant stays in the worker's process group, so a timeout kills all of it), no kernel
-   keyrings, and no chmod unless the policy allows programs to be executed.
+   descendant stays in the worker's process group, so a timeout kills all of it), no new user
+   namespaces (unshare, clone with CLONE_NEWUSER), no kernel keyrings, and no chmod unless the
+   policy allows programs to be executed (root-owned files could otherwise be made setuid).
 6. Landlock: deny-by-default filesystem access except reads beneath the Python installation,
    the ``sia`` package, system library dirs, a few named /etc and /dev files and the policy's
    paths; TCP bind/connect denied (ABI >= 4); signals and abstract unix sockets scoped to the
@@ -85,10 +86,13 @@ CLONE_NEWUSER, CLONE_NEWNET = 0x10000000, 0x40000000
 # io_uring's are the same everywhere).
 _ARCH = {
     "x86_64": dict(audit=0xC000003E, socket=41, setsid=112, setpgid=109, chmod=90, fchmod=91,
-                   fchmodat=268, add_key=248, request_key=249, keyctl=250, x32_bit=0x40000000),
+                   fchmodat=268, add_key=248, request_key=249, keyctl=250, clone=56, unshare=272,
+                   x32_bit=0x40000000),
     "aarch64": dict(audit=0xC00000B7, socket=198, setsid=157, setpgid=154, chmod=None, fchmod=52,
-                    fchmodat=53, add_key=217, request_key=218, keyctl=219, x32_bit=None),
+                    fchmodat=53, add_key=217, request_key=218, keyctl=219, clone=220, unshare=97,
+                    x32_bit=None),
 }
+_NR_CLONE3 = 435
 _NR_FCHMODAT2 = 452
 _NR_IO_URING = (425, 426, 427)
 _NR_LANDLOCK_CREATE, _NR_LANDLOCK_ADD, _NR_LANDLOCK_RESTRICT = 444, 445, 446
@@ -180,13 +184,20 @@ def _seccomp_program(arch: dict, allow_chmod: bool) -> bytes:
     prog = [_ld(4), _bpf(0x15, 1, 0, arch["audit"]), _ret(_RET_ERRNO | errno.EPERM), _ld(0)]
     if arch["x32_bit"]:   # x32 syscalls carry the native audit arch: refuse them all
         prog += [_bpf(0x35, 0, 1, arch["x32_bit"]), _ret(_RET_ERRNO | errno.EPERM)]  # BPF_JGE
-    denied = [arch["setsid"], arch["setpgid"], arch["add_key"], arch["request_key"], arch["keyctl"], *_NR_IO_URING]
+    # unshare: new user namespaces would hand back capabilities (and are kernel attack surface).
+    denied = [arch["setsid"], arch["setpgid"], arch["add_key"], arch["request_key"], arch["keyctl"],
+              arch["unshare"], *_NR_IO_URING]
     if not allow_chmod:
         denied += [arch["chmod"], arch["fchmod"], arch["fchmodat"], _NR_FCHMODAT2]
     for nr in denied:
         if nr is not None:
             prog += _deny_if_eq(nr)
-    family_check = [_ld(16)]   # low 32 bits of args[0] (little-endian arches only)
+    # clone3 passes its flags in memory BPF cannot read: ENOSYS makes libc fall back to clone.
+    prog += _deny_if_eq(_NR_CLONE3, errno.ENOSYS)
+    # The blocks below inspect args[0] (low 32 bits; little-endian arches only) and always return.
+    clone_check = [_ld(16), _bpf(0x45, 0, 1, CLONE_NEWUSER), _ret(_RET_ERRNO | errno.EPERM), _ret(_RET_ALLOW)]  # BPF_JSET
+    prog += [_bpf(0x15, 0, len(clone_check), arch["clone"]), *clone_check]
+    family_check = [_ld(16)]
     for family in _ALLOWED_SOCKET_FAMILIES:
         family_check += [_bpf(0x15, 0, 1, family), _ret(_RET_ALLOW)]
     family_check.append(_ret(_RET_ERRNO | errno.EAFNOSUPPORT))
