@@ -1,0 +1,94 @@
+"""Loop bookkeeping with the real task, the real sandboxed pool and a scripted stand-in for
+the model (the model itself is exercised in test_e2e): a broken candidate harness fails its
+generation, not the run; keep-best keeps only improvements; test is scored only for kept ones."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sia.agents import feedback
+from sia.agents.decision import Decision
+from sia.engine.base import EngineStats, GenResult
+from sia.harness.options import with_options
+from sia.harness.pool import HarnessPool
+from sia.loop import Loop
+from sia.run import RunDir, new_state
+from sia.tasks import load_task
+from sia.tracking import Tracker
+
+
+class ScriptedEngine:
+    """Names every charge the prompt lists (partial credit) when it lists them, else
+    abstains (what a tiny model does with the plain prompt)."""
+
+    max_batch_size = 16
+
+    def __init__(self):
+        self.stats = EngineStats()
+        self.adapters = {}
+
+    def add_adapter(self, name, path):
+        self.adapters[name] = path
+
+    def generate(self, requests, adapter=None):
+        self.stats.batches += 1
+        out = []
+        for r in requests:
+            prompt = "\n".join(m["content"] for m in r.messages)
+            listed = prompt.split("可选罪名：")[1].split("\n")[0] if "可选罪名：" in prompt else None
+            text = f"[罪名]{listed}<eoa>" if listed else "我不知道"
+            out.append(GenResult(text=text, prompt_tokens=10, completion_tokens=3, token_logprobs=[-0.1] * 3,
+                                 finish_reason="stop"))
+        return out
+
+
+@pytest.fixture
+def loop_parts(compose_cfg, tmp_path):
+    cfg = compose_cfg("budget=smoke", "logger=none", "budget.generations=2", "agent.workers=2", "quiet=true")
+    task = load_task(cfg.task.name, cfg.task)
+    run = RunDir(tmp_path / "run")
+    state = new_state()
+    engine = ScriptedEngine()
+    with HarnessPool(engine, workers=2, example_timeout_s=30, memory_mb=1024, scratch_root=str(tmp_path / "s")) as pool:
+        yield cfg, task, run, state, engine, pool
+
+
+def test_broken_harness_fails_its_generation_and_the_run_goes_on(loop_parts, monkeypatch):
+    cfg, task, run, state, engine, pool = loop_parts
+    labelled = with_options(task.seed_harness(), label_list=True)
+    script = {
+        1: Decision(action="harness", rationale="scripted: broken file", harness_code="def solve(inputs, ctx)\n  x"),
+        2: Decision(action="harness", rationale="scripted: label list", harness_code=labelled, edit="label_list"),
+    }
+    monkeypatch.setattr(feedback, "decide", lambda policy, ctx: script[ctx.generation])
+    final = Loop(cfg, run, task, engine, pool, Tracker(cfg, run.path, None, False), state).run_all()
+
+    history = final["history"]
+    assert [h["generation"] for h in history] == [0, 1, 2]
+    assert history[1]["kept"] is False and "does not load" in history[1]["failed"]
+    assert "SyntaxError" in history[1]["failed"]
+    assert history[2]["kept"] is True and history[2]["val"] > history[0]["val"]
+    assert final["incumbent"]["generation"] == 2
+    assert (run.path / "gen_002" / "scores_test.json").is_file()      # kept: test reported
+    assert not (run.path / "gen_001" / "scores_val.json").exists()    # never evaluated
+    lines = (run.path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["generation"] for x in lines] == [0, 1, 2]
+
+
+def test_a_worse_candidate_is_not_kept_and_test_is_not_scored(loop_parts, monkeypatch):
+    cfg, task, run, state, engine, pool = loop_parts
+    labelled = with_options(task.seed_harness(), label_list=True)
+    script = {
+        1: Decision(action="harness", rationale="scripted: label list", harness_code=labelled, edit="label_list"),
+        2: Decision(action="harness", rationale="scripted: back to the seed", harness_code=task.seed_harness()),
+    }
+    monkeypatch.setattr(feedback, "decide", lambda policy, ctx: script[ctx.generation])
+    final = Loop(cfg, run, task, engine, pool, Tracker(cfg, run.path, None, False), state).run_all()
+    assert [h["kept"] for h in final["history"]] == [True, True, False]
+    assert final["incumbent"]["generation"] == 1
+    assert not (run.path / "gen_002" / "scores_test.json").exists()
+    # the val trajectories hold every model call and the evaluator's reason per example
+    rows = [json.loads(x) for x in (run.path / "gen_002" / "trajectories_val.jsonl").read_text().splitlines()]
+    assert all(r["events"][0]["type"] == "llm_call" for r in rows)
+    assert all("abstention" in r["reason"] for r in rows)
