@@ -20,6 +20,10 @@ def _setup_logging(quiet: bool) -> None:
     logging.getLogger("sia").setLevel(logging.WARNING if quiet else logging.INFO)
     for noisy in ("httpx", "transformers", "lightning", "lightning.pytorch", "wandb"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
 
 def resolve_run(cfg: DictConfig) -> tuple[DictConfig, RunDir, bool]:

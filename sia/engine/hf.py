@@ -2,9 +2,10 @@
 log-probabilities, stop strings and LoRA adapters swapped per call."""
 from __future__ import annotations
 
+import threading
 import time
+import warnings
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
@@ -30,6 +31,14 @@ def render_prompt(tokenizer, messages: list[dict]) -> str:
 def encode_text(tokenizer, text: str) -> list[int]:
     # The chat template already writes every special token; adding a BOS would double it.
     return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+@contextmanager
+def quiet_peft():
+    """PEFT calls a transformers API that transformers 5 deprecates; the warning is noise here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 def pick_device(setting: str) -> torch.device:
@@ -104,6 +113,8 @@ class HFEngine:
         # load so a version can be replaced, and so any version string is allowed.
         self._adapters: dict[str, str] = {}
         self._loads = 0
+        # The active adapter is model-wide state: one generate/add_adapter at a time.
+        self._lock = threading.RLock()
 
     # ---- Engine protocol -------------------------------------------------------------
 
@@ -111,21 +122,33 @@ class HFEngine:
         return render_prompt(self.tokenizer, messages) + (completion or "")
 
     def add_adapter(self, name: str, path: str) -> None:
+        with self._lock:
+            self._add_adapter(name, str(path))
+
+    def generate(self, requests: list[GenRequest], adapter: str | None = None) -> list[GenResult]:
+        with self._lock:
+            return self._generate(requests, adapter)
+
+    # ---- internals -------------------------------------------------------------------
+
+    def _add_adapter(self, name: str, path: str) -> None:
         from peft import PeftModel
 
         internal = f"adapter_{self._loads}"
         self._loads += 1
-        if isinstance(self.model, PeftModel):
-            self.model.load_adapter(str(path), adapter_name=internal, is_trainable=False)
-        else:
-            self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=internal, is_trainable=False)
+        with quiet_peft():
+            if isinstance(self.model, PeftModel):
+                self.model.load_adapter(path, adapter_name=internal, is_trainable=False)
+            else:
+                self.model = PeftModel.from_pretrained(self.model, path, adapter_name=internal, is_trainable=False)
         replaced = self._adapters.get(name)
         self._adapters[name] = internal
         if replaced is not None:
+            self.model.set_adapter(internal)  # never delete the active adapter
             self.model.delete_adapter(replaced)
         self.model.eval()
 
-    def generate(self, requests: list[GenRequest], adapter: str | None = None) -> list[GenResult]:
+    def _generate(self, requests: list[GenRequest], adapter: str | None) -> list[GenResult]:
         if adapter is not None and adapter not in self._adapters:
             raise KeyError(f"unknown adapter {adapter!r}; registered: {sorted(self._adapters)}")
         prompt_ids = [encode_text(self.tokenizer, self.chat_template(r.messages)) for r in requests]
@@ -137,8 +160,6 @@ class HFEngine:
                 for i, result in zip(chunk, chunk_results):
                     results[i] = result
         return results
-
-    # ---- internals -------------------------------------------------------------------
 
     def _validate(self, requests: list[GenRequest], prompt_ids: list[list[int]]) -> None:
         for i, (request, ids) in enumerate(zip(requests, prompt_ids)):

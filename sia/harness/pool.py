@@ -354,8 +354,14 @@ class _Session:
         flat = [r for _, reqs in groups for r in reqs]
         size = max(1, int(self.pool.engine.max_batch_size))
         outputs = []
-        for start in range(0, len(flat), size):
-            outputs += self.pool.engine.generate(flat[start:start + size], self.adapter)
+        try:
+            for start in range(0, len(flat), size):
+                outputs += self.pool.engine.generate(flat[start:start + size], self.adapter)
+        except ValueError:
+            # One bad request (e.g. a prompt longer than the context) must fail only the
+            # example that sent it: serve each worker's requests on their own.
+            self.flush_one_by_one(groups)
+            return
         if len(outputs) != len(flat):
             raise RuntimeError(f"engine returned {len(outputs)} results for {len(flat)} requests")
         now = time.monotonic()
@@ -364,6 +370,17 @@ class _Session:
             mine, pos = outputs[pos:pos + len(reqs)], pos + len(reqs)
             if w.state == "waiting":
                 self.reply(w, reqs, mine, now)
+
+    def flush_one_by_one(self, groups: list) -> None:
+        for w, reqs in groups:
+            try:
+                outputs = self.pool.engine.generate(reqs, self.adapter)
+            except ValueError as exc:
+                if w.state == "waiting":
+                    self.reply_error(w, "bad_request", str(exc))
+                continue
+            if w.state == "waiting":
+                self.reply(w, reqs, outputs, time.monotonic())
 
     def reply(self, w: _Worker, requests: list[GenRequest], outputs: list, now: float) -> None:
         results = []

@@ -22,7 +22,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
-from sia.engine.hf import encode_text, load_tokenizer, pick_device, render_prompt
+from sia.engine.hf import encode_text, load_tokenizer, pick_device, quiet_peft, render_prompt
 from sia.engine.model_cache import resolve_model_dir
 
 IGNORE_INDEX = -100  # label value the causal-LM loss skips
@@ -49,7 +49,9 @@ def encode_pair(tokenizer, pair: dict, max_seq_len: int) -> dict | None:
     completion = encode_text(tokenizer, pair["completion"]) + [tokenizer.eos_token_id]
     if len(completion) > max_seq_len:
         return None
-    prompt = prompt[len(prompt) + len(completion) - max_seq_len:] if len(prompt) + len(completion) > max_seq_len else prompt
+    overflow = len(prompt) + len(completion) - max_seq_len
+    if overflow > 0:
+        prompt = prompt[overflow:]  # keep the end of the prompt, next to the completion
     return {
         "input_ids": prompt + completion,
         "labels": [IGNORE_INDEX] * len(prompt) + completion,
@@ -133,20 +135,20 @@ def train_sft(model_cfg, lora_cfg, cache_dir, pairs: list[dict], steps: int, out
     module = LoraSFTModule(model, lr=float(lora_cfg.lr))
     data = SFTDataModule(examples, int(lora_cfg.batch_size), tokenizer.pad_token_id, seed)
     recorder = _LossRecorder()
-    trainer = pl.Trainer(
-        max_steps=steps,
-        max_epochs=-1,  # cycle through the data until max_steps
-        accelerator="gpu" if pick_device(model_cfg.device).type == "cuda" else "cpu",
-        devices=1,
-        precision=lora_cfg.precision,
-        enable_checkpointing=False,
-        logger=wandb_logger or False,
-        enable_progress_bar=progress,
-        enable_model_summary=False,
-        log_every_n_steps=1,
-        callbacks=[recorder],
-    )
     with _quiet_lightning():
+        trainer = pl.Trainer(
+            max_steps=steps,
+            max_epochs=-1,  # cycle through the data until max_steps
+            accelerator="gpu" if pick_device(model_cfg.device).type == "cuda" else "cpu",
+            devices=1,
+            precision=lora_cfg.precision,
+            enable_checkpointing=False,
+            logger=wandb_logger or False,
+            enable_progress_bar=progress,
+            enable_model_summary=False,
+            log_every_n_steps=1,
+            callbacks=[recorder],
+        )
         trainer.fit(module, datamodule=data)
 
     out_dir = Path(out_dir)
@@ -176,16 +178,20 @@ def _lora_model(model_cfg, lora_cfg, model_dir, init_adapter):
 
     base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, model_cfg.dtype))
     base.config.use_cache = False  # no KV cache while training
-    if init_adapter is not None:
-        return PeftModel.from_pretrained(base, str(init_adapter), is_trainable=True)
-    config = LoraConfig(
-        r=int(lora_cfg.rank),
-        lora_alpha=int(lora_cfg.alpha),
-        lora_dropout=float(lora_cfg.dropout),
-        target_modules=list(lora_cfg.target_modules),
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(base, config)
+    with quiet_peft():
+        if init_adapter is not None:
+            model = PeftModel.from_pretrained(base, str(init_adapter), is_trainable=True)
+        else:
+            model = get_peft_model(base, LoraConfig(
+                r=int(lora_cfg.rank),
+                lora_alpha=int(lora_cfg.alpha),
+                lora_dropout=float(lora_cfg.dropout),
+                target_modules=list(lora_cfg.target_modules),
+                task_type="CAUSAL_LM",
+            ))
+    # from_pretrained returns eval mode and Lightning keeps each module's mode: without this
+    # LoRA dropout would never be active.
+    return model.train()
 
 
 def _save_adapter(model, out_dir: Path, summary: dict) -> None:
@@ -215,6 +221,7 @@ def _quiet_lightning():
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=".*number of training batches.*smaller than the logging interval.*")
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning vs newer torch, harmless
             yield
     finally:
         for lg, level in zip(loggers, levels):

