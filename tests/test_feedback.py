@@ -58,16 +58,22 @@ def test_rules_treats_unreadable_answers_with_a_format_edit():
     assert "unreadable" in decision.rationale
 
 
-def test_rules_trains_weights_when_answers_are_readable_but_wrong():
-    decision = decide("rules", _ctx(_rows(n_ok=2, n_wrong=8)))
+def test_rules_tries_cheap_accuracy_edits_then_trains_weights():
+    rows = _rows(n_ok=2, n_wrong=8)
+    first = decide("rules", _ctx(rows))
+    assert first.action == "harness" and first.edit == "few_shot"
+    decision = decide("rules", _ctx(rows, history=[{"action": "harness", "edit": "few_shot", "kept": True}]))
     assert decision.action == "weights" and decision.training["algorithm"] == "sft"
     assert decision.training["steps"] == 5
 
 
 def test_rules_prefers_a_harness_edit_when_the_model_overfits_train():
     train = [{"id": "t", "score": 1.0, "reason": ""}] * 4
-    decision = decide("rules", _ctx(_rows(n_ok=2, n_wrong=8), train_rows=train))
+    history = [{"action": "weights", "kept": True}]
+    decision = decide("rules", _ctx(_rows(n_ok=2, n_wrong=8), history=history, train_rows=train))
     assert decision.action == "harness" and decision.edit == "few_shot"
+    assert "overfitting" in decision.rationale
+    assert decide("rules", _ctx(_rows(n_ok=2, n_wrong=8), history=history)).action == "weights"
 
 
 def test_rules_does_not_repeat_a_tried_edit_and_stops_when_nothing_is_left():

@@ -1,9 +1,10 @@
 """Offline feedback policies: choose the next lever from trajectory statistics.
 
 - ``rules``: the full policy. Harness errors or unreadable answers are the harness's fault,
-  so it picks a library edit that treats that symptom; readable-but-wrong answers mean the
-  model lacks the knowledge, so it updates the weights (unless the train probe shows the
-  model already fits train far better than val, i.e. more training would only overfit).
+  so it picks a library edit that treats that symptom. Readable-but-wrong answers first get
+  the untried accuracy edits (one evaluation each, cheaper than training); after that they
+  mean the model lacks the knowledge, so it updates the weights (unless the train probe
+  shows the model already fits train far better than val: more training would overfit).
 - ``harness_only`` / ``weights_only`` / ``alternate``: the ablations, from the same code.
 """
 from __future__ import annotations
@@ -93,6 +94,12 @@ def rules_policy(ctx: FeedbackContext) -> Decision:
         if found:
             return _harness_decision(*found, f"{pct(d.format_rate)} of val answers are unreadable or abstain", d)
     overfit = d.train_score is not None and d.train_score - d.score > s.underfit_gap
+    if not any(h.get("action") == "weights" for h in ctx.history):
+        # Cheap lever first: an untried accuracy edit costs one evaluation, training costs more.
+        found = _applicable_edit(ctx, ("accuracy",))
+        if found:
+            return _harness_decision(*found, f"answers are readable but only {pct(d.wellformed_accuracy)} right; "
+                                             f"try the untried accuracy edits before training", d)
     if _weights_possible(ctx) and not overfit:
         return _weights_decision(
             ctx, f"answers are well-formed ({pct(1 - d.format_rate)}) but only {pct(d.wellformed_accuracy)} right; "
