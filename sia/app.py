@@ -105,7 +105,8 @@ def run(cfg: DictConfig) -> int:
     with HarnessPool(engine, workers=agent.workers, example_timeout_s=agent.example_timeout_s,
                      memory_mb=agent.memory_mb, max_llm_calls=agent.max_llm_calls,
                      max_new_tokens=agent.max_new_tokens, strict=agent.strict_sandbox,
-                     scratch_root=str(run_dir.path / "scratch")) as pool:
+                     scratch_root=str(run_dir.path / "scratch"),
+                     deny_paths=[str(p) for p in task.private_paths()]) as pool:
         state = Loop(cfg, run_dir, task, engine, pool, tracker, state).run_all()
 
     summary = summarise(cfg, task, state, engine.stats)

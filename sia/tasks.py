@@ -129,6 +129,11 @@ class Task(ABC):
         a read-only database, a train-count matrix. Never anything holding val/test targets."""
         return {}
 
+    def private_paths(self) -> list[Path]:
+        """Files that hold held-out targets and must stay unreadable to harnesses even when
+        they lie beneath a folder the sandbox allows (e.g. a data file inside site-packages)."""
+        return []
+
     # ---- scoring ---------------------------------------------------------------------
     @abstractmethod
     def evaluate(self, examples: list[Example], answers: list[Any], split: str) -> EvalReport:

@@ -396,3 +396,30 @@ def test_protocol_guards():
     with pytest.raises(protocol.ProtocolError):
         protocol.decode(json.dumps({"__ndarray__": base64.b64encode(blob).decode()}).encode())
     assert protocol.decode(protocol.encode(np.zeros(2))).tolist() == [0.0, 0.0]
+
+
+def test_deny_paths_carve_a_file_out_of_an_allowed_dir(tmp_path):
+    """A private file inside an allowed folder (like a data set shipped in site-packages)
+    stays unreadable while its siblings remain readable."""
+    allowed = tmp_path / "pkg"
+    (allowed / "data").mkdir(parents=True)
+    (allowed / "data" / "labels.h5ad").write_text("held-out")
+    (allowed / "data" / "other.txt").write_text("public")
+    (allowed / "mod.py").write_text("X = 1")
+    harness = tmp_path / "h.py"
+    harness.write_text(
+        "def solve(inputs, ctx):\n"
+        "    out = {}\n"
+        "    for name in ('data/other.txt', 'mod.py', 'data/labels.h5ad'):\n"
+        "        try:\n"
+        "            out[name] = open(inputs['root'] + '/' + name).read()\n"
+        "        except OSError as e:\n"
+        "            out[name] = type(e).__name__\n"
+        "    return out\n")
+    with HarnessPool(FakeEngine(), workers=1, example_timeout_s=20,
+                     deny_paths=[str(allowed / "data" / "labels.h5ad")]) as pool:
+        pool_files = {"pkg": str(allowed)}
+        [result] = pool.run(str(harness), [Job(id="a", inputs={"root": str(allowed)})], {}, pool_files,
+                            progress=False)
+    assert result.error is None, result.error
+    assert result.answer == {"data/other.txt": "public", "mod.py": "X = 1", "data/labels.h5ad": "PermissionError"}

@@ -44,7 +44,7 @@ def digest(rows: list[dict], metrics: dict[str, float], train_rows: list[dict] |
     else:
         format_rate = len(formats) / n
     readable = [r for r in rows if not r.get("error") and not _is_format_failure(r)]
-    failures = [f"{r['id']}: {r.get('reason') or r.get('error', {}).get('message', '')}"[:200]
+    failures = [f"{r['id']}: {r.get('reason') or (r.get('error') or {}).get('message', '')}"[:200]
                 for r in rows if (r.get("score") or 0) < 1][:8]
     return Digest(
         n=len(rows),

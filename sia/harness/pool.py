@@ -512,7 +512,7 @@ class HarnessPool:
 
     def __init__(self, engine, *, workers: int = 8, example_timeout_s: float = 60, memory_mb: int = 2048,
                  max_llm_calls: int = 8, max_new_tokens: int = 48, strict: bool = True,
-                 scratch_root: str | None = None):
+                 scratch_root: str | None = None, deny_paths: list[str] | None = None):
         self.engine = engine
         self.workers = max(1, int(workers))
         self.example_timeout_s = float(example_timeout_s)
@@ -521,6 +521,7 @@ class HarnessPool:
         self.max_new_tokens = int(max_new_tokens)
         self.strict = bool(strict)
         self.scratch_root = scratch_root
+        self.deny_paths = [os.path.abspath(p) for p in deny_paths or []]   # never readable by a harness
         self.layers: dict | None = None   # sandbox layers the last worker reported
         self._scratch: str | None = None
         self._session: _Session | None = None
@@ -549,7 +550,7 @@ class HarnessPool:
     def _config(self, harness_path: str, resources: dict, files: dict[str, str]) -> dict:
         return {"type": "config", "harness_path": os.path.abspath(harness_path), "resources": resources,
                 "files": {str(k): os.path.abspath(v) for k, v in files.items()},
-                "policy": {"memory_mb": self.memory_mb, "strict": self.strict},
+                "policy": {"memory_mb": self.memory_mb, "strict": self.strict, "deny_paths": self.deny_paths},
                 "max_llm_calls": self.max_llm_calls, "max_new_tokens": self.max_new_tokens}
 
     def _open(self, harness_path, resources, files, adapter) -> _Session:

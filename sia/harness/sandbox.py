@@ -46,6 +46,9 @@ class SandboxPolicy:
     read_paths: list[str] = field(default_factory=list)   # extra readable files/dirs
     write_paths: list[str] = field(default_factory=list)  # readable+writable dirs (scratch)
     exec_paths: list[str] = field(default_factory=list)   # extra dirs whose programs may be executed
+    # Never readable, even beneath an allowed dir (e.g. a data file shipped inside site-packages
+    # that holds held-out labels). Landlock can only allow, so allowed dirs around them are split.
+    deny_paths: list[str] = field(default_factory=list)
     strict: bool = True   # raise SandboxUnavailable if a confinement layer cannot be applied
 
 
@@ -291,7 +294,26 @@ def _landlock_rules(policy: SandboxPolicy, handled_fs: int) -> list[tuple[str, i
     rules += [(p, READ_EXEC) for p in policy.exec_paths]
     rules += [(p, everything_but_exec) for p in policy.write_paths]
     # Never the whole filesystem, whatever a policy or an odd Python prefix says.
-    return [(p, access) for p, access in rules if p and os.path.realpath(p) != "/"]
+    rules = [(p, access) for p, access in rules if p and os.path.realpath(p) != "/"]
+    return _without_denied(rules, [os.path.realpath(d) for d in policy.deny_paths])
+
+
+def _without_denied(rules: list[tuple[str, int]], denied: list[str]) -> list[tuple[str, int]]:
+    """Replace each rule whose path contains a denied path by rules for everything beside it:
+    the siblings along the way down, so the denied path (and only it) stays out of reach."""
+    out = []
+    for path, access in rules:
+        real = os.path.realpath(path)
+        inside = [d for d in denied if d == real or d.startswith(real.rstrip("/") + "/")]
+        if not inside:
+            out.append((path, access))
+        elif real not in inside and os.path.isdir(real):
+            try:
+                children = [os.path.join(real, name) for name in os.listdir(real)]
+            except OSError:
+                continue
+            out += _without_denied([(c, access) for c in children], inside)
+    return out
 
 
 def _add_path_rule(ruleset_fd: int, path: str, access: int, handled_fs: int) -> bool:

@@ -238,6 +238,7 @@ def build_policy(config: dict) -> SandboxPolicy:
         read_paths=[config["harness_path"], *config["files"].values(), *p.get("read_paths", [])],
         write_paths=[os.getcwd(), *p.get("write_paths", [])],
         exec_paths=list(p.get("exec_paths", [])),
+        deny_paths=list(p.get("deny_paths", [])),
         strict=bool(p.get("strict", True)),
     )
 

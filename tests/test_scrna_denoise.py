@@ -1,0 +1,369 @@
+"""scrna_denoise: metrics against hand-computed values, the MCV split, what the harness can
+read, the evaluator's verdicts, the seed harness's tool dispatch and the edit library."""
+from __future__ import annotations
+
+import ast
+import json
+import math
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from sia.harness.options import read_options
+from sia.tasks import TASKS_DIR, load_task
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+TASK_DIR = TASKS_DIR / "scrna_denoise"
+CFG = {"name": "scrna_denoise", "primary_metric": "score", "data": {}}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_blas_thread():
+    """The primitives are small dense products: on a shared CPU, BLAS threads only contend."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def task(one_blas_thread):
+    task = load_task("scrna_denoise", CFG)
+    task.load()
+    return task
+
+
+@pytest.fixture(scope="module")
+def modules(task):
+    import sys
+
+    pkg = "sia_tasks.scrna_denoise"
+    return types.SimpleNamespace(metrics=sys.modules[f"{pkg}.metrics"], data=sys.modules[f"{pkg}.data"],
+                                 denoise=sys.modules[f"{pkg}.denoise"])
+
+
+def load_harness(source: str | None = None):
+    source = source if source is not None else (TASK_DIR / "seed_harness.py").read_text()
+    module = types.ModuleType("scrna_seed_harness")
+    exec(compile(source, "seed_harness.py", "exec"), module.__dict__)
+    return module
+
+
+class FakeLLM:
+    def __init__(self, *replies):
+        self.replies, self.calls = list(replies), []
+
+    def chat(self, messages, max_tokens=None, **_):
+        self.calls.append(messages)
+        text = self.replies.pop(0) if self.replies else ""
+        return types.SimpleNamespace(text=text)
+
+
+def make_ctx(files, resources, *replies):
+    events = []
+    return types.SimpleNamespace(
+        llm=FakeLLM(*replies), files=files, resources=resources, example_id="x",
+        log=lambda kind, **data: events.append({**data, "type": kind}), events=events)
+
+
+@pytest.fixture(scope="module")
+def public(task, tmp_path_factory):
+    splits = task.load()
+    out = tmp_path_factory.mktemp("public")
+    return out, task.public_files(splits, out), task.public_resources(splits)
+
+
+# ---- metrics ------------------------------------------------------------------------------
+
+def test_mse_matches_hand_computation(modules):
+    pred = np.array([[1.0, 1.0], [0.0, 2.0]])
+    test = np.array([[2.0, 0.0], [1.0, 1.0]])
+    # each row scaled to 1e4, then log1p
+    p = [[math.log1p(5e3), math.log1p(5e3)], [0.0, math.log1p(1e4)]]
+    t = [[math.log1p(1e4), 0.0], [math.log1p(5e3), math.log1p(5e3)]]
+    expected = np.mean([(p[i][j] - t[i][j]) ** 2 for i in range(2) for j in range(2)])
+    assert modules.metrics.mse(pred, test) == pytest.approx(expected, rel=1e-12)
+
+
+def test_poisson_matches_hand_computation_in_likelihood_order(modules):
+    pred = np.array([[2.0, 0.0], [1.0, 1.0]])
+    test = np.array([[1.0, 0.0], [0.0, 1.0]])
+    train = np.array([[3.0, 1.0], [2.0, 2.0]])
+    # scale = test total / train total = 2 / 8; loss = pred - test * log(pred + 1e-6)
+    s = [[0.5, 0.0], [0.25, 0.25]]
+    expected = (s[0][0] - math.log(0.5 + 1e-6) + 0.0 + s[1][0] + s[1][1] - math.log(0.25 + 1e-6)) / 4
+    assert modules.metrics.poisson(pred, test, train) == pytest.approx(expected, rel=1e-12)
+    # v1's swapped order would make an all-zero prediction nearly free; here it costs ~13.8 per count
+    zeros = modules.metrics.poisson(np.zeros_like(pred), test, train)
+    assert zeros == pytest.approx(-2 * math.log(1e-6) / 4, rel=1e-9)
+
+
+def test_normalisation_anchors_no_denoising_at_0_and_perfect_at_1(modules):
+    rng = np.random.default_rng(0)
+    full = rng.poisson(3.0, size=(30, 12))
+    train = rng.binomial(full, 0.9)
+    test = full - train
+    ref = modules.metrics.References(train, test)
+    none = ref.score(train)
+    perfect = ref.score(modules.metrics.perfect_prediction(train, test))
+    assert (none.mse_norm, none.poisson_norm, none.score) == (0.0, 0.0, 0.0)
+    assert perfect.mse_norm == pytest.approx(1.0) and perfect.poisson_norm == pytest.approx(1.0)
+    # halfway between the losses is 0.5
+    half_mse = (ref.mse_none + ref.mse_perfect) / 2
+    assert modules.metrics._normalise(half_mse, ref.mse_none, ref.mse_perfect) == pytest.approx(0.5)
+
+
+def test_zero_and_constant_predictions_score_badly(task):
+    val = task.load().val
+    shapes = [(len(e.inputs["cells"]), e.inputs["n_genes"]) for e in val]
+    for value in (0.0, 1.0, 50.0):
+        report = task.evaluate(val, [np.full(s, value, dtype=np.float32) for s in shapes], "val")
+        assert report.metrics["score"] < -0.3, (value, report.metrics)
+        assert all(s.score == 0.0 and s.reason for s in report.per_example)
+
+
+# ---- data ---------------------------------------------------------------------------------
+
+def test_bundled_pbmc_gives_integer_counts(modules):
+    counts = modules.data.load_bundled_pbmc()
+    assert counts.matrix.shape == (700, 765) and len(counts.genes) == 765
+    assert modules.data.integer_count_problem(counts.matrix) is None
+    assert counts.matrix.sum(axis=1).min() > 100   # real cells, not a broken reconstruction
+
+
+def test_mcv_split_thins_every_count(modules):
+    rng = np.random.default_rng(1)
+    full = sp.csr_matrix(rng.poisson(2.0, size=(50, 20)))
+    counts = modules.data.Counts(full, [f"g{i}" for i in range(20)], "toy")
+    a = modules.data.mcv_split(counts, 0.9, seed=3, max_cells=4000)
+    b = modules.data.mcv_split(counts, 0.9, seed=3, max_cells=4000)
+    c = modules.data.mcv_split(counts, 0.9, seed=4, max_cells=4000)
+    assert np.array_equal((a.train + a.test).toarray(), full.toarray()[a.cell_ids])
+    assert np.array_equal(a.test.toarray(), b.test.toarray())
+    assert not np.array_equal(a.test.toarray(), c.test.toarray())
+    assert 0.06 < a.test.sum() / full.sum() < 0.14
+    sub = modules.data.mcv_split(counts, 0.9, seed=3, max_cells=10)
+    assert sub.train.shape[0] == 10
+
+
+def test_splits_partition_the_cells(task):
+    splits = task.load()
+    cells = [c for name in ("train", "val", "test") for e in splits[name] for c in e.inputs["cells"]]
+    assert sorted(cells) == list(range(700))
+    assert len(splits.val) == 4 and len(splits.test) == 4 and len(splits.train) == 2
+
+
+# ---- what a harness can read ------------------------------------------------------------
+
+def test_public_files_and_resources_hold_no_held_out_counts(task, public):
+    out, files, resources = public
+    assert set(files) == {"train_counts"}
+    assert sorted(p.name for p in out.iterdir()) == ["train_counts.npz"]
+    with np.load(files["train_counts"], allow_pickle=False) as npz:
+        stored = sp.csr_matrix((npz["data"], npz["indices"], npz["indptr"]), shape=tuple(npz["shape"]))
+    train, test = task._mcv.train, task._mcv.test
+    assert (stored != train).nnz == 0
+    # the file is the thinned half, not the full counts the held-out half could be derived from
+    assert stored.sum() < 0.95 * (train + test).sum()
+    text = json.dumps(resources)
+    assert len(text) < 50_000 and "target" not in text
+    for split in ("val", "test"):
+        for example in task.load()[split]:
+            assert set(example.inputs) == {"cells", "n_genes"}
+
+
+# ---- the evaluator ------------------------------------------------------------------------
+
+def test_invalid_answers_are_scored_as_no_denoising_with_a_reason(task):
+    val = task.load().val
+    good = [task._mcv.train[e.inputs["cells"]].toarray().astype(np.float32) for e in val]
+    bad_shape = good[0][:, :700]
+    negative = good[1] - 1.0
+    nan = good[2].copy()
+    nan[0, 0] = np.nan
+    report = task.evaluate(val, [bad_shape, negative, nan, None], "val")
+    reasons = [s.reason for s in report.per_example]
+    assert all(r.startswith("not a valid prediction") for r in reasons)
+    assert "shape (" in reasons[0] and "700)" in reasons[0] and "765)" in reasons[0]
+    assert "negative" in reasons[1] and "NaN" in reasons[2] and "no answer" in reasons[3]
+    assert report.metrics["abstention"] == 1.0
+    assert report.metrics["score"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_baselines_scored_by_the_evaluator(task):
+    reports = task.baseline_reports("val")
+    score = {name: r.metrics["score"] for name, r in reports.items()}
+    assert score["no_denoising"] == pytest.approx(0.0, abs=1e-12)
+    assert score["perfect"] == pytest.approx(1.0)
+    for name in ("knn_smoothing", "magic"):
+        assert 0.05 < score[name] < 1.0, score
+        assert reports[name].metrics["poisson_norm"] > 0.3
+    assert all(r.metrics["abstention"] == 0.0 for r in reports.values())
+
+
+# ---- the seed harness ---------------------------------------------------------------------
+
+def test_seed_harness_imports_nothing_from_tasks():
+    tree = ast.parse((TASK_DIR / "seed_harness.py").read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) and node.module and node.level == 0}
+    assert not any(isinstance(n, ast.ImportFrom) and n.level for n in ast.walk(tree))
+    assert imported <= {"__future__", "contextlib", "re", "numpy", "scipy", "threadpoolctl"}
+
+
+def test_harness_primitives_match_the_trusted_copies(modules):
+    harness = load_harness()
+    counts = np.random.default_rng(2).poisson(1.5, size=(60, 25)).astype(float)
+    counts[:, 0] += 1  # no empty cells
+    for name, kwargs in [("knn_smooth", {"k": 5}), ("magic", {"t": 2, "k": 5}), ("alra", {"rank": 4}),
+                         ("lowrank", {"rank": 4})]:
+        ours, theirs = getattr(modules.denoise, name)(counts, **kwargs), getattr(harness, name)(counts, **kwargs)
+        assert np.allclose(ours, theirs), name
+
+
+def test_parse_call_is_tolerant_and_clamps():
+    parse = load_harness().parse_call
+    assert parse("I would use ALRA(rank=30) here") == ("alra", {"rank": 30})
+    assert parse("magic(2, 8)") == ("magic", {"t": 2, "k": 8})
+    assert parse("knn") == ("knn", {"k": 10})
+    assert parse("magic(500, 0)") == ("magic", {"t": 12, "k": 2})
+    assert parse("no idea") is None and parse("") is None
+
+
+def test_seed_harness_runs_the_models_tool_call(task, public):
+    _, files, resources = public
+    harness = load_harness()
+    val = task.load().val
+    ctx = make_ctx(files, resources, "magic(2, 8)")
+    answers = [harness.solve(val[0].inputs, ctx)]
+    calls = [e for e in ctx.events if e["type"] == "tool_call"]
+    assert calls[0]["name"] == "magic" and calls[0]["args"] == {"t": 2, "k": 8}
+    assert answers[0].dtype == np.float32 and answers[0].shape == (len(val[0].inputs["cells"]), 765)
+    assert "knn(k)" in ctx.llm.calls[0][-1]["content"] and len(ctx.llm.calls) == 1
+    report = task.evaluate(val[:1], answers, "val")
+    assert report.metrics["abstention"] == 0.0 and report.metrics["score"] > 0.1
+
+
+def test_seed_harness_falls_back_and_logs_it(task, public):
+    _, files, resources = public
+    harness = load_harness()
+    ctx = make_ctx(files, resources, "Denoising is important for biology.")
+    harness.solve(task.load().val[0].inputs, ctx)
+    kinds = [e["type"] for e in ctx.events]
+    assert kinds[:2] == ["fallback", "tool_call"] and ctx.events[1]["name"] == "knn"
+
+
+def test_clip_edit_turns_an_invalid_lowrank_answer_valid(task, public):
+    _, files, resources = public
+    val = task.load().val[:1]
+    edits = {e.name: e for e in task.harness_edits()}
+    seed = (TASK_DIR / "seed_harness.py").read_text()
+    raw = load_harness(seed).solve(val[0].inputs, make_ctx(files, resources, "lowrank(20)"))
+    assert task.evaluate(val, [raw], "val").per_example[0].reason.startswith("not a valid")
+    clipped_source = edits["clip_negative_output"].apply(seed)
+    clipped = load_harness(clipped_source).solve(val[0].inputs, make_ctx(files, resources, "lowrank(20)"))
+    assert task.evaluate(val, [clipped], "val").metrics["abstention"] == 0.0
+
+
+def test_edit_library_rewrites_options(task):
+    seed = (TASK_DIR / "seed_harness.py").read_text()
+    edits = task.harness_edits()
+    assert {e.addresses for e in edits} == {"format", "errors", "accuracy", "variance"}
+    for edit in edits:
+        new = edit.apply(seed)
+        assert new is not None and new != seed, edit.name
+        ast.parse(new)
+        assert edit.apply(new) is None, edit.name  # applying twice changes nothing
+    options = read_options(next(e for e in edits if e.name == "round_output_to_counts").apply(seed))
+    assert options["round_output"] is True
+    rounded = load_harness(next(e for e in edits if e.name == "round_output_to_counts").apply(seed))
+    counts = np.array([[0.4, 2.6], [1.5, 3.0]])
+    ctx = make_ctx({}, {})
+    assert np.array_equal(rounded.denoise(counts, ("lowrank", {"rank": 1}), ctx),
+                          np.round(rounded.denoise(counts, ("lowrank", {"rank": 1}), ctx)))
+
+
+def test_retry_edit_asks_again_with_feedback(task, public):
+    _, files, resources = public
+    edit = next(e for e in task.harness_edits() if e.name == "retry_unparsed_reply")
+    harness = load_harness(edit.apply((TASK_DIR / "seed_harness.py").read_text()))
+    ctx = make_ctx(files, resources, "hmm", "alra(15)")
+    harness.solve(task.load().val[0].inputs, ctx)
+    assert len(ctx.llm.calls) == 2 and "no tool call" in ctx.llm.calls[1][-1]["content"]
+    assert [e["type"] for e in ctx.events][:2] == ["retry", "tool_call"]
+    assert ctx.events[1]["args"] == {"rank": 15}
+
+
+# ---- configuration ------------------------------------------------------------------------
+
+def test_config_problems_name_key_value_and_fix(tmp_path):
+    missing = load_task("scrna_denoise", {**CFG, "data": {"path": str(tmp_path / "nope.h5ad")}})
+    [problem] = missing.config_problems()
+    assert "task.data.path" in problem and "nope.h5ad" in problem and "null" in problem
+    bad = load_task("scrna_denoise", {**CFG, "primary_metric": "f1",
+                                      "data": {"train_fraction": 1.5, "val_cells": 0.9, "max_cell": 5}})
+    problems = "\n".join(bad.config_problems())
+    assert "task.primary_metric: 'f1'" in problems and "task.data.train_fraction: 1.5" in problems
+    assert "val_cells=0.9" in problems and "task.data.max_cell: unknown" in problems
+
+
+def test_user_h5ad_counts_are_found_or_the_checked_places_named(tmp_path):
+    import anndata
+
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(3.0, size=(40, 15)).astype(np.float32)
+    lognorm = np.log1p(counts / counts.sum(1, keepdims=True) * 1e4)
+    adata = anndata.AnnData(X=lognorm)
+    adata.layers["counts"] = sp.csr_matrix(counts)
+    good = tmp_path / "good.h5ad"
+    adata.write_h5ad(good)
+    task = load_task("scrna_denoise", {**CFG, "data": {"path": str(good)}})
+    assert task.config_problems() == []
+    assert task.load().val and task._mcv.train.shape[1] == 15
+
+    del adata.layers["counts"]
+    bad = tmp_path / "lognorm.h5ad"
+    adata.write_h5ad(bad)
+    [problem] = load_task("scrna_denoise", {**CFG, "data": {"path": str(bad)}}).config_problems()
+    assert "layers['counts'] (absent)" in problem and "X (non-integer" in problem
+    assert "raw.X (absent)" in problem and "task.data.layer" in problem
+
+
+def test_hydra_config_composes_and_validates(compose_cfg):
+    from sia.config import validate
+
+    cfg = compose_cfg("task=scrna_denoise", "task.data.max_cells=500")
+    task = load_task(cfg.task.name, cfg.task)
+    validate(cfg, task.config_problems())
+    assert task.meta.primary_metric == "score" and task.load().val
+    assert task._mcv.train.shape[0] == 500 and "pbmc68k_reduced" in task.data_label
+
+
+def test_reasons_separate_format_failures_from_partial_credit(task):
+    from sia.agents.digest import digest
+
+    val = task.load().val
+    train = [task._mcv.train[e.inputs["cells"]].toarray() for e in val]
+    answers = [train[0] + 0.5, train[1], -train[2], None]   # smoothed-ish, unchanged, negative, missing
+    report = task.evaluate(val, answers, "val")
+    rows = [{"id": s.id, "score": s.score, "reason": s.reason, "error": None,
+             "answer_missing": a is None} for s, a in zip(report.per_example, answers)]
+    d = digest(rows, report.metrics)
+    assert d.format_rate == pytest.approx(0.5) and report.metrics["abstention"] == pytest.approx(0.5)
+    assert all(s.reason for s in report.per_example)   # nothing here is perfect
+
+
+def test_private_paths_name_the_file_holding_both_halves(task, tmp_path):
+    [bundled] = task.private_paths()
+    assert bundled.name == "10x_pbmc68k_reduced.h5ad" and bundled.is_file()
+    user = load_task("scrna_denoise", {**CFG, "data": {"path": str(tmp_path / "mine.h5ad")}})
+    assert user.private_paths() == [(tmp_path / "mine.h5ad").resolve()]
