@@ -367,3 +367,35 @@ def test_private_paths_name_the_file_holding_both_halves(task, tmp_path):
     assert bundled.name == "10x_pbmc68k_reduced.h5ad" and bundled.is_file()
     user = load_task("scrna_denoise", {**CFG, "data": {"path": str(tmp_path / "mine.h5ad")}})
     assert user.private_paths() == [(tmp_path / "mine.h5ad").resolve()]
+
+
+def test_sandboxed_harness_cannot_read_the_bundled_file_with_both_halves(task, public, tmp_path):
+    """scanpy's bundled h5ad (inside site-packages, which harnesses may read) holds the
+    held-out counts too: the pool's deny_paths keep it unreadable, the public file readable."""
+    from sia.engine.base import EngineStats
+    from sia.harness.contract import Job
+    from sia.harness.pool import HarnessPool
+
+    class NoModel:
+        max_batch_size = 1
+        stats = EngineStats()
+
+    [private] = task.private_paths()
+    assert private.is_file()
+    harness = tmp_path / "peek.py"
+    harness.write_text(
+        "def solve(inputs, ctx):\n"
+        "    out = {}\n"
+        "    for name, path in (('public', ctx.files['train_counts']), ('private', inputs['path'])):\n"
+        "        try:\n"
+        "            open(path, 'rb').read(16)\n"
+        "            out[name] = 'read'\n"
+        "        except OSError as e:\n"
+        "            out[name] = type(e).__name__\n"
+        "    return out\n")
+    files = {k: str(v) for k, v in public[1].items()}
+    with HarnessPool(NoModel(), workers=1, example_timeout_s=30,
+                     deny_paths=[str(p) for p in task.private_paths()]) as pool:
+        [result] = pool.run(str(harness), [Job(id="x", inputs={"path": str(private)})], {}, files, progress=False)
+    assert result.error is None, result.error
+    assert result.answer == {"public": "read", "private": "PermissionError"}
