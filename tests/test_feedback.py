@@ -58,18 +58,33 @@ def test_rules_treats_unreadable_answers_with_a_format_edit():
     assert "unreadable" in decision.rationale
 
 
-def test_rules_tries_cheap_accuracy_edits_then_trains_weights():
-    rows = _rows(n_ok=2, n_wrong=8)
-    first = decide("rules", _ctx(rows))
-    assert first.action == "harness" and first.edit == "few_shot"
-    decision = decide("rules", _ctx(rows, history=[{"action": "harness", "edit": "few_shot", "kept": True}]))
+def test_rules_trains_weights_when_answers_are_readable_but_wrong():
+    decision = decide("rules", _ctx(_rows(n_ok=2, n_wrong=8)))
     assert decision.action == "weights" and decision.training["algorithm"] == "sft"
     assert decision.training["steps"] == 5
 
 
+def test_rules_escalates_to_weights_when_a_format_edit_was_rejected():
+    rows = _rows(n_ok=1, n_format=9)
+    rejected = [{"action": "seed", "kept": True}, {"action": "harness", "edit": "label_list", "kept": False}]
+    decision = decide("rules", _ctx(rows, history=rejected))
+    assert decision.action == "weights" and "did not help" in decision.rationale
+    no_weights = decide("rules", _ctx(rows, history=rejected, weights=False))
+    assert no_weights.action == "harness" and no_weights.edit == "few_shot"
+
+
+def test_rules_tries_a_cheap_accuracy_edit_after_kept_weights():
+    rows = _rows(n_ok=5, n_wrong=5)
+    history = [{"action": "seed", "kept": True}, {"action": "weights", "kept": True}]
+    decision = decide("rules", _ctx(rows, history=history))
+    assert decision.action == "harness" and decision.edit == "few_shot"
+    history.append({"action": "harness", "edit": "few_shot", "kept": True})
+    assert decide("rules", _ctx(rows, history=history)).action == "weights"
+
+
 def test_rules_prefers_a_harness_edit_when_the_model_overfits_train():
     train = [{"id": "t", "score": 1.0, "reason": ""}] * 4
-    history = [{"action": "weights", "kept": True}]
+    history = [{"action": "seed", "kept": True}, {"action": "weights", "kept": False}]
     decision = decide("rules", _ctx(_rows(n_ok=2, n_wrong=8), history=history, train_rows=train))
     assert decision.action == "harness" and decision.edit == "few_shot"
     assert "overfitting" in decision.rationale
@@ -81,6 +96,7 @@ def test_rules_does_not_repeat_a_tried_edit_and_stops_when_nothing_is_left():
                {"action": "harness", "edit": "few_shot", "kept": False},
                {"action": "weights", "kept": False}, {"action": "weights", "kept": False}]
     assert decide("rules", _ctx(_rows(n_format=10), history=history)).action == "stop"
+    assert decide("rules", _ctx(_rows(n_format=10), history=history[:2])).action == "weights"
 
 
 def test_ablations():

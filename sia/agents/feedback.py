@@ -1,10 +1,12 @@
 """Offline feedback policies: choose the next lever from trajectory statistics.
 
 - ``rules``: the full policy. Harness errors or unreadable answers are the harness's fault,
-  so it picks a library edit that treats that symptom. Readable-but-wrong answers first get
-  the untried accuracy edits (one evaluation each, cheaper than training); after that they
-  mean the model lacks the knowledge, so it updates the weights (unless the train probe
-  shows the model already fits train far better than val: more training would overfit).
+  so it picks a library edit that treats that symptom; if such an edit was already rejected
+  on the current incumbent, the model cannot follow the format and SFT on the harness's own
+  answer format teaches it. Readable-but-wrong answers mean the model lacks the knowledge, so
+  it updates the weights (unless the train probe shows the model fits train far better than
+  val: more training would only overfit). After a kept weight update it first tries one
+  untried accuracy edit on the new weights, the cheaper lever.
 - ``harness_only`` / ``weights_only`` / ``alternate``: the ablations, from the same code.
 """
 from __future__ import annotations
@@ -81,26 +83,43 @@ def _weights_possible(ctx: FeedbackContext) -> bool:
     return ctx.weights_available and _failed_weight_updates_since_last_kept(ctx.history) < MAX_FAILED_WEIGHT_UPDATES
 
 
+def _edit_rejected_since_last_kept(ctx: FeedbackContext, symptom: str) -> bool:
+    """Whether an edit for ``symptom`` was tried on the current incumbent and not kept."""
+    addresses = {e.name: e.addresses for e in ctx.edits}
+    for h in reversed(ctx.history):
+        if h.get("kept"):
+            return False
+        if h.get("action") == "harness" and addresses.get(h.get("edit")) == symptom:
+            return True
+    return False
+
+
 def rules_policy(ctx: FeedbackContext) -> Decision:
     d, s = ctx.digest, ctx.settings
     pct = lambda x: f"{100 * x:.0f}%"  # noqa: E731
+    overfit = d.train_score is not None and d.train_score - d.score > s.underfit_gap
+    can_train = _weights_possible(ctx) and not overfit
+    last = ctx.history[-1] if ctx.history else {}
     if d.error_rate >= s.error_threshold:
         found = _applicable_edit(ctx, ("errors",))
         if found:
             return _harness_decision(*found, f"{pct(d.error_rate)} of val examples fail in the harness "
                                              f"({d.error_kinds})", d)
     if d.format_rate >= s.abstain_threshold:
+        if can_train and _edit_rejected_since_last_kept(ctx, "format"):
+            return _weights_decision(
+                ctx, f"{pct(d.format_rate)} of val answers are unreadable and a format edit did not help: "
+                     f"the model cannot follow the format, so teach it by SFT on the harness's own answer format")
         found = _applicable_edit(ctx, ("format",))
         if found:
             return _harness_decision(*found, f"{pct(d.format_rate)} of val answers are unreadable or abstain", d)
-    overfit = d.train_score is not None and d.train_score - d.score > s.underfit_gap
-    if not any(h.get("action") == "weights" for h in ctx.history):
-        # Cheap lever first: an untried accuracy edit costs one evaluation, training costs more.
+    if last.get("action") == "weights" and last.get("kept"):
+        # Cheap lever on the new weights: an edit costs one evaluation, training costs more.
         found = _applicable_edit(ctx, ("accuracy",))
         if found:
-            return _harness_decision(*found, f"answers are readable but only {pct(d.wellformed_accuracy)} right; "
-                                             f"try the untried accuracy edits before training", d)
-    if _weights_possible(ctx) and not overfit:
+            return _harness_decision(*found, f"new weights kept; answers are {pct(d.wellformed_accuracy)} right "
+                                             f"when readable: try an untried accuracy edit before more training", d)
+    if can_train:
         return _weights_decision(
             ctx, f"answers are well-formed ({pct(1 - d.format_rate)}) but only {pct(d.wellformed_accuracy)} right; "
                  f"train probe {('n/a' if d.train_score is None else pct(d.train_score))} is not above val "
@@ -108,11 +127,11 @@ def rules_policy(ctx: FeedbackContext) -> Decision:
     found = _applicable_edit(ctx, ("accuracy", "variance", "format", "errors"))
     if found:
         why = ("the model fits train much better than val (overfitting); improve the harness instead"
-               if overfit else "weight updates stopped helping; try the next harness edit")
+               if overfit else "weights cannot improve further here; try the next harness edit")
         return _harness_decision(*found, why, d)
     if _weights_possible(ctx):
         return _weights_decision(ctx, "no harness edit left to try; keep training the adapter")
-    return _stop("no applicable harness edit left and weight updates stopped improving val", d)
+    return _stop("no applicable harness edit left and weight updates are unavailable or stopped improving val", d)
 
 
 def harness_only_policy(ctx: FeedbackContext) -> Decision:
