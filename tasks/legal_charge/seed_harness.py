@@ -26,7 +26,7 @@ OPTIONS = {
     "retry": False,
     "votes": 1,
     "temperature": 0.7,
-    "max_tokens": 64,
+    "max_tokens": 40,
 }
 
 ANSWER_OPEN, ANSWER_CLOSE = "[罪名]", "<eoa>"
