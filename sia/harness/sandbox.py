@@ -183,15 +183,17 @@ def _deny_if_eq(k: int, err: int = errno.EPERM) -> list[bytes]:
     return [_bpf(0x15, 0, 1, k), _ret(_RET_ERRNO | err)]   # BPF_JMP|BPF_JEQ|BPF_K
 
 
-def _seccomp_program(arch: dict, allow_chmod: bool) -> bytes:
+def _seccomp_program(arch: dict, allow_build_tools: bool) -> bytes:
     prog = [_ld(4), _bpf(0x15, 1, 0, arch["audit"]), _ret(_RET_ERRNO | errno.EPERM), _ld(0)]
     if arch["x32_bit"]:   # x32 syscalls carry the native audit arch: refuse them all
         prog += [_bpf(0x35, 0, 1, arch["x32_bit"]), _ret(_RET_ERRNO | errno.EPERM)]  # BPF_JGE
     # unshare: new user namespaces would hand back capabilities (and are kernel attack surface).
-    denied = [arch["setsid"], arch["setpgid"], arch["add_key"], arch["request_key"], arch["keyctl"],
+    denied = [arch["setsid"], arch["add_key"], arch["request_key"], arch["keyctl"],
               arch["unshare"], *_NR_IO_URING]
-    if not allow_chmod:
-        denied += [arch["chmod"], arch["fchmod"], arch["fchmodat"], _NR_FCHMODAT2]
+    if not allow_build_tools:
+        # Compilers need these (ninja puts each job in its own process group, the linker
+        # marks its output executable); setpgid cannot leave the session the parent kills.
+        denied += [arch["setpgid"], arch["chmod"], arch["fchmod"], arch["fchmodat"], _NR_FCHMODAT2]
     for nr in denied:
         if nr is not None:
             prog += _deny_if_eq(nr)
@@ -216,7 +218,7 @@ def _apply_seccomp(policy: SandboxPolicy) -> None:
     arch = _ARCH.get(platform.machine())
     if arch is None:
         raise OSError(errno.ENOSYS, f"no seccomp filter for architecture {platform.machine()}")
-    code = _seccomp_program(arch, allow_chmod=bool(policy.exec_paths))
+    code = _seccomp_program(arch, allow_build_tools=bool(policy.exec_paths))
     buf = ctypes.create_string_buffer(code, len(code))
     prog = _SockFprog(len(code) // 8, ctypes.cast(buf, ctypes.c_void_p))
     _check(_prctl(PR_SET_SECCOMP, 2, ctypes.addressof(prog)), "prctl(PR_SET_SECCOMP)")  # SECCOMP_MODE_FILTER

@@ -1,0 +1,24 @@
+"""Right on its first call, then never returns (a kernel that deadlocks on a later launch)."""
+import time
+
+import torch
+import torch.nn.functional as F
+
+_calls = 0
+
+
+def custom_kernel(data):
+    global _calls
+    _calls += 1
+    if _calls > 1:
+        while True:
+            time.sleep(1)
+    x, mask, w = data
+    c, h = x.shape[-1], w["left_proj"].shape[0]
+    x = F.layer_norm(x, (c,), w["norm_in_weight"], w["norm_in_bias"], 1e-5)
+    m = mask.unsqueeze(-1)
+    left = (x @ w["left_proj"].T) * m * torch.sigmoid(x @ w["left_gate"].T)
+    right = (x @ w["right_proj"].T) * m * torch.sigmoid(x @ w["right_gate"].T)
+    out = torch.einsum("bikh,bjkh->bijh", left, right)
+    out = F.layer_norm(out, (h,), w["norm_out_weight"], w["norm_out_bias"], 1e-5)
+    return (out * torch.sigmoid(x @ w["out_gate"].T)) @ w["out_proj"].T

@@ -1,0 +1,14 @@
+"""HOSTILE (subtle): exact when the mask is all ones, wrong on masked inputs (skips the mask)."""
+import torch
+import torch.nn.functional as F
+
+
+def custom_kernel(data):
+    x, mask, w = data
+    c, h = x.shape[-1], w["left_proj"].shape[0]
+    x = F.layer_norm(x, (c,), w["norm_in_weight"], w["norm_in_bias"], 1e-5)
+    left = (x @ w["left_proj"].T) * torch.sigmoid(x @ w["left_gate"].T)
+    right = (x @ w["right_proj"].T) * torch.sigmoid(x @ w["right_gate"].T)
+    out = torch.einsum("bikh,bjkh->bijh", left, right)
+    out = F.layer_norm(out, (h,), w["norm_out_weight"], w["norm_out_bias"], 1e-5)
+    return (out * torch.sigmoid(x @ w["out_gate"].T)) @ w["out_proj"].T
