@@ -138,6 +138,7 @@ class Loop:
                                steps=decision.training["steps"], out_dir=adapter_dir, init_adapter=init,
                                seed=self.cfg.seed + generation, progress=self.progress)
             self.train_seconds += result.wall_s
+            _release_memory()
             write_json_atomic(info_file, {"losses": result.losses, "wall_s": result.wall_s,
                                           "steps": result.steps, "examples": len(pairs)})
         name = adapter_name(generation)
@@ -270,6 +271,19 @@ class Loop:
 class LeverFailed(RuntimeError):
     """A candidate could not be built (harness does not load, no training data): the
     generation fails and the loop goes on with the incumbent."""
+
+
+def _release_memory() -> None:
+    """Hand the trainer's activations back to the OS: glibc keeps freed arenas otherwise, and
+    the engine and harness workers of the next generation need that memory."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
 
 
 def adapter_name(generation: int) -> str:
