@@ -102,6 +102,9 @@ def plot_progress(history: list[dict], metric: str, path: Path, title: str) -> N
         ax.scatter(h["generation"], h["val"], marker=ACTION_MARKERS.get(h["action"], "o"), color=color, zorder=3)
         ax.annotate(h["action"] + ("" if not h.get("edit") else f":{h['edit']}"), (h["generation"], h["val"]),
                     fontsize=7, xytext=(3, 4), textcoords="offset points")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("generation")
     ax.set_ylabel(metric)
     ax.set_title(title, fontsize=9)
