@@ -83,14 +83,6 @@ class RunDir:
     def save_state(self, state: dict) -> None:
         write_json_atomic(self.state_file, state)
 
-    def cached_json(self, path: Path, compute) -> Any:
-        """The JSON at ``path`` if a previous attempt finished it, else ``compute()`` saved there."""
-        if path.is_file():
-            return read_json(path)
-        value = compute()
-        write_json_atomic(path, value)
-        return value
-
 
 def new_state() -> dict:
     return {

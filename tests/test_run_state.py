@@ -28,12 +28,3 @@ def test_state_round_trip_and_version_check(tmp_path):
     run.save_state(state)
     with pytest.raises(RuntimeError, match="version"):
         run.load_state()
-
-
-def test_cached_json_computes_once(tmp_path):
-    run = RunDir(tmp_path)
-    calls = []
-    compute = lambda: calls.append(1) or {"x": len(calls)}  # noqa: E731
-    assert run.cached_json(tmp_path / "c.json", compute) == {"x": 1}
-    assert run.cached_json(tmp_path / "c.json", compute) == {"x": 1}
-    assert len(calls) == 1
