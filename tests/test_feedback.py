@@ -67,10 +67,12 @@ def test_rules_trains_weights_when_answers_are_readable_but_wrong():
 def test_rules_escalates_to_weights_when_a_format_edit_was_rejected():
     rows = _rows(n_ok=1, n_format=9)
     rejected = [{"action": "seed", "kept": True}, {"action": "harness", "edit": "label_list", "kept": False}]
+    cheap_first = decide("rules", _ctx(rows, history=rejected))
+    assert cheap_first.action == "harness" and cheap_first.edit == "few_shot"
+    rejected.append({"action": "harness", "edit": "few_shot", "kept": False})
     decision = decide("rules", _ctx(rows, history=rejected))
     assert decision.action == "weights" and "did not help" in decision.rationale
-    no_weights = decide("rules", _ctx(rows, history=rejected, weights=False))
-    assert no_weights.action == "harness" and no_weights.edit == "few_shot"
+    assert decide("rules", _ctx(rows, history=rejected, weights=False)).action == "stop"
 
 
 def test_rules_tries_a_cheap_accuracy_edit_after_kept_weights():

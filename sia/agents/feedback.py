@@ -2,8 +2,8 @@
 
 - ``rules``: the full policy. Harness errors or unreadable answers are the harness's fault,
   so it picks a library edit that treats that symptom; if such an edit was already rejected
-  on the current incumbent, the model cannot follow the format and SFT on the harness's own
-  answer format teaches it. Readable-but-wrong answers mean the model lacks the knowledge, so
+  on the current incumbent, it tries an accuracy edit (worked examples show the format too)
+  before the first training, then SFT on the harness's own answer format teaches it. Readable-but-wrong answers mean the model lacks the knowledge, so
   it updates the weights (unless the train probe shows the model fits train far better than
   val: more training would only overfit). After a kept weight update it first tries one
   untried accuracy edit on the new weights, the cheaper lever.
@@ -106,7 +106,14 @@ def rules_policy(ctx: FeedbackContext) -> Decision:
             return _harness_decision(*found, f"{pct(d.error_rate)} of val examples fail in the harness "
                                              f"({d.error_kinds})", d)
     if d.format_rate >= s.abstain_threshold:
-        if can_train and _edit_rejected_since_last_kept(ctx, "format"):
+        format_edit_failed = _edit_rejected_since_last_kept(ctx, "format")
+        if format_edit_failed and not any(h.get("action") == "weights" for h in ctx.history):
+            # Cheap lever first: worked examples also show the format, for one evaluation.
+            found = _applicable_edit(ctx, ("accuracy",))
+            if found:
+                return _harness_decision(*found, f"{pct(d.format_rate)} of val answers are unreadable and a format "
+                                                 f"edit did not help; try an accuracy edit before training", d)
+        if can_train and format_edit_failed:
             return _weights_decision(
                 ctx, f"{pct(d.format_rate)} of val answers are unreadable and a format edit did not help: "
                      f"the model cannot follow the format, so teach it by SFT on the harness's own answer format")
