@@ -149,6 +149,26 @@ class Task(ABC):
         return True
 
 
+def plain_config(cfg: Any) -> dict:
+    """A task's config subtree (DictConfig, dict or None) as plain, resolved dicts."""
+    if cfg is None:
+        return {}
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_config(cfg):
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    return dict(cfg)
+
+
+def merged_config(defaults: dict, given: dict) -> dict:
+    """``defaults`` deep-updated by ``given`` (nested dicts merged key by key)."""
+    out = dict(defaults)
+    for key, value in (given or {}).items():
+        nested = isinstance(defaults.get(key), dict) and isinstance(value, dict)
+        out[key] = merged_config(defaults[key], value) if nested else value
+    return out
+
+
 class UnknownTaskError(ValueError):
     pass
 

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from sia.harness.options import with_options
-from sia.tasks import EvalReport, Example, ExampleScore, HarnessEdit, Splits, Task, TaskMeta
+from sia.tasks import (EvalReport, Example, ExampleScore, HarnessEdit, Splits, Task, TaskMeta,
+                       merged_config, plain_config)
 
 from . import synthetic
 from .data import (
@@ -43,26 +44,8 @@ DEFAULTS: dict[str, Any] = {
 FEW_SHOT_K = 2  # few-shot edit: two retrieved examples fit SmolLM2's 2k context with the fact
 
 
-def _plain(cfg: Any) -> dict:
-    """The task config as plain dicts (accepts DictConfig or dict)."""
-    if cfg is None:
-        return {}
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(cfg, DictConfig):
-            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    except ImportError:
-        pass
-    return dict(cfg)
 
 
-def _merged(defaults: dict, given: dict) -> dict:
-    out = dict(defaults)
-    for key, value in (given or {}).items():
-        nested = isinstance(defaults.get(key), dict) and isinstance(value, dict)
-        out[key] = _merged(defaults[key], value) if nested else value
-    return out
 
 
 def _path(value: Any) -> Path | None:
@@ -74,7 +57,7 @@ class TaskImpl(Task):
 
     def __init__(self, cfg: Any, root: Path):
         super().__init__(cfg, root)
-        self.settings = _merged(DEFAULTS, _plain(cfg))
+        self.settings = merged_config(DEFAULTS, plain_config(cfg))
         self.data_cfg = self.settings["data"]
         self.meta = TaskMeta(
             primary_metric=str(self.settings.get("primary_metric") or "f1"),

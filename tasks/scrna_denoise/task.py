@@ -16,7 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from sia.harness.options import read_options, with_options
-from sia.tasks import EvalReport, Example, ExampleScore, HarnessEdit, Splits, Task, TaskMeta
+from sia.tasks import EvalReport, Example, ExampleScore, HarnessEdit, Splits, Task, TaskMeta, plain_config
 
 from . import baselines
 from .data import Counts, CountsError, McvSplit, cell_splits, load_bundled_pbmc, load_h5ad_counts, mcv_split
@@ -30,18 +30,6 @@ PRIMARY_METRICS = ("score", "mse_norm", "poisson_norm")
 TRAIN_COUNTS_FILE = "train_counts.npz"
 
 
-def _plain(cfg: Any) -> dict:
-    """A DictConfig or dict subtree as a plain dict."""
-    if cfg is None:
-        return {}
-    try:
-        from omegaconf import OmegaConf
-
-        if OmegaConf.is_config(cfg):
-            return OmegaConf.to_container(cfg, resolve=True)
-    except ImportError:
-        pass
-    return dict(cfg)
 
 
 class TaskImpl(Task):
@@ -49,8 +37,8 @@ class TaskImpl(Task):
 
     def __init__(self, cfg: Any, root: Path):
         super().__init__(cfg, root)
-        config = _plain(cfg)
-        self.data_cfg = {**DEFAULTS, **_plain(config.get("data"))}
+        config = plain_config(cfg)
+        self.data_cfg = {**DEFAULTS, **plain_config(config.get("data"))}
         primary = config.get("primary_metric", "score")
         self.meta = TaskMeta(
             primary_metric=primary if primary in PRIMARY_METRICS else "score",

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from sia.harness.options import with_options
-from sia.tasks import EvalReport, Example, ExampleScore, HarnessEdit, Splits, Task, TaskMeta
+from sia.tasks import (EvalReport, Example, ExampleScore, HarnessEdit, Splits, Task, TaskMeta,
+                       merged_config, plain_config)
 
 from .database import DB_ID, build_database
 from .execution import clean_answer_sql, evaluate_in_child, readonly_uri
@@ -46,25 +47,8 @@ DEFAULTS: dict[str, Any] = {
 FEW_SHOT_K = 3   # three short question/SQL pairs fit SmolLM2's 2k context next to the schema
 
 
-def _plain(cfg: Any) -> dict:
-    if cfg is None:
-        return {}
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(cfg, DictConfig):
-            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    except ImportError:
-        pass
-    return dict(cfg)
 
 
-def _merged(defaults: dict, given: dict) -> dict:
-    out = dict(defaults)
-    for key, value in (given or {}).items():
-        nested = isinstance(defaults.get(key), dict) and isinstance(value, dict)
-        out[key] = _merged(defaults[key], value) if nested else value
-    return out
 
 
 def _is_int(value: Any, low: int) -> bool:
@@ -80,7 +64,7 @@ class TaskImpl(Task):
 
     def __init__(self, cfg: Any, root: Path):
         super().__init__(cfg, root)
-        self.settings = _merged(DEFAULTS, _plain(cfg))
+        self.settings = merged_config(DEFAULTS, plain_config(cfg))
         self.data_cfg = self.settings["data"]
         self.meta = TaskMeta(primary_metric="execution_accuracy", direction="max", reward_shape="binary",
                              metrics=("execution_accuracy",) + tuple(f"{o}_rate" for o in OUTCOMES))
