@@ -54,12 +54,24 @@ class Splits:
         return {"train": self.train, "val": self.val, "test": self.test}[name]
 
 
+# Why an example fell short, the only thing the digest counts:
+# error  - the harness raised, timed out or ran out of memory (set by the loop, never by evaluators);
+# format - the evaluator could not read or run the answer (abstention, no valid label, no SQL,
+#          a kernel that does not compile, a matrix of the wrong shape or with NaN);
+# wrong  - readable and run, but below full credit (the task defines full credit);
+# None   - full credit.
+FailureKind = Literal["error", "format", "wrong"]
+FAILURE_KINDS = ("error", "format", "wrong")
+
+
 @dataclass
 class ExampleScore:
     id: str
     score: float          # reward in [0, 1] for max-direction tasks; raw value otherwise
-    reason: str = ""      # one sentence: why it failed (empty when it is right)
-    details: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""      # one sentence: what kind of mistake it was, never quoting a held-out target
+    details: dict[str, Any] = field(default_factory=dict)   # trusted-only (may hold the gold): never
+                                                            # written where the feedback side reads
+    failure: FailureKind | None = None
 
 
 @dataclass
@@ -86,6 +98,17 @@ class HarnessEdit:
     addresses: Literal["format", "errors", "accuracy", "variance"]
     description: str
     apply: Callable[[str], str | None]
+
+
+@dataclass
+class Baseline:
+    """A non-LLM reference method of a task, scored with the task's own evaluator on the same
+    val/test examples as the loop. ``predict(splits, examples)`` returns one answer per
+    example and may read only public data: train examples with targets and the examples' inputs."""
+
+    name: str
+    description: str
+    predict: Callable[[Splits, list[Example]], list[Any]]
 
 
 class Task(ABC):
@@ -142,6 +165,10 @@ class Task(ABC):
     # ---- levers ----------------------------------------------------------------------
     def harness_edits(self) -> list[HarnessEdit]:
         """The library of concrete harness rewrites the offline rules policy may choose."""
+        return []
+
+    def baselines(self) -> list[Baseline]:
+        """The task's non-LLM baselines (``tasks/<name>/baselines.py``)."""
         return []
 
     def supports_gold_sft(self) -> bool:
