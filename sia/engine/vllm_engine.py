@@ -57,6 +57,8 @@ class VLLMEngine:
             current_platform.is_sleep_mode_available())
         self.asleep_now = False
         started = time.perf_counter()
+        # On CPU vLLM binds its OpenMP threads and then blocks torch.set_num_threads for the
+        # whole process (the HF engine and trainer in this process keep vLLM's thread count).
         self.llm = LLM(**engine_kwargs(model_cfg, model_dir, self.on_cpu, self.sleep_enabled))
         self.start_s = time.perf_counter() - started
         self.eos_ids = _eos_ids(model_dir, self.tokenizer)
