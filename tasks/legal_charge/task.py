@@ -49,6 +49,10 @@ class DataProblem(ValueError):
     """A data file that cannot be used; the message names the config key, value and fix."""
 
 
+def _examples(n: int) -> str:
+    return f"{n} example" if n == 1 else f"{n} examples"
+
+
 def _path(value: Any) -> Path | None:
     return Path(str(value)).expanduser() if value not in (None, "") else None
 
@@ -135,10 +139,10 @@ class TaskImpl(Task):
         if d["test_path"] and empty == ["test"]:
             return [f"task.data.test_path={str(d['test_path'])!r} holds no examples: give a file with "
                     f"at least one, or set task.data.test_path=null to cut test from task.data.path"]
-        source = (f"task.data.path={str(d['path'])!r} gives {len(train) + len(val)} examples "
+        source = (f"task.data.path={str(d['path'])!r} gives {_examples(len(train) + len(val))} "
                   f"for train and val, and task.data.test_path {len(test)} for test"
                   if d["test_path"] else
-                  f"task.data.path={str(d['path'])!r} holds {sum(sizes.values())} examples")
+                  f"task.data.path={str(d['path'])!r} holds {_examples(sum(sizes.values()))}")
         return [f"{source}: the splits got {got} (val_fraction {d['val_fraction']:g}, test_fraction "
                 f"{d['test_fraction']:g}), and {', '.join(empty)} may not be empty: add examples to the "
                 f"file, change task.data.val_fraction / task.data.test_fraction, or give the test split "
