@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore:.*:anndata._warnings.OldFormatWarning")
+
 from sia.tasks import load_task
 
 REPO = Path(__file__).resolve().parent.parent
@@ -177,3 +179,19 @@ def test_spider_questions_whose_database_is_missing_are_counted(tmp_path):
     root = spider_folder(tmp_path / "gone", questions(5, "elsewhere"))
     [problem] = sql(root).config_problems()
     assert "train 0, val 0, test 0" in problem and "5 left out: database file not found" in problem
+
+
+def test_synthetic_sql_with_too_few_instances_names_the_key(tmp_path):
+    [problem] = load_task("sql_qa", {"data": {"instances_per_template": 1}}).config_problems()
+    assert problem.startswith("task.data.instances_per_template=1: the splits got train 27, val 0, test 0")
+    assert "raise task.data.instances_per_template" in problem
+
+
+# ---- scrna_denoise ----------------------------------------------------------------------------
+
+def test_scrna_shares_that_leave_no_test_cells_are_named():
+    task = load_task("scrna_denoise", {"name": "scrna_denoise", "primary_metric": "score",
+                                       "data": {"max_cells": 10, "train_cells": 0.55, "val_cells": 0.4}})
+    [problem] = task.config_problems()
+    assert problem.startswith("task.data.train_cells=0.55, val_cells=0.4:") and "test 0 examples" in problem
+    assert "task.data.max_cells" in problem

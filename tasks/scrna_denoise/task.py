@@ -72,7 +72,21 @@ class TaskImpl(Task):
                 self._load_counts()
             except CountsError as err:
                 problems.append(self._counts_problem(err))
+            else:   # split now (load() keeps it): an empty split stops the run before any work
+                problems += self._split_problems()
         return problems
+
+    def _split_problems(self) -> list[str]:
+        d, splits = self.data_cfg, self.load()
+        sizes = {name: len(splits[name]) for name in ("train", "val", "test")}
+        empty = [name for name in ("val", "test") if not sizes[name]]   # train_cells=0 may leave train empty
+        if not empty:
+            return []
+        return [f"task.data.train_cells={d['train_cells']!r}, val_cells={d['val_cells']!r}: "
+                f"{self._mcv.train.shape[0]} usable cells give train {sizes['train']}, val {sizes['val']}, "
+                f"test {sizes['test']} examples, and {' and '.join(empty)} may not be empty: use more cells "
+                f"(task.data.max_cells, or a larger file in task.data.path) or smaller shares, leaving test "
+                f"cells (1 - train_cells - val_cells of them)"]
 
     def _setting_problems(self) -> list[str]:
         d, problems = self.data_cfg, []
