@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from sia.harness.options import with_options
+from sia.tasks import schema_defaults
 from sia.tasks import (EvalReport, Example, ExampleScore, HarnessEdit, Splits, Task, TaskMeta,
                        merged_config, plain_config)
 
+from .config_schema import Config
 from . import synthetic
 from .data import (
     FORMATS,
@@ -26,22 +28,7 @@ from .data import (
 from .metrics import aggregate, failure_kind, failure_reason, score_answer
 
 PRIMARY_METRICS = ("f1", "exact")
-DEFAULTS: dict[str, Any] = {
-    "primary_metric": "f1",
-    "data": {
-        "path": None,
-        "format": "auto",
-        "test_path": None,
-        "val_fraction": 0.2,
-        "test_fraction": 0.2,
-        "split_seed": 0,
-        "labels_path": None,
-        "synthetic": {
-            "seed": 0, "n_charges": 24, "n_train": 240, "n_val": 60, "n_test": 80,
-            "multi_label_share": 0.15,
-        },
-    },
-}
+DEFAULTS = schema_defaults(Config)   # tasks/legal_charge/config_schema.py holds every default
 FEW_SHOT_K = 2  # few-shot edit: two retrieved examples fit SmolLM2's 2k context with the fact
 
 

@@ -22,16 +22,15 @@ import numpy as np
 import scipy.sparse as sp
 
 from sia.harness.options import read_options, with_options
+from sia.tasks import schema_defaults
 from sia.tasks import EvalReport, Example, ExampleScore, HarnessEdit, Splits, Task, TaskMeta, plain_config
 
+from .config_schema import DataConfig
 from . import baselines
 from .data import Counts, CountsError, McvSplit, cell_splits, load_bundled_pbmc, load_h5ad_counts, mcv_split
 from .metrics import References, answer_problem, perfect_prediction
 
-DEFAULTS = {
-    "path": None, "layer": "auto", "max_cells": 4000, "max_genes": None, "train_fraction": 0.9,
-    "seed": 0, "train_cells": 0.2, "val_cells": 0.4, "cells_per_example": 70, "train_cells_per_example": 14,
-}
+DEFAULTS = schema_defaults(DataConfig)   # tasks/scrna_denoise/config_schema.py holds every default
 PRIMARY_METRICS = ("score",)
 # Reported, but a trivial answer wins on each alone (measured on the bundled data's val split),
 # so neither may steer the loop.

@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from sia.harness.options import with_options
+from sia.tasks import schema_defaults
 from sia.tasks import (EvalReport, Example, ExampleScore, HarnessEdit, Splits, Task, TaskMeta,
                        merged_config, plain_config)
 
+from .config_schema import Config
 from .database import DB_ID, build_database
 from .execution import clean_answer_sql, evaluate_in_child, readonly_uri
 from .questions import assign_splits, generate_instances, interleave
@@ -27,23 +29,7 @@ from .spider import DataError, load_spider, spider_problems
 SOURCES = ("synthetic", "spider")
 SPLIT_BY = ("instance", "template")
 OUTCOMES = ("invalid_sql", "no_sql", "timeout", "wrong_result")
-DEFAULTS: dict[str, Any] = {
-    "primary_metric": "execution_accuracy",
-    "data": {
-        "source": "synthetic",
-        "path": None,
-        "seed": 0,
-        "instances_per_template": 10,
-        "paraphrases": 1,
-        "split_by": "instance",
-        "val_fraction": 0.2,
-        "test_fraction": 0.25,
-        "max_per_split": 200,
-    },
-    "query_timeout_s": 2.0,
-    "max_result_rows": 10000,
-    "eval_memory_mb": 1024,
-}
+DEFAULTS = schema_defaults(Config)   # tasks/sql_qa/config_schema.py holds every default
 FEW_SHOT_K = 3   # three short question/SQL pairs fit SmolLM2's 2k context next to the schema
 # The evaluator could not run these answers ("format"); every other short fall ran and is "wrong".
 UNREADABLE = ("no_sql", "invalid_sql")
