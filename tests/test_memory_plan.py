@@ -23,7 +23,7 @@ def _phase(model_cfg, lora_cfg, prefix: str):
 
 
 def test_parameter_counts_match_the_published_gpt_oss_figures():
-    big, small = Arch.from_cfg(_model("gpt_oss_120b").arch), Arch.from_cfg(_model("gpt_oss_20b").arch)
+    big, small = Arch.from_cfg(_model("gpt_oss_120b").gpu.arch), Arch.from_cfg(_model("gpt_oss_20b").gpu.arch)
     assert 116e9 < big.total_params() < 118e9 and 5.0e9 < big.active_params() < 5.2e9      # ~117B, ~5.1B
     assert 20.5e9 < small.total_params() < 21.5e9 and 3.5e9 < small.active_params() < 3.7e9  # ~21B, ~3.6B
 
@@ -74,33 +74,34 @@ def test_shipped_20b_config_fits_one_80gb_gpu_with_vllm_asleep_while_training():
 
 def test_same_gpu_without_sleep_is_refused_with_the_numbers():
     # The old setting: vLLM takes 90% of the GPU while the trainer loads its own copy.
-    problems = plan_problems(_model("gpt_oss_20b", trainer_placement="same_gpu", gpu_memory_utilization=0.9), LORA)
+    problems = plan_problems(_model("gpt_oss_20b", gpu={"trainer_placement": "same_gpu"}, gpu_memory_utilization=0.9), LORA)
     assert len(problems) == 1 and problems[0].startswith("train (LoRA SFT) needs")
     assert "but has 7.5 GiB" in problems[0] and "lora.batch_size" in problems[0]
 
 
 def test_120b_expert_lora_needs_two_serving_gpus():
-    problems = plan_problems(_model("gpt_oss_120b", tensor_parallel_size=1, train_gpus=1), LORA)
+    problems = plan_problems(_model("gpt_oss_120b", tensor_parallel_size=1, gpu={"train_gpus": 1}), LORA)
     serve = [p for p in problems if p.startswith("serve (vLLM)")]
     assert serve and "tensor_parallel_size" in serve[0]
-    assert not [p for p in plan_problems(_model("gpt_oss_120b", train_gpus=1), LORA) if p.startswith("serve")]
+    assert not [p for p in plan_problems(_model("gpt_oss_120b", gpu={"train_gpus": 1}), LORA) if p.startswith("serve")]
 
 
 def test_120b_training_does_not_fit_one_gpu_and_the_trainer_cannot_shard_yet():
-    one = plan_problems(_model("gpt_oss_120b", train_gpus=1), LORA)
+    one = plan_problems(_model("gpt_oss_120b", gpu={"train_gpus": 1}), LORA)
     assert any(p.startswith("train (LoRA SFT) needs") and "base weights" in p for p in one)
     shipped = plan_problems(_model("gpt_oss_120b"), LORA)
     assert len(shipped) == 1 and "train_gpus=4" in shipped[0] and "sia/train/sft.py" in shipped[0]
 
 
 def test_bad_settings_are_named():
-    assert "model.trainer_placement='nearby'" in plan_problems(_model("gpt_oss_20b", trainer_placement="nearby"), LORA)[0]
-    assert "model.expert_dtype='fp3'" in plan_problems(_model("gpt_oss_20b", expert_dtype="fp3"), LORA)[0]
-    assert any("model.num_gpus=1 but the plan needs 2" in p
+    nearby = plan_problems(_model("gpt_oss_20b", gpu={"trainer_placement": "nearby"}), LORA)
+    assert "model.gpu.trainer_placement='nearby'" in nearby[0]
+    assert "model.gpu.expert_dtype='fp3'" in plan_problems(_model("gpt_oss_20b", gpu={"expert_dtype": "fp3"}), LORA)[0]
+    assert any("model.gpu.count=1 but the plan needs 2" in p
                for p in plan_problems(_model("gpt_oss_20b", tensor_parallel_size=2), LORA))
     assert any("sleep_during_training=true" in p
                for p in plan_problems(_model("gpt_oss_20b", sleep_during_training=False), LORA))
 
 
-def test_a_model_without_an_arch_block_has_nothing_to_plan():
+def test_a_model_without_a_gpu_block_has_nothing_to_plan():
     assert plan_problems(OmegaConf.load(REPO / "conf" / "model" / "smollm2_135m.yaml"), LORA) == []

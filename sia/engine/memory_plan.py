@@ -9,7 +9,7 @@ gradients and AdamW state (16 bytes a parameter), and activations without gradie
 checkpointing (the trainer does not enable it). Placement: ``same_gpu_sleep`` trains on vLLM's
 GPUs while vLLM sleeps (level 1: weights to host RAM, KV cache dropped, a residual stays);
 ``same_gpu`` trains next to an awake vLLM in the share it leaves; ``separate_gpus`` trains on
-``train_gpus`` GPUs of their own. Estimates, not measurements: activations are rounded up."""
+``gpu.train_gpus`` GPUs of their own. Estimates, not measurements: activations are rounded up."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -127,14 +127,15 @@ def _bytes(name: str, key: str) -> float:
 
 
 def plan(model_cfg, lora_cfg) -> list[Phase]:
-    """The serve and train phases of a model config with an ``arch`` block (GiB per GPU)."""
-    arch = Arch.from_cfg(model_cfg.arch)
-    gpu = float(_get(model_cfg, "gpu_memory_gb", 80)) * 1e9 / GIB  # vendors quote GB
+    """The serve and train phases of a model config with a ``gpu`` block (GiB per GPU)."""
+    g = model_cfg.gpu
+    arch = Arch.from_cfg(g.arch)
+    gpu = float(_get(g, "memory_gb", 80)) * 1e9 / GIB  # vendors quote GB
     tp = int(_get(model_cfg, "tensor_parallel_size", 1))
     share = float(_get(model_cfg, "gpu_memory_utilization", 0.5))
     dtype = _bytes(str(model_cfg.dtype), "dtype")
-    expert_dtype = _bytes(str(_get(model_cfg, "expert_dtype", model_cfg.dtype)), "expert_dtype")
-    train_dtype = _bytes(str(_get(model_cfg, "train_expert_dtype", model_cfg.dtype)), "train_expert_dtype")
+    expert_dtype = _bytes(str(_get(g, "expert_dtype", model_cfg.dtype)), "gpu.expert_dtype")
+    train_dtype = _bytes(str(_get(g, "train_expert_dtype", model_cfg.dtype)), "gpu.train_expert_dtype")
     rank = int(_get(lora_cfg, "rank", 8))
     lora = arch.lora_params(rank, *lora_targets(model_cfg, lora_cfg))
     context = int(model_cfg.max_context)
@@ -148,12 +149,14 @@ def plan(model_cfg, lora_cfg) -> list[Phase]:
         "weights": weights / tp, "LoRA slots": lora_serving / tp, "runtime reserve": RUNTIME_RESERVE_GIB,
         "KV cache (1 full-context sequence)": kv_one_seq / tp}, limit_gib=share * gpu)
 
-    placement = str(_get(model_cfg, "trainer_placement", "same_gpu_sleep"))
+    placement = str(_get(g, "trainer_placement", "same_gpu_sleep"))
     if placement not in PLACEMENTS:
-        raise ValueError(f"model.trainer_placement={placement!r}; use one of {', '.join(PLACEMENTS)}")
-    n_train = int(_get(model_cfg, "train_gpus", 1))
+        raise ValueError(f"model.gpu.trainer_placement={placement!r}; use one of {', '.join(PLACEMENTS)}")
+    n_train = int(_get(g, "train_gpus", 1))
     tokens = int(_get(lora_cfg, "batch_size", 8)) * int(_get(lora_cfg, "max_seq_len", 384))
-    act_bytes = 4.0 if str(_get(lora_cfg, "precision", "32-true")).startswith("32") else 2.0
+    # Activations run in the base's dtype (a bf16 base under "32-true" still computes in bf16);
+    # a 16-bit precision setting casts an fp32 base down.
+    act_bytes = 2.0 if str(_get(lora_cfg, "precision", "32-true")).startswith(("16", "bf16")) else dtype
     k = arch.experts_per_token if arch.experts else 1
     activations = tokens * arch.layers * (12 * arch.hidden + 5 * k * arch.intermediate) * act_bytes / GIB
     logits = tokens * arch.vocab * 8 / GIB  # fp32 logits and their gradient
@@ -168,8 +171,8 @@ def plan(model_cfg, lora_cfg) -> list[Phase]:
     else:
         limit, where = gpu, _span(tp, n_train)
     if placement != "separate_gpus" and n_train > tp:
-        raise ValueError(f"model.train_gpus={n_train} but trainer_placement={placement} trains on vLLM's "
-                         f"{tp} GPU(s); use trainer_placement=separate_gpus")
+        raise ValueError(f"model.gpu.train_gpus={n_train} but trainer_placement={placement} trains on "
+                         f"vLLM's {tp} GPU(s); use model.gpu.trainer_placement=separate_gpus")
     return [serve, Phase("train (LoRA SFT)", where, parts, limit_gib=limit)]
 
 
@@ -179,28 +182,29 @@ def _span(first: int, count: int) -> str:
 
 def plan_problems(model_cfg, lora_cfg) -> list[str]:
     """Why the config cannot fit, one message per problem (empty: it fits, or the model config
-    has no ``arch`` block to plan from, as for the embedded CPU model)."""
-    if _get(model_cfg, "arch") is None:
+    has no ``gpu`` block to plan from, as for the embedded CPU model)."""
+    g = _get(model_cfg, "gpu")
+    if g is None:
         return []
     try:
         phases = plan(model_cfg, lora_cfg)
     except (ValueError, TypeError) as error:
         return [str(error)]
     problems = []
-    gpus = int(_get(model_cfg, "num_gpus", 1))
+    gpus = int(_get(g, "count", 1))
     tp = int(_get(model_cfg, "tensor_parallel_size", 1))
-    placement = str(_get(model_cfg, "trainer_placement", "same_gpu_sleep"))
-    needed = tp + (int(_get(model_cfg, "train_gpus", 1)) if placement == "separate_gpus" else 0)
+    placement = str(_get(g, "trainer_placement", "same_gpu_sleep"))
+    train_gpus = int(_get(g, "train_gpus", 1))
+    needed = tp + (train_gpus if placement == "separate_gpus" else 0)
     if needed > gpus:
-        problems.append(f"model.num_gpus={gpus} but the plan needs {needed} (tensor_parallel_size={tp}"
+        problems.append(f"model.gpu.count={gpus} but the plan needs {needed} (tensor_parallel_size={tp}"
                         f"{', plus train_gpus for separate_gpus' if placement == 'separate_gpus' else ''})")
-    train_gpus = int(_get(model_cfg, "train_gpus", 1))
     if train_gpus > TRAINER_MAX_GPUS:
-        problems.append(f"model.train_gpus={train_gpus}: sia/train/sft.py trains on {TRAINER_MAX_GPUS} device; "
+        problems.append(f"model.gpu.train_gpus={train_gpus}: sia/train/sft.py trains on {TRAINER_MAX_GPUS} device; "
                         "sharding the base over several GPUs is not built yet (train_gpus=1 needs a GPU that "
                         "holds the whole training copy, see the plan)")
     if placement == "same_gpu_sleep" and not bool(_get(model_cfg, "sleep_during_training", False)):
-        problems.append("model.trainer_placement=same_gpu_sleep needs model.sleep_during_training=true")
+        problems.append("model.gpu.trainer_placement=same_gpu_sleep needs model.sleep_during_training=true")
     for phase in phases:
         if phase.peak_gib > phase.limit_gib:
             biggest = max(phase.parts, key=phase.parts.get)
@@ -214,15 +218,15 @@ def plan_problems(model_cfg, lora_cfg) -> list[str]:
 def _advice(phase: str) -> str:
     if phase.startswith("serve"):
         return ("raise model.tensor_parallel_size or model.gpu_memory_utilization, lower model.max_context "
-                "or model.max_loras, or use a GPU with more memory (model.gpu_memory_gb)")
+                "or model.max_loras, or use a GPU with more memory (model.gpu.memory_gb)")
     return ("lower lora.batch_size or lora.max_seq_len, drop lora target parameters (model.lora_target_parameters), "
-            "use model.trainer_placement=separate_gpus with more model.train_gpus, or a quantised "
-            "model.train_expert_dtype")
+            "use model.gpu.trainer_placement=separate_gpus with more model.gpu.train_gpus, or a quantised "
+            "model.gpu.train_expert_dtype")
 
 
 def format_plan(model_cfg, lora_cfg) -> str:
     """The table printed before a run: every part of every phase, GiB per GPU."""
-    arch = Arch.from_cfg(model_cfg.arch)
+    arch = Arch.from_cfg(model_cfg.gpu.arch)
     rank = int(_get(lora_cfg, "rank", 8))
     lines = [f"memory plan for {model_cfg.name}: {arch.total_params() / 1e9:.1f}B parameters "
              f"({arch.active_params() / 1e9:.1f}B active), LoRA rank {rank}: "
