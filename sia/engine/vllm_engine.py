@@ -229,12 +229,16 @@ def _check_adapter_dir(name: str, path: Path, max_rank: int) -> Path:
 
 
 def _eos_ids(model_dir, tokenizer) -> set[int]:
-    """The ids that end a reply (generation config and tokenizer), as the HF engine uses them."""
+    """The ids that end a reply (generation config and tokenizer), as the HF engine uses them;
+    a hub id works too (the generation config comes from the same place as the weights)."""
+    from transformers import GenerationConfig
+
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    config = Path(str(model_dir)) / "generation_config.json"
-    if config.is_file():
-        value = json.loads(config.read_text()).get("eos_token_id")
-        ids |= set(value if isinstance(value, list) else [value] if value is not None else [])
+    try:
+        value = GenerationConfig.from_pretrained(str(model_dir)).eos_token_id
+    except OSError:  # no generation_config.json: the tokenizer's EOS is all there is
+        value = None
+    ids |= set(value if isinstance(value, list) else [value] if value is not None else [])
     return ids
 
 
