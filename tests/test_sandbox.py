@@ -206,7 +206,8 @@ def test_parent_proc_signals_system_secrets_and_repo_are_off_limits(shared):
     r = shared["results"]["parent"]
     assert r.error is None, r.error
     assert r.answer["environ"].startswith("PermissionError")
-    assert r.answer["signal"].startswith("PermissionError")    # Landlock signal scoping
+    # Landlock signal scoping, or (in its own PID namespace) the parent is not even visible
+    assert r.answer["signal"].startswith(("PermissionError", "ProcessLookupError"))
     if os.path.exists("/etc/shadow"):
         assert r.answer["shadow"].startswith("PermissionError")
     assert r.answer["repo_file"].startswith("PermissionError")  # only sia/ of the repo is readable

@@ -290,8 +290,9 @@ def _landlock_rules(policy: SandboxPolicy, handled_fs: int) -> list[tuple[str, i
     rules.append((SIA_DIR, READ))
     rules += [(p, READ) for p in SYSTEM_FILES]
     rules += [(p, READ | FS_WRITE_FILE) for p in WRITABLE_DEVICES]
-    # Its own /proc/<pid> (resolved now), never another process's.
-    rules.append((f"/proc/{os.getpid()}", READ))
+    # Its own /proc/<pid> (resolved now), never another process's. /proc/self names the pid
+    # as this procfs sees it (the host's), not the one of a PID namespace the child is init of.
+    rules.append((f"/proc/{os.readlink('/proc/self')}", READ))
     rules += [(p, READ) for p in policy.read_paths]
     rules += [(p, READ_EXEC) for p in policy.exec_paths]
     rules += [(p, everything_but_exec) for p in policy.write_paths]
@@ -302,7 +303,9 @@ def _landlock_rules(policy: SandboxPolicy, handled_fs: int) -> list[tuple[str, i
 
 def _without_denied(rules: list[tuple[str, int]], denied: list[str]) -> list[tuple[str, int]]:
     """Replace each rule whose path contains a denied path by rules for everything beside it:
-    the siblings along the way down, so the denied path (and only it) stays out of reach."""
+    the siblings along the way down, so the denied path (and only it) stays out of reach.
+    Each directory along the way keeps its listing right (reads of files stay off): import
+    machinery lists site-packages and package folders to find modules."""
     out = []
     for path, access in rules:
         real = os.path.realpath(path)
@@ -310,6 +313,8 @@ def _without_denied(rules: list[tuple[str, int]], denied: list[str]) -> list[tup
         if not inside:
             out.append((path, access))
         elif real not in inside and os.path.isdir(real):
+            if access & FS_READ_DIR:
+                out.append((path, FS_READ_DIR))
             try:
                 children = [os.path.join(real, name) for name in os.listdir(real)]
             except OSError:

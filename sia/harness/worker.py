@@ -216,7 +216,8 @@ def run_job(job: dict, module, channel: Channel, config: dict) -> dict:
 
 
 def encode_result(result: dict) -> bytes:
-    """A frame for the result; drops events, then the answer, rather than exceed the size limit."""
+    """A frame for the result; drops events, then the answer, rather than exceed the size
+    limit, and says which it was when even that fails."""
     try:
         return protocol.frame(protocol.encode(result, lenient=True))
     except (protocol.ProtocolError, RecursionError, ValueError):
@@ -224,8 +225,12 @@ def encode_result(result: dict) -> bytes:
     result = dict(result, events=[{"type": "events_dropped", "reason": "trajectory too large to send"}])
     try:
         return protocol.frame(protocol.encode(result, lenient=True))
-    except (protocol.ProtocolError, RecursionError, ValueError):
-        result.update(answer=None, error={"kind": "bad_answer", "message": "answer too large to send"})
+    except (protocol.ProtocolError, RecursionError, ValueError) as e:
+        if isinstance(e, protocol.ProtocolError):
+            why = f"answer too large to send ({e})"
+        else:
+            why = f"result cannot be sent: {type(e).__name__}: {e}"
+        result.update(answer=None, error={"kind": "bad_answer", "message": why[:MESSAGE_CHARS]})
         return protocol.frame(protocol.encode(result, lenient=True))
 
 
