@@ -95,6 +95,7 @@ _ARCH = {
                     fchmodat=53, add_key=217, request_key=218, keyctl=219, clone=220, unshare=97,
                     x32_bit=None),
 }
+_NR_SECCOMP = {"x86_64": 317, "aarch64": 277}
 _NR_CLONE3 = 435
 _NR_FCHMODAT2 = 452
 _NR_IO_URING = (425, 426, 427)
@@ -222,6 +223,22 @@ def _apply_seccomp(policy: SandboxPolicy) -> None:
     buf = ctypes.create_string_buffer(code, len(code))
     prog = _SockFprog(len(code) // 8, ctypes.cast(buf, ctypes.c_void_p))
     _check(_prctl(PR_SET_SECCOMP, 2, ctypes.addressof(prog)), "prctl(PR_SET_SECCOMP)")  # SECCOMP_MODE_FILTER
+
+
+def forbid_process_groups() -> None:
+    """One more seccomp filter, for after a compile step: no setpgid/setsid from now on (build
+    tools needed them; nothing the submission runs later does). Filters only ever add up."""
+    arch = _ARCH.get(platform.machine())
+    if arch is None:
+        raise OSError(errno.ENOSYS, f"no seccomp filter for architecture {platform.machine()}")
+    prog = [_ld(4), _bpf(0x15, 1, 0, arch["audit"]), _ret(_RET_ERRNO | errno.EPERM), _ld(0)]
+    prog += _deny_if_eq(arch["setpgid"]) + _deny_if_eq(arch["setsid"]) + [_ret(_RET_ALLOW)]
+    code = b"".join(prog)
+    buf = ctypes.create_string_buffer(code, len(code))
+    fprog = _SockFprog(len(code) // 8, ctypes.cast(buf, ctypes.c_void_p))
+    _check(_prctl(PR_SET_NO_NEW_PRIVS, 1), "prctl(PR_SET_NO_NEW_PRIVS)")
+    # seccomp(SET_MODE_FILTER, TSYNC): threads the submission started get the filter too.
+    _check(_syscall(_NR_SECCOMP[platform.machine()], 1, 1, ctypes.addressof(fprog)), "seccomp(TSYNC)")
 
 
 # -- 6. Landlock ---------------------------------------------------------------------------
