@@ -464,7 +464,11 @@ def test_evaluate_scores_recorded_completions_and_reports_every_reason():
     assert by_name["hack"].score == 0 and by_name["hack"].reason.startswith("wrong result:")
     assert by_name["none"].score == 0 and by_name["none"].reason.startswith("no submission")
     slow, fast = by_name["slow_correct"], by_name["fast_correct"]
-    assert slow.reason == fast.reason == "" and 0 < slow.score < fast.score < 1
+    assert fast.reason == "" and 0 < slow.score < fast.score < 1
+    assert slow.reason.startswith("correct but not faster than the reference (")
+    # Failure kinds: unreadable -> format; ran but wrong, or right but not faster -> wrong.
+    assert [by_name[n].failure for n in ("broken", "none", "hack", "slow_correct", "fast_correct")] == \
+        ["format", "format", "wrong", "wrong", None]
     assert fast.details["speedup"] > 1.5 * slow.details["speedup"]
     assert report.per_example[4].details == fast.details      # identical answers judged once
     assert report.metrics["correct"] == pytest.approx(3 / 6)
@@ -474,3 +478,16 @@ def test_evaluate_scores_recorded_completions_and_reports_every_reason():
     assert report.notes["verdicts"] == {"compile": 1, "ok": 3, "wrong": 1, "no_submission": 1}
     print(f"\nCPU recorded policy: slow {slow.details['speedup']:.2f}x, fast {fast.details['speedup']:.2f}x "
           f"the reference; evaluate took {report.metrics['eval_seconds']:.1f} s")
+
+
+def test_failure_kinds_follow_the_verdict_and_the_speedup():
+    from sia_tasks.cuda_kernel.judge import PREFIX, Verdict
+    from sia_tasks.cuda_kernel.task import failure_kind, score_reason
+
+    unreadable = {"no_submission", "compile", "contract", "sandbox", "setup", "evaluator"}
+    for kind in PREFIX:
+        expected = "format" if kind in unreadable else "wrong"
+        assert failure_kind(Verdict(False, kind, f"{PREFIX[kind]}: x"), 0.0) == expected, kind
+    ok = Verdict(True, "ok", "")
+    assert failure_kind(ok, 0.8) == "wrong" and score_reason(ok, 0.8) == "correct but not faster than the reference (0.80x its speed)"
+    assert failure_kind(ok, 1.3) is None and score_reason(ok, 1.3) == ""
