@@ -8,6 +8,7 @@ string, a ``wait_start`` time and counters, and a ``send(reply_dict)`` callback.
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any, Callable, Protocol
 
@@ -27,6 +28,28 @@ class Waiter(Protocol):
     prompt_tokens: int
     completion_tokens: int
     served: list
+    job_id: str
+
+
+def check_sampling(sampling: Any) -> dict | None:
+    """A run's sampling override, validated: None, or {"temperature": float, "seed": int}."""
+    if sampling is None:
+        return None
+    if not isinstance(sampling, dict) or set(sampling) - {"temperature", "seed"}:
+        raise ValueError(f"sampling={sampling!r}: must be a dict with keys temperature and seed, "
+                         "e.g. sampling={'temperature': 0.8, 'seed': 0}")
+    t, seed = sampling.get("temperature"), sampling.get("seed", 0)
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= t <= 10.0:
+        raise ValueError(f"sampling temperature={t!r}: must be a number in [0, 10], e.g. 0.8")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"sampling seed={seed!r}: must be an int, e.g. 0")
+    return {"temperature": float(t), "seed": seed}
+
+
+def call_seed(seed: int, job_id: str, call: int) -> int:
+    """A distinct, reproducible seed per model call of a job: (run seed, job id, call index)."""
+    digest = hashlib.sha256(f"{seed}\0{job_id}\0{call}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
 def gen_request(raw: Any, max_new_tokens: int) -> GenRequest:
@@ -58,8 +81,9 @@ def gen_request(raw: Any, max_new_tokens: int) -> GenRequest:
 
 class Batcher:
     def __init__(self, engine, adapter: str | None, *, max_llm_calls: int, max_new_tokens: int,
-                 send: Callable[[Any, dict], None]):
+                 send: Callable[[Any, dict], None], sampling: dict | None = None):
         self.engine = engine
+        self.sampling = check_sampling(sampling)   # overrides every call's temperature and seed
         self.adapter = adapter
         self.max_llm_calls = max_llm_calls
         self.max_new_tokens = max_new_tokens
@@ -80,6 +104,10 @@ class Batcher:
         except ValueError as e:
             self.reply_error(w, "bad_request", str(e))
             return
+        if self.sampling is not None:   # a rollout: sample, whatever the harness asked for
+            for k, r in enumerate(requests):
+                r.temperature = self.sampling["temperature"]
+                r.seed = call_seed(self.sampling["seed"], getattr(w, "job_id", ""), w.llm_calls + k)
         w.llm_calls += len(requests)
         w.state = "waiting"
         now = time.monotonic()
@@ -150,14 +178,16 @@ class Batcher:
             r = {"text": str(out.text), "prompt_tokens": int(out.prompt_tokens),
                  "completion_tokens": int(out.completion_tokens),
                  "logprobs": [float(x) for x in out.token_logprobs],
-                 "finish_reason": str(out.finish_reason), "latency_s": float(out.latency_s)}
+                 "finish_reason": str(out.finish_reason), "latency_s": float(out.latency_s),
+                 "temperature": req.temperature, "seed": req.seed}
             results.append(r)
             w.prompt_tokens += r["prompt_tokens"]
             w.completion_tokens += r["completion_tokens"]
             w.served.append({"type": "llm_call", "messages": req.messages, "completion": r["text"],
                              "prompt_tokens": r["prompt_tokens"], "completion_tokens": r["completion_tokens"],
                              "latency_s": round(now - w.wait_start, 6), "logprobs": r["logprobs"],
-                             "finish_reason": r["finish_reason"]})
+                             "finish_reason": r["finish_reason"], "temperature": req.temperature,
+                             "seed": req.seed})
         w.llm_s += now - w.wait_start
         w.state = "busy"
         self.send(w, {"type": "llm_reply", "results": results})

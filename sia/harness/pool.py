@@ -18,6 +18,7 @@ import tempfile
 from tqdm import tqdm
 
 from sia.harness import limits
+from sia.harness.batcher import check_sampling
 from sia.harness.contract import Job, JobResult
 from sia.harness.session import Session
 
@@ -79,9 +80,9 @@ class HarnessPool:
                 "policy": {"memory_mb": self.memory_mb, "strict": self.strict, "deny_paths": self.deny_paths},
                 "max_llm_calls": self.max_llm_calls, "max_new_tokens": self.max_new_tokens}
 
-    def _open(self, harness_path, resources, files, adapter) -> Session:
+    def _open(self, harness_path, resources, files, adapter, sampling=None) -> Session:
         self.close()
-        self._session = Session(self, self._config(harness_path, resources or {}, files or {}), adapter)
+        self._session = Session(self, self._config(harness_path, resources or {}, files or {}), adapter, sampling)
         return self._session
 
     def check(self, harness_path: str, resources: dict, files: dict[str, str]) -> str | None:
@@ -94,12 +95,18 @@ class HarnessPool:
             self.close()
 
     def run(self, harness_path: str, jobs: list[Job], resources: dict, files: dict[str, str],
-            adapter: str | None = None, progress: bool = True, desc: str = "") -> list[JobResult]:
+            adapter: str | None = None, progress: bool = True, desc: str = "",
+            sampling: dict | None = None) -> list[JobResult]:
         """Results in job order. Harness failures are per-job errors; only a sandbox that cannot
-        be applied (strict mode) or an engine failure raises."""
+        be applied (strict mode), an engine failure or a bad ``sampling`` raises.
+
+        ``sampling={"temperature": t, "seed": s}`` (rollouts): every model call of this run uses
+        temperature t and its own seed derived from s, the job id and the call's index,
+        whatever the harness asked for; each llm event records the temperature and seed used."""
+        check_sampling(sampling)
         if not jobs:
             return []
-        session = self._open(harness_path, resources, files, adapter)
+        session = self._open(harness_path, resources, files, adapter, sampling)
         try:
             with tqdm(total=len(jobs), disable=not progress, desc=desc or "harness", leave=False) as bar:
                 results = session.run(jobs, bar)

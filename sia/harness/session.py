@@ -47,14 +47,14 @@ def _looks_like_memory(tail: str) -> bool:
 class Session:
     """The workers and event loop of one run() or check() call."""
 
-    def __init__(self, pool: Any, config: dict, adapter: str | None):
+    def __init__(self, pool: Any, config: dict, adapter: str | None, sampling: dict | None = None):
         self.pool = pool
         self.config_frame = protocol.pack(config)
         self.sel = selectors.DefaultSelector()
         self.workers: list[Worker] = []
         self.batcher = Batcher(pool.engine, adapter, max_llm_calls=pool.max_llm_calls,
                                max_new_tokens=pool.max_new_tokens,
-                               send=lambda w, msg: self.send(w, protocol.pack(msg)))
+                               send=lambda w, msg: self.send(w, protocol.pack(msg)), sampling=sampling)
         self.import_error: str | None = None
         self.finished: list[tuple[int, JobResult]] = []   # filled by the event handlers
         self.layers: dict | None = None
@@ -280,7 +280,7 @@ class Session:
 
     def dispatch(self, w: Worker, index: int) -> None:
         job = self.jobs[index]
-        w.reset_job(index)
+        w.reset_job(index, job.id)
         w.state = "busy"
         # Targets travel only with sft_pair jobs (train split); a solve job never
         # carries one, even if the caller filled it in by mistake.

@@ -40,8 +40,9 @@ class Worker:
         self.job: int | None = None
         self.reset_job()
 
-    def reset_job(self, index: int | None = None) -> None:
+    def reset_job(self, index: int | None = None, job_id: str = "") -> None:
         self.job = index
+        self.job_id = job_id
         self.job_start = time.monotonic()
         self.llm_s = 0.0
         self.wait_start = 0.0
