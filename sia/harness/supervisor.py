@@ -15,6 +15,7 @@ with ``read_untrusted`` (no symlinks, no FIFOs or devices, bounded size).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -132,6 +133,7 @@ class Child:
                 raise SandboxUnavailable(
                     f"cannot contain the child's processes (no PID namespace: {error}); run as root "
                     "or, outside CI, with the sandbox's strict mode off to fall back to a session kill")
+        cmd = [shutil.which(cmd[0]) or cmd[0], *cmd[1:]]   # the shim execs a path, not a name
         argv = [sys.executable, "-I", "-S", CONTAIN, *cmd] if self.contained else list(cmd)
         log_w = -1
         if log:
