@@ -340,3 +340,19 @@ def test_trajectories_failure_first_stratified_and_cut_whole():
     cut, cut_stats = select(trajs, one)
     assert cut_stats["shown"] == 1 and cut.count("### example") == 1 and cut.startswith("### example val-4")
     assert cut.count("completion:") == 1                     # the kept example has its whole model call
+
+
+def test_feedback_llm_config_composes_and_instantiates(compose_cfg, tmp_path):
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    cfg = compose_cfg("feedback=llm")
+    if OmegaConf.select(cfg, "llm", default=None) is None:   # until the llm group is in the defaults
+        cfg = compose_cfg("feedback=llm", "+llm=anthropic")
+    policy = instantiate(cfg.feedback, fallback=Rules())
+    assert isinstance(policy, LLMFeedbackPolicy) and policy.trajectory_tokens == 12000
+    assert policy.settings["abstain_threshold"] == 0.15 and policy.run_dir == tmp_path / "run"
+    s = load_settings(policy.llm)
+    assert s.model == "claude-sonnet-4-6" and s.prices.cache_read == 0.30 and s.base_url is None
+    local = load_settings(OmegaConf.load(Path(__file__).parent.parent / "conf" / "llm" / "openai.yaml"))
+    assert local.backend == "openai" and local.prices.output == 0 and local.base_url.endswith("/v1")
