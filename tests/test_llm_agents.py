@@ -356,3 +356,41 @@ def test_feedback_llm_config_composes_and_instantiates(compose_cfg, tmp_path):
     assert s.model == "claude-sonnet-4-6" and s.prices.cache_read == 0.30 and s.base_url is None
     local = load_settings(OmegaConf.load(Path(__file__).parent.parent / "conf" / "llm" / "openai.yaml"))
     assert local.backend == "openai" and local.prices.output == 0 and local.base_url.endswith("/v1")
+
+
+def test_feedback_seals_a_tasks_held_out_targets(tmp_path):
+    task = load_task("sql_qa", {})
+    splits = task.load()
+    gold = splits.val[0].target["sql"]
+    ctx = Ctx(trajectories=[_traj(0, 0.0, "wrong", answer=gold, completion=gold)])
+    with ScriptedLLMServer([_tool(action="stop", rationale="ok")]) as server:
+        LLMFeedbackPolicy(llm=_llm(server), fallback=Rules(), run_dir=tmp_path, task=task).decide(ctx)
+    text = server.bodies_text()
+    assert gold not in text and "[held-out]" in text
+    train_sql = splits.train[0].target["sql"]                        # public: never masked
+    from sia.agents.llm.scrub import held_out_strings
+    sealed, public = held_out_strings(splits, task.public_resources(splits))
+    assert gold in sealed and train_sql in public and train_sql not in sealed
+
+
+def test_openai_json_mode_and_a_harness_in_a_code_block(legal, tmp_path):
+    seed = legal[0].seed_harness()
+    with ScriptedLLMServer([{"text": f"Here it is:\n```python\n{seed}```"}]) as server:
+        out = LLMMetaAgent(llm=_llm(server, "openai", tool_mode="json")).first_harness(
+            _env(legal, tmp_path, FakeChecker()))
+    assert out.code.strip() == seed.strip() and out.info["tries"] == 1
+    body = server.requests[0]["body"]
+    assert "tools" not in body and body["response_format"] == {"type": "json_object"}
+    with ScriptedLLMServer([{"text": 'ok ```json\n{"action": "stop", "rationale": "json mode"}\n```'}]) as server:
+        d = LLMFeedbackPolicy(llm=_llm(server, "openai", tool_mode="json"), fallback=Rules(),
+                              run_dir=tmp_path / "fb").decide(Ctx())
+    assert d.action == "stop" and d.rationale == "json mode"
+
+
+def test_api_keys_never_reach_a_harness_environment(monkeypatch, tmp_path):
+    from sia.harness.sandbox import scrubbed_env
+
+    monkeypatch.setenv("MY_LLM_KEY", "custom-secret-42")
+    env = scrubbed_env(str(tmp_path))
+    assert not {KEY, "custom-secret-42"} & set(env.values())
+    assert not {"ANTHROPIC_API_KEY", "OPENAI_API_KEY", "MY_LLM_KEY"} & set(env)

@@ -12,6 +12,7 @@ from sia.agents.decision import ALGORITHMS, Decision, InvalidDecision
 from sia.agents.llm.client import AgentBudgetExhausted, LLMClient, client_for_run, cost_since
 from sia.agents.llm.diff import DiffError, apply_diff
 from sia.agents.llm.prompts import FEEDBACK_INSTRUCTIONS, decide_tool, feedback_request, static_prefix
+from sia.agents.llm.scrub import held_out_strings
 from sia.agents.llm.trajectories import select
 from sia.parts import FeedbackPolicy, HarnessChecker, LeverOffer
 
@@ -105,7 +106,7 @@ class LLMFeedbackPolicy:
     def __init__(self, llm: Any = None, fallback: FeedbackPolicy | None = None, run_dir: str | Path | None = None,
                  trajectory_tokens: int = 12000, repairs: int = 1, sealed: Iterable[str] = (),
                  public: Iterable[str] = (), agent_tokens: int | None = None, agent_dollars: float | None = None,
-                 client: LLMClient | None = None, name: str = "llm", **settings: Any):
+                 client: LLMClient | None = None, task: Any = None, name: str = "llm", **settings: Any):
         if not isinstance(trajectory_tokens, int) or trajectory_tokens < 0:
             raise ValueError(f"feedback.trajectory_tokens={trajectory_tokens!r} must be a whole number >= 0")
         self.name, self.llm, self.fallback = name, llm, fallback
@@ -114,6 +115,7 @@ class LLMFeedbackPolicy:
         self.agent_tokens, self.agent_dollars = agent_tokens, agent_dollars
         self.settings = settings            # the rules thresholds, for the fallback
         self._client, self._sealed = client, (list(sealed), list(public))
+        self._task = task       # when given, its val/test targets are sealed at the first request
 
     def seal(self, sealed: Iterable[str], public: Iterable[str] = ()) -> None:
         self._sealed = (list(sealed), list(public))
@@ -126,6 +128,10 @@ class LLMFeedbackPolicy:
             self._client = client_for_run(self.llm, self.run_dir, self.agent_tokens, self.agent_dollars)
             if self._sealed[0]:
                 self._client.seal(*self._sealed)
+        if self._task is not None:          # trusted side: held-out targets are read only to mask them
+            splits = self._task.load()
+            self.seal(*held_out_strings(splits, self._task.public_resources(splits)))
+            self._task = None
         return self._client
 
     def decide(self, ctx: FeedbackCtx) -> Decision:

@@ -38,7 +38,7 @@ class LLMMetaAgent:
     def _client(self, env: AgentEnv) -> LLMClient:
         client = self.client or client_for_run(self.llm, env.run_dir, self.agent_tokens, self.agent_dollars)
         try:  # trusted side: read held-out targets only to mask them in requests
-            sealed, public = held_out_strings(env.task.load())
+            sealed, public = held_out_strings(env.task.load(), env.resources)
             client.seal(sealed, public)
         except Exception:  # noqa: BLE001 - a task without loadable splits still gets its train targets public
             pass

@@ -22,10 +22,23 @@ def _flatten(target: Any) -> list[str]:
     return []   # numbers and arrays: no string to find
 
 
-def held_out_strings(splits: Any) -> tuple[list[str], list[str]]:
-    """(sealed, public) target strings of a task's splits: val/test targets, and train targets
-    (public: a val target equal to a train target cannot be told apart from public data)."""
+def _strings(value: Any, out: set[str]) -> None:
+    if isinstance(value, str):
+        out.add(value.strip())
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _strings(v, out)
+    elif isinstance(value, dict):
+        for v in value.values():
+            _strings(v, out)
+
+
+def held_out_strings(splits: Any, resources: dict | None = None) -> tuple[list[str], list[str]]:
+    """(sealed, public) strings of a task: val/test targets, and what is public anyway (train
+    targets, every string in the public resources, e.g. a label list): a val target equal to a
+    public string cannot be told apart from public data, and masking it would blank the labels."""
     public = {s for e in splits.train for s in _flatten(e.target)}
+    _strings(resources or {}, public)
     sealed = {s for split in (splits.val, splits.test) for e in split for s in _flatten(e.target)}
     return sorted(sealed - public), sorted(public)
 
