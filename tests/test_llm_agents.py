@@ -302,12 +302,23 @@ def test_key_problems(monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY")
     assert "ANTHROPIC_API_KEY" in key_problems({"backend": "anthropic"})[0]
     assert key_problems({"backend": "openai", "base_url": "http://127.0.0.1:8080/v1"}) == []
+    assert "OPENAI_API_KEY" in key_problems({"backend": "openai", "base_url": None})[0]     # OpenAI's own API
     assert "MY_KEY" in key_problems({"backend": "openai", "api_key_env": "MY_KEY"})[0]
     monkeypatch.setenv("MY_KEY", "secret-value-123")
     assert key_problems({"backend": "openai", "api_key_env": "MY_KEY"}) == []
     monkeypatch.setenv("ANTHROPIC_API_KEY", "secret-value-123")
     problem = key_problems({"backend": "anthropic", "api_key_env": "NOPE"})[0]
     assert "NOPE" in problem and "secret-value-123" not in problem
+
+
+def test_a_users_openai_key_is_not_sent_to_a_local_server(tmp_path):
+    with ScriptedLLMServer([_tool(action="stop", rationale="ok")]) as server:
+        LLMFeedbackPolicy(llm=_llm(server, "openai"), fallback=Rules(), run_dir=tmp_path).decide(Ctx())
+    assert KEY not in json.dumps(server.requests[0]["headers"])
+    with ScriptedLLMServer([_tool(action="stop", rationale="ok")]) as server:
+        LLMFeedbackPolicy(llm=_llm(server, "openai", api_key_env="OPENAI_API_KEY"), fallback=Rules(),
+                          run_dir=tmp_path / "b").decide(Ctx())
+    assert server.requests[0]["headers"]["authorization"] == f"Bearer {KEY}"
 
 
 def test_settings_prices_and_problems():

@@ -72,10 +72,11 @@ class LLMClient:
             raise
         latency = time.monotonic() - started
         self.waiting_s += latency
-        self.cache.put(key, raw)
         reply = self.backend.parse(raw)
+        # Counted before cached: a kill between the two may pay twice but never spends uncounted.
         self.ledger.record(role, self.settings.model, reply.usage, self.settings.prices.dollars(reply.usage),
                            latency, "ok", request=key[:16], stop_reason=reply.stop_reason)
+        self.cache.put(key, raw)
         return body, raw, reply
 
 

@@ -64,7 +64,16 @@ class LLMSettings:
         return self.api_key_env or DEFAULT_KEY_ENV.get(self.backend, "OPENAI_API_KEY")
 
     def api_key(self) -> str | None:
+        """The key to send. An OpenAI-compatible server elsewhere than api.openai.com gets
+        OPENAI_API_KEY only when ``api_key_env`` names it: a user's OpenAI key never goes to
+        a local server by accident."""
+        if self.backend == "openai" and not self.api_key_env and not _is_openai(self.base_url):
+            return None
         return os.environ.get(self.key_env) or None
+
+
+def _is_openai(base_url: str | None) -> bool:
+    return not base_url or "api.openai.com" in base_url
 
 
 def _plain(cfg: Any) -> dict:
@@ -123,12 +132,13 @@ def load_settings(cfg: Any) -> LLMSettings:
 
 def key_problems(llm_cfg: Any) -> list[str]:
     """Missing credentials, checked before any work: with the anthropic backend, or whenever
-    ``llm.api_key_env`` is set, the key must be in the environment. A local OpenAI-compatible
-    server (llama.cpp, Ollama, vLLM) needs none. Never includes the key itself."""
+    ``llm.api_key_env`` is set, or for OpenAI's own API (no ``base_url``), the key must be in the
+    environment. A local OpenAI-compatible server (llama.cpp, Ollama, vLLM) needs none. Never
+    includes the key itself."""
     c = _plain(llm_cfg)
     backend = c.get("backend", "anthropic")
     env = c.get("api_key_env") or DEFAULT_KEY_ENV.get(backend, "OPENAI_API_KEY")
-    required = backend == "anthropic" or bool(c.get("api_key_env"))
+    required = backend == "anthropic" or bool(c.get("api_key_env")) or _is_openai(c.get("base_url"))
     if required and not os.environ.get(env):
         return [f"llm.backend={backend}: the API key variable {env} is not set; export {env}=<your key>"
                 + (" or set llm.api_key_env to the variable holding it" if not c.get("api_key_env") else "")
