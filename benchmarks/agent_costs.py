@@ -116,7 +116,8 @@ def estimate(args) -> None:
             print(f"{name:14} {label:12} {static + rest:7d} {static:7d} {cold:9.4f} {warm:9.4f} {out_max:9.4f} "
                   f"{cold + out_max:9.4f} {out_exp:7d} {warm + out_exp * p.output / 1e6:9.4f}")
     print("\n$/gen max: cold prefix + llm.max_tokens of output (one call; an invalid answer adds a second)."
-          "\n$/gen exp: warm prefix (cached within 5 minutes) + the expected output.")
+          "\n$/gen exp: warm prefix (cached within 5 minutes) + the expected output: an ASSUMPTION, the seed "
+          "harness's size for the Meta-Agent's file, half of it for a feedback answer (a diff or a plan).")
 
 
 def scripted(args) -> None:
