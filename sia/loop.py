@@ -77,8 +77,12 @@ class Loop:
         problem = self.parts.evaluator.bench.check(harness)
         if problem:
             raise RuntimeError(f"the first harness ({harness}) does not load in the sandbox: {problem}")
-        record = GenerationRecord(generation=0, action="seed", rationale="first harness (Meta-Agent)", kept=True,
-                                  harness=str(harness))
+        meta_file = gen_dir / "meta.json"
+        info = read_json(meta_file) if meta_file.is_file() else {}
+        record = GenerationRecord(generation=0, action="seed", kept=True, harness=str(harness),
+                                  rationale=f"first harness (Meta-Agent {info.get('agent', '?')})"
+                                            + ("; fell back to the seed harness" if info.get("fell_back_to_seed") else ""),
+                                  **_agent_cost(info.get("cost")))
         return self._fill(record, self._score(0, harness, None, full=True))
 
     def _context(self, generation: int, inc: Incumbent) -> FeedbackContext:
@@ -114,8 +118,7 @@ class Loop:
             return GenerationRecord(generation=generation, action="invalid", failed=str(exc))
         record = GenerationRecord(generation=generation, action=decision.action, rationale=decision.rationale,
                                   edit=decision.edit, fallback=bool(decision.stats.get("fallback")),
-                                  agent_tokens=int(decision.stats.get("agent_tokens", 0)),
-                                  agent_dollars=float(decision.stats.get("agent_dollars", 0.0)))
+                                  **_agent_cost(decision.stats.get("cost")))
         if decision.action == "stop":
             return record
         harness, adapter = Path(inc.harness), inc.adapter
@@ -187,6 +190,13 @@ class Loop:
         self.state.status = "done"
         self.run.save_state(self.state)
         return self.state
+
+
+def _agent_cost(cost: dict | None) -> dict:
+    """Record fields of what an LLM agent's calls for this decision cost (none for offline ones)."""
+    cost = cost or {}
+    return {"agent_tokens": int(cost.get("tokens_in", 0) + cost.get("tokens_out", 0)),
+            "agent_dollars": float(cost.get("dollars", 0.0))}
 
 
 def _fmt(value: float | None) -> str:
