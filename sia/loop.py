@@ -131,10 +131,12 @@ class Loop:
                 if problem:
                     raise LeverFailed(f"the new harness does not load: {problem}")
             else:
-                inc_adapter = self.run.gen_dir(inc.generation) / "adapter" if inc.adapter else None
-                trained = self.parts.lever.train(generation, decision, harness, inc_adapter)
+                inc_dir = self.run.gen_dir(inc.generation) / "adapter" if inc.adapter else None
+                trained = self.parts.lever.train(generation, decision, harness, inc.adapter, inc_dir)
                 adapter, losses = trained.name, trained.info.get("losses") or [None]
                 record.algorithm = trained.info.get("algorithm")
+                if trained.info.get("rationale"):
+                    record.rationale += f" | weights lever: {trained.info['rationale']}"
                 record.train_loss_first, record.train_loss_last = losses[0], losses[-1]
                 record.train_s = float(trained.info.get("wall_s", 0.0))
                 if trained.info.get("skipped"):      # e.g. no positive reward: nothing to train on

@@ -80,5 +80,7 @@ class TrainedAdapter:
 class WeightsLever(Protocol):
     def offer(self, task: Task, harness_code: str) -> LeverOffer: ...
 
-    def train(self, generation: int, decision: Decision, harness: Path,
-              incumbent_adapter: Path | None) -> TrainedAdapter: ...
+    def train(self, generation: int, decision: Decision, harness: Path, adapter: str | None,
+              adapter_dir: Path | None) -> TrainedAdapter:
+        """Train from the incumbent (``harness`` with the adapter served as ``adapter``, saved in
+        ``adapter_dir``; None: base weights). ``info["skipped"]`` says why nothing was trained."""

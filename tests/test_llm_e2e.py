@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from conftest import REPO
-from scripted_llm_server import scripted_llm_e2e  # noqa: F401  (fixture)
+from support.scripted_llm_server import scripted_llm_e2e  # noqa: F401  (fixture)
 from sia.agents.llm.scrub import held_out_strings
 from sia.tasks import load_task
 
