@@ -10,8 +10,8 @@ from sia.baselines import score_baselines
 from sia.build import build
 from sia.data import prepare_data
 from sia.evaluation import SandboxChecker, SplitEvaluator, Workbench
-from sia.loop import Loop, Parts
-from sia.parts import AgentEnv
+from sia.loop import Loop
+from sia.parts import AgentEnv, Parts
 from sia.records import RunState
 from sia.run import RunDir
 from sia.tasks import Task

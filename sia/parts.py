@@ -84,3 +84,14 @@ class WeightsLever(Protocol):
               adapter_dir: Path | None) -> TrainedAdapter:
         """Train from the incumbent (``harness`` with the adapter served as ``adapter``, saved in
         ``adapter_dir``; None: base weights). ``info["skipped"]`` says why nothing was trained."""
+
+
+@dataclass
+class Parts:
+    """What the loop is made of (``sia.assemble`` builds it from the config)."""
+
+    meta: MetaAgent
+    policy: FeedbackPolicy
+    lever: WeightsLever
+    evaluator: Any                       # sia.evaluation.SplitEvaluator: evaluate(), trajectories(), bench
+    env: AgentEnv                        # what agents see; env.checker checks candidates
