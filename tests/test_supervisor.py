@@ -52,6 +52,7 @@ def test_read_untrusted_refuses_symlinks_fifos_and_devices_and_bounds_the_size(t
     assert supervisor.read_untrusted(str(tmp_path / "big"), 100) == b"x" * 100
 
 
+@sandboxed
 def test_child_log_has_no_name_and_its_tail_is_bounded(tmp_path):
     child = supervisor.Child([sys.executable, "-c", "import os; print('a' * 5000); print('last words')"],
                              cwd=str(tmp_path), env={"PATH": "/usr/bin:/bin"}, log=True)

@@ -8,9 +8,12 @@ It speaks the ``sia.harness.protocol`` on stdin/stdout with its parent (``Harnes
     parent -> worker   {"type": "job", id, kind, inputs, target}
     worker -> parent   {"type": "llm", requests: [GenRequest fields]}     (0..n times per job)
     parent -> worker   {"type": "llm_reply", results: [...]} | {"type": "llm_reply", error: {kind, message}}
+                       (each result also says the temperature and seed the engine used: a rollout's
+                       sampling override replaces what the harness asked for)
     worker -> parent   {"type": "result", id, answer, error, events}
 
-The protocol fds are moved to private descriptors before any harness code runs, and fd 1
+Each ``llm_call`` event records the temperature and seed used and ``used`` (the harness
+passed ``used=True``: this output became its answer). The protocol fds are moved to private descriptors before any harness code runs, and fd 1
 points at stderr, so the harness's prints cannot corrupt the channel.
 """
 from __future__ import annotations
