@@ -80,7 +80,17 @@ def config_problems(cfg: DictConfig) -> list[str]:
         p.append("model.path is empty but model.source=path; set model.path=<local HF model dir>")
     _check_choice(p, cfg, "logger.mode", LOGGER_MODES)
     p += resume_problems(_get(cfg, "resume"))
+    p += llm_problems(cfg)
     return p
+
+
+def llm_problems(cfg: DictConfig) -> list[str]:
+    """When an LLM agent is chosen: its ``llm`` block and its key, checked before any work."""
+    if "llm" not in (_get(cfg, "agent.meta.name"), _get(cfg, "feedback.name")):
+        return []
+    from sia.agents.llm.config import key_problems, settings_problems
+
+    return settings_problems(cfg.llm) + key_problems(cfg.llm)
 
 
 def resume_problems(resume: Any) -> list[str]:

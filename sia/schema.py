@@ -16,17 +16,9 @@ from omegaconf import MISSING
 
 
 @dataclass
-class PartNode:
-    """A part chosen by name: its class and the name it was chosen by."""
-
-    _target_: str = "???"
-    name: str = "???"
-
-
-@dataclass
 class ModelConfig:
     name: str = "???"
-    engine: Any = field(default_factory=PartNode)   # conf/model/engine/<name>.yaml
+    engine: Any = MISSING             # a part node (_target_, name, its own keys): conf/model/engine/<name>.yaml
     source: str = "???"
     gguf_package: Optional[str] = None
     path: Optional[str] = None
@@ -68,7 +60,7 @@ class BudgetConfig:
 
 @dataclass
 class AgentConfig:
-    meta: Any = field(default_factory=PartNode)   # conf/agent/meta/<name>.yaml
+    meta: Any = MISSING               # a part node: conf/agent/meta/<name>.yaml
     meta_show_seed: bool = MISSING
     repairs: int = MISSING
     workers: int = MISSING
@@ -106,6 +98,34 @@ class LoggerConfig:
 
 
 @dataclass
+class PricesConfig:
+    """Dollars per million tokens, for budget.agent_dollars and the agents' ledger."""
+
+    input: float = 0.0
+    output: float = 0.0
+    cache_write: float = 0.0
+    cache_read: float = 0.0
+
+
+@dataclass
+class LLMConfig:
+    """The shared ``llm`` block of the LLM agents (conf/llm/anthropic.yaml, conf/llm/openai.yaml)."""
+
+    backend: str = "???"              # anthropic | openai (any OpenAI-compatible server)
+    model: str = "???"
+    base_url: Optional[str] = None
+    api_key_env: Optional[str] = None
+    max_tokens: int = 8192
+    temperature: Optional[float] = None
+    max_retries: int = 4
+    timeout_s: float = 300
+    prompt_cache: bool = True
+    response_cache: bool = True
+    tool_mode: str = "tools"          # tools | json
+    prices: PricesConfig = field(default_factory=PricesConfig)
+
+
+@dataclass
 class SiaConfig:
     """The top level; each group's node is typed by its own schema."""
 
@@ -117,6 +137,7 @@ class SiaConfig:
     agent: Any = MISSING
     lever: Any = MISSING
     logger: Any = MISSING
+    llm: Any = MISSING
     seed: int = 0
     quiet: bool = False               # true: no progress bars, warnings and the final table only
     resume: Optional[str] = None      # a run directory to continue (README: Resume)
@@ -125,7 +146,7 @@ class SiaConfig:
 
 
 SCHEMAS = {"model": ModelConfig, "lora": LoraConfig, "budget": BudgetConfig, "agent": AgentConfig,
-           "feedback": OfflineFeedbackConfig, "lever": LeverConfig, "logger": LoggerConfig}
+           "feedback": OfflineFeedbackConfig, "lever": LeverConfig, "logger": LoggerConfig, "llm": LLMConfig}
 
 
 def register() -> None:
