@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sia.harness.options import with_options
-from sia.tasks import (EvalReport, Example, ExampleScore, HarnessEdit, Splits, Task, TaskMeta,
+from sia.tasks import (Baseline, EvalReport, Example, ExampleScore, HarnessEdit, Splits, Task, TaskMeta,
                        merged_config, plain_config)
 
 from . import synthetic
@@ -261,6 +261,11 @@ class TaskImpl(Task):
                 option_edit(votes=5),
             ),
         ]
+
+    def baselines(self) -> list[Baseline]:
+        from .baselines import baselines
+
+        return baselines()
 
 
 def _example(record: dict) -> Example:
