@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sia.harness.options import with_options
-from sia.tasks import (EvalReport, Example, ExampleScore, HarnessEdit, Splits, Task, TaskMeta,
+from sia.tasks import (Baseline, EvalReport, Example, ExampleScore, HarnessEdit, Splits, Task, TaskMeta,
                        merged_config, plain_config)
 
 from .database import DB_ID, build_database
@@ -240,6 +240,11 @@ class TaskImpl(Task):
                         "check table names, columns and values.",
                         option_edit(execute_check=True)),
         ]
+
+    def baselines(self) -> list[Baseline]:
+        from .baselines import baselines
+
+        return baselines()
 
 
 __all__ = ["TaskImpl"]
