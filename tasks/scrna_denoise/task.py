@@ -16,7 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from sia.harness.options import read_options, with_options
-from sia.tasks import EvalReport, Example, ExampleScore, HarnessEdit, Splits, Task, TaskMeta, plain_config
+from sia.tasks import Baseline, EvalReport, Example, ExampleScore, HarnessEdit, Splits, Task, TaskMeta, plain_config
 
 from . import baselines
 from .data import Counts, CountsError, McvSplit, cell_splits, load_bundled_pbmc, load_h5ad_counts, mcv_split
@@ -223,6 +223,10 @@ class TaskImpl(Task):
         reports["perfect"] = self.evaluate(
             examples, [perfect[a:b] for a, b in zip(bounds[:-1], bounds[1:])], split)
         return reports
+
+    def baselines(self) -> list[Baseline]:
+        self.load()
+        return baselines.baselines(lambda: self._mcv.train)
 
     # ---- levers -----------------------------------------------------------------------------
     def harness_edits(self) -> list[HarnessEdit]:
