@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from sia.tasks import EvalReport, Example, ExampleScore, HarnessEdit, Splits, Task, TaskMeta
+from sia.tasks import Baseline, EvalReport, Example, ExampleScore, HarnessEdit, Splits, Task, TaskMeta
 
 from . import settings as config
 from .edits import harness_edits
@@ -150,6 +150,11 @@ class TaskImpl(Task):
     # ---- levers ------------------------------------------------------------------------------
     def harness_edits(self) -> list[HarnessEdit]:
         return harness_edits()
+
+    def baselines(self) -> list[Baseline]:
+        from .baselines import baselines
+
+        return baselines()
 
     def supports_gold_sft(self) -> bool:
         return False   # no gold kernels: the weights lever learns from the policy's own successes
