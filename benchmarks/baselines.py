@@ -4,6 +4,8 @@
     .venv/bin/python benchmarks/baselines.py sql_qa task.data.split_by=template
     .venv/bin/python benchmarks/baselines.py scrna_denoise            # bundled pbmc68k_reduced
     .venv/bin/python benchmarks/baselines.py cuda_kernel task.device=cpu
+    # also the seed harness with library edits, through the sandboxed pool and the embedded model:
+    .venv/bin/python benchmarks/baselines.py legal_charge task.data.path=... --harness-edits ensemble_with_retrieval_vote
 
 Overrides are dotted keys of the task's config (``conf/task/<name>.yaml``), with or without
 the ``task.`` prefix. Prints, per baseline and split: the primary metric, the task's other
@@ -61,6 +63,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("task", choices=available_tasks())
     parser.add_argument("overrides", nargs="*", help="task config overrides, e.g. task.data.seed=1")
+    parser.add_argument("--harness-edits", default="", help="comma-separated edit names: also score the "
+                        "seed harness with them applied (real sandboxed pool, default model config)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")  # anndata's deprecation notes about the bundled file
 
@@ -82,7 +86,56 @@ def main() -> int:
         rest = " ".join(f"{k}={row['metrics'][k]:.3f}" for k in others)
         print(f"{row['baseline']:<22} {row['split']:<4} n={row['n']:<4} {primary}={row['metrics'][primary]:.3f} "
               f"{rest}  predict {row['predict_s']:.1f}s eval {row['eval_s']:.1f}s")
+    if args.harness_edits:
+        for row in score_edited_harness(task, args.task, args.overrides, args.harness_edits.split(",")):
+            print(f"{'harness:' + args.harness_edits:<22} {row['split']:<4} n={row['n']:<4} "
+                  f"{primary}={row['metrics'][primary]:.3f} {row['errors']} errors  {row['wall_s']:.0f}s")
     return 0
+
+
+def score_edited_harness(task, name: str, overrides: list[str], edit_names: list[str]) -> list[dict]:
+    """The seed harness with ``edit_names`` applied, run on val and test exactly as the loop runs
+    a harness (sandboxed workers, the configured engine), scored by the task's evaluator."""
+    import tempfile
+
+    from hydra import compose, initialize_config_dir
+
+    from sia.engine import build_engine
+    from sia.harness.contract import Job
+    from sia.harness.pool import HarnessPool
+
+    edits = {e.name: e for e in task.harness_edits()}
+    source = task.seed_harness()
+    for edit_name in edit_names:
+        if edit_name not in edits:
+            sys.exit(f"--harness-edits: {edit_name!r} is not an edit of {name}; known: {', '.join(edits)}")
+        source = edits[edit_name].apply(source) or source
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        cfg = compose(config_name="config", overrides=[f"task={name}", "run_dir=/tmp",
+                                                       *[o if o.startswith("task.") else "task." + o
+                                                         for o in overrides]])
+    data = task.load()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="sia-baselines-") as tmp:
+        harness = Path(tmp) / "harness.py"
+        harness.write_text(source, encoding="utf-8")
+        resources = task.public_resources(data)
+        files = {k: str(v) for k, v in task.public_files(data, Path(tmp) / "public").items()}
+        engine, agent = build_engine(cfg.model, cfg.cache_dir), cfg.agent
+        with HarnessPool(engine, workers=agent.workers, example_timeout_s=agent.example_timeout_s,
+                         memory_mb=agent.memory_mb, max_llm_calls=agent.max_llm_calls,
+                         max_new_tokens=agent.max_new_tokens, strict=agent.strict_sandbox,
+                         scratch_root=str(Path(tmp) / "scratch"),
+                         deny_paths=[str(p) for p in task.private_paths()]) as pool:
+            for split in ("val", "test"):
+                started = time.perf_counter()
+                results = pool.run(harness, [Job(id=e.id, inputs=e.inputs) for e in data[split]],
+                                   resources, files, progress=False, desc=split)
+                report = task.evaluate(data[split], [r.answer for r in results], split)
+                rows.append({"split": split, "n": len(data[split]), "metrics": report.metrics,
+                             "errors": sum(r.error is not None for r in results),
+                             "wall_s": time.perf_counter() - started})
+    return rows
 
 
 if __name__ == "__main__":
