@@ -89,8 +89,20 @@ def main() -> int:
     if args.harness_edits:
         for row in score_edited_harness(task, args.task, args.overrides, args.harness_edits.split(",")):
             print(f"{'harness:' + args.harness_edits:<22} {row['split']:<4} n={row['n']:<4} "
-                  f"{primary}={row['metrics'][primary]:.3f} {row['errors']} errors  {row['wall_s']:.0f}s")
+                  f"{primary}={row['metrics'][primary]:.3f} errors: {row['errors']}  {row['wall_s']:.0f}s")
     return 0
+
+
+def _error_summary(results) -> str:
+    """'none', or the count per error kind and the first message (harness errors, not gold)."""
+    errors = [r.error for r in results if r.error]
+    if not errors:
+        return "none"
+    kinds: dict[str, int] = {}
+    for error in errors:
+        kinds[error.get("kind", "?")] = kinds.get(error.get("kind", "?"), 0) + 1
+    first = str(errors[0].get("message", ""))[:160].replace("\n", " ")
+    return f"{', '.join(f'{k} {n}' for k, n in kinds.items())} (first: {first})"
 
 
 def score_edited_harness(task, name: str, overrides: list[str], edit_names: list[str]) -> list[dict]:
@@ -133,7 +145,7 @@ def score_edited_harness(task, name: str, overrides: list[str], edit_names: list
                                    resources, files, progress=False, desc=split)
                 report = task.evaluate(data[split], [r.answer for r in results], split)
                 rows.append({"split": split, "n": len(data[split]), "metrics": report.metrics,
-                             "errors": sum(r.error is not None for r in results),
+                             "errors": _error_summary(results),
                              "wall_s": time.perf_counter() - started})
     return rows
 
