@@ -26,21 +26,23 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from omegaconf import OmegaConf  # noqa: E402
-
 from sia.tasks import available_tasks, load_task  # noqa: E402
 
 SHOWN_METRICS = 4  # besides the primary one
 
 
-def task_config(name: str, overrides: list[str]):
-    path = ROOT / "conf" / "task" / f"{name}.yaml"
-    cfg = OmegaConf.load(path) if path.is_file() else OmegaConf.create({"name": name})
-    dotted = [o[len("task."):] if o.startswith("task.") else o for o in overrides]
+def compose_config(name: str, overrides: list[str]):
+    """The whole run config as ``python -m sia task=<name> task.<key>=<value>...`` composes it."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    dotted = [o if o.startswith("task.") else "task." + o for o in overrides]
     bad = [o for o in dotted if "=" not in o]
     if bad:
         sys.exit(f"override {bad[0]!r} has no '=': write key=value, e.g. task.data.seed=1")
-    return OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotted))
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        return compose(config_name="config", overrides=[f"task={name}", "run_dir=/tmp", *dotted])
 
 
 def score_baselines(task, splits=("val", "test")) -> list[dict]:
@@ -68,7 +70,8 @@ def main() -> int:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")  # anndata's deprecation notes about the bundled file
 
-    task = load_task(args.task, task_config(args.task, args.overrides))
+    cfg = compose_config(args.task, args.overrides)
+    task = load_task(args.task, cfg.task)
     problems = task.config_problems()
     if problems:
         print("\n".join(problems))
@@ -87,7 +90,7 @@ def main() -> int:
         print(f"{row['baseline']:<22} {row['split']:<4} n={row['n']:<4} {primary}={row['metrics'][primary]:.3f} "
               f"{rest}  predict {row['predict_s']:.1f}s eval {row['eval_s']:.1f}s")
     if args.harness_edits:
-        for row in score_edited_harness(task, args.task, args.overrides, args.harness_edits.split(",")):
+        for row in score_edited_harness(task, cfg, args.harness_edits.split(",")):
             print(f"{'harness:' + args.harness_edits:<22} {row['split']:<4} n={row['n']:<4} "
                   f"{primary}={row['metrics'][primary]:.3f} errors: {row['errors']}  {row['wall_s']:.0f}s")
     return 0
@@ -105,12 +108,10 @@ def _error_summary(results) -> str:
     return f"{', '.join(f'{k} {n}' for k, n in kinds.items())} (first: {first})"
 
 
-def score_edited_harness(task, name: str, overrides: list[str], edit_names: list[str]) -> list[dict]:
+def score_edited_harness(task, cfg, edit_names: list[str]) -> list[dict]:
     """The seed harness with ``edit_names`` applied, run on val and test exactly as the loop runs
     a harness (sandboxed workers, the configured engine), scored by the task's evaluator."""
     import tempfile
-
-    from hydra import compose, initialize_config_dir
 
     from sia.engine import build_engine
     from sia.harness.contract import Job
@@ -120,12 +121,8 @@ def score_edited_harness(task, name: str, overrides: list[str], edit_names: list
     source = task.seed_harness()
     for edit_name in edit_names:
         if edit_name not in edits:
-            sys.exit(f"--harness-edits: {edit_name!r} is not an edit of {name}; known: {', '.join(edits)}")
+            sys.exit(f"--harness-edits: {edit_name!r} is not an edit of {task.name}; known: {', '.join(edits)}")
         source = edits[edit_name].apply(source) or source
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-        cfg = compose(config_name="config", overrides=[f"task={name}", "run_dir=/tmp",
-                                                       *[o if o.startswith("task.") else "task." + o
-                                                         for o in overrides]])
     data = task.load()
     rows = []
     with tempfile.TemporaryDirectory(prefix="sia-baselines-") as tmp:

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def module(task: str, name: str):
-    load_task(task, yaml.safe_load((REPO / "conf" / "task" / f"{task}.yaml").read_text()))
+    load_task(task, {"name": task})   # imports the task package as sia_tasks.<task>
     return importlib.import_module(f"sia_tasks.{task}.{name}")
 
 
