@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from sia.tasks import Baseline, EvalReport, Example, ExampleScore, HarnessEdit, Splits, Task, TaskMeta
+from sia.tasks import EvalReport, Example, ExampleScore, HarnessEdit, Splits, Task, TaskMeta
 
 from . import settings as config
 from .edits import harness_edits
@@ -35,6 +35,25 @@ def markdown_sections(text: str) -> dict[str, str]:
 def reward(speedup: float) -> float:
     """Per-example score in [0, 1): 0 when incorrect, 0.5 at reference speed, -> 1 when faster."""
     return speedup / (1.0 + speedup) if speedup > 0 else 0.0
+
+
+# Verdict kinds the evaluator could not read or run as a submission (ExampleScore.failure
+# "format"): nothing to import, no entry point, a compile error, or a child that could not
+# even be set up to run it. Every other failing kind ran and fell short: "wrong".
+FORMAT_KINDS = {"no_submission", "compile", "contract", "sandbox", "setup", "evaluator"}
+
+
+def failure_kind(verdict: Verdict, speedup: float) -> str | None:
+    """None only for full credit: correct and faster than the reference."""
+    if not verdict.ok:
+        return "format" if verdict.kind in FORMAT_KINDS else "wrong"
+    return None if speedup > 1.0 else "wrong"
+
+
+def score_reason(verdict: Verdict, speedup: float) -> str:
+    if verdict.ok and speedup <= 1.0:
+        return f"correct but not faster than the reference ({speedup:.2f}x its speed)"
+    return verdict.reason
 
 
 def figures_note(device: str) -> str:
@@ -118,7 +137,8 @@ class TaskImpl(Task):
             speedup = self._speedup(verdict, reference)
             speedups.append(speedup)
             per_example.append(ExampleScore(
-                id=example.id, score=reward(speedup), reason=verdict.reason,
+                id=example.id, score=reward(speedup), reason=score_reason(verdict, speedup),
+                failure=failure_kind(verdict, speedup),
                 details={"verdict": verdict.kind, "device": s.device, "speedup": speedup,
                          "runtime_us": verdict.runtime_us, "case_us": verdict.case_us,
                          "child_us": verdict.child_us, "eval_s": round(verdict.eval_s, 2)}))
@@ -151,7 +171,7 @@ class TaskImpl(Task):
     def harness_edits(self) -> list[HarnessEdit]:
         return harness_edits()
 
-    def baselines(self) -> list[Baseline]:
+    def baselines(self) -> list:
         from .baselines import baselines
 
         return baselines()
