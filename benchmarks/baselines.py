@@ -26,6 +26,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import sia.__main__  # noqa: E402,F401  (registers the config schemas and resolvers, as `python -m sia`)
 from sia.tasks import available_tasks, load_task  # noqa: E402
 
 SHOWN_METRICS = 4  # besides the primary one
