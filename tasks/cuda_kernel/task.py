@@ -171,5 +171,10 @@ class TaskImpl(Task):
     def harness_edits(self) -> list[HarnessEdit]:
         return harness_edits()
 
+    def baselines(self) -> list:
+        from .baselines import baselines
+
+        return baselines()
+
     def supports_gold_sft(self) -> bool:
         return False   # no gold kernels: the weights lever learns from the policy's own successes

@@ -303,7 +303,29 @@ class TaskImpl(Task):
                 "Sample 5 answers and keep the charges that at least half of them name.",
                 option_edit(votes=5),
             ),
+            HarnessEdit(
+                "retrieval_vote_on_abstain", "format",
+                "When no valid charge name came back, answer the similarity-weighted charge vote of the "
+                "5 train cases nearest by character-bigram TF-IDF.",
+                option_edit(retrieval_vote="fallback"),
+            ),
+            HarnessEdit(
+                "ensemble_with_retrieval_vote", "accuracy",
+                "Let the model's charge names join the vote of the 5 nearest train cases (half the "
+                "neighbours' weight); keep the charges with half of the whole vote.",
+                option_edit(retrieval_vote="ensemble"),
+            ),
+            HarnessEdit(
+                "retrieval_vote_only", "variance",
+                "Answer the vote of the 5 nearest train cases without asking the model.",
+                option_edit(retrieval_vote="only"),
+            ),
         ]
+
+    def baselines(self) -> list:
+        from .baselines import baselines
+
+        return baselines()
 
 
 def _example(record: dict) -> Example:

@@ -254,6 +254,10 @@ class TaskImpl(Task):
             examples, [perfect[a:b] for a, b in zip(bounds[:-1], bounds[1:])], split)
         return reports
 
+    def baselines(self) -> list:
+        self.load()
+        return baselines.baselines(lambda: self._mcv.train)
+
     # ---- levers -----------------------------------------------------------------------------
     def harness_edits(self) -> list[HarnessEdit]:
         def option_edit(**changes):

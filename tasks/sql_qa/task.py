@@ -279,7 +279,20 @@ class TaskImpl(Task):
                         "Run the query before answering; when it returns no rows, ask the model once to "
                         "check table names, columns and values.",
                         option_edit(execute_check=True)),
+            HarnessEdit("copy_adapt_on_failure", "format",
+                        "When the final query is missing or SQLite rejects it, answer the most similar train "
+                        "query instead, its literals replaced by the question's when the phrasing matches.",
+                        option_edit(copy_adapt="fallback")),
+            HarnessEdit("prefer_adapted_train_query", "accuracy",
+                        "When a train question has the same phrasing up to its literals, answer its query "
+                        "with the question's literals without asking the model; the model otherwise.",
+                        option_edit(copy_adapt="prefer")),
         ]
+
+    def baselines(self) -> list:
+        from .baselines import baselines
+
+        return baselines()
 
 
 def _count(n: int) -> str:
