@@ -533,7 +533,7 @@ def test_harness_edits_compile_and_change_options(task):
     for edit in edits:
         stacked = edit.apply(stacked) or stacked
     assert read_options(stacked) == {**before, "few_shot": 3, "retry_on_error": True, "max_retries": 2,
-                                     "sample_values": True, "execute_check": True}
+                                     "sample_values": True, "execute_check": True, "copy_adapt": "prefer"}
     assert task.meta.primary_metric == "execution_accuracy" and task.meta.reward_shape == "binary"
 
 
