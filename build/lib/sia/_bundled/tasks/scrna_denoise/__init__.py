@@ -1,1 +1,0 @@
-"""scrna_denoise: denoise single-cell RNA counts, scored by molecular cross-validation."""

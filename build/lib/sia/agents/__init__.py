@@ -1,1 +1,0 @@
-"""Meta and feedback agents: decisions, trajectory digests, offline policies."""

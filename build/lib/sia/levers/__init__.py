@@ -1,1 +1,0 @@
-"""The levers a feedback decision pulls besides rewriting the harness."""
