@@ -92,7 +92,9 @@ SlurmctldLogFile=$LOG/slurmctld.log
 SlurmdLogFile=$LOG/slurmd.log
 StateSaveLocation=/var/spool/slurmctld
 SlurmdSpoolDir=/var/spool/slurmd
-# quick turnaround for tests: a killed job's processes go after 5 s, a requeued job may start at once
+# quick turnaround: a killed job's processes go 5 s after SIGTERM, and a requeued job may start
+# again after 10 s (the credential lifetime; SLURM's default holds it back 120 s)
+AuthInfo=cred_expire=10
 KillWait=5
 MinJobAge=300
 NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$real_mb State=UNKNOWN

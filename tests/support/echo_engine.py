@@ -1,0 +1,130 @@
+"""Test-only policy-model engine: instant and deterministic, so SLURM jobs of the real loop take
+seconds. It answers legal_charge prompts like a tiny nearest-neighbour model:
+
+- the answer of the most similar earlier turn in the prompt (few-shot examples), else
+- the answer of the most similar pair it was "trained" on (an adapter made by
+  ``echo_train_sft``: the SFT pairs themselves), else
+- a charge name picked by hashing the prompt, in the ``[罪名]...<eoa>`` format.
+
+So harness edits (few-shot) and weight updates both change scores, as with a real model, and the
+same prompt always gets the same answer. ``delay_s`` (model config key ``echo_delay_s``) sleeps
+per generate call to stretch a run for the requeue and time-limit tests.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from sia.engine.base import EngineStats, GenRequest, GenResult
+
+CHARGES = ("盗窃", "故意伤害", "诈骗", "危险驾驶", "交通肇事", "抢劫", "寻衅滋事", "走私、贩卖、运输、制造毒品")
+PAIRS_FILE = "echo_pairs.json"
+MIN_OVERLAP = 0.2
+
+
+def _cfg_get(cfg, key, default):
+    try:
+        value = cfg.get(key, default) if cfg is not None else default
+    except AttributeError:
+        value = getattr(cfg, key, default)
+    return default if value is None else value
+
+
+def _grams(text: str) -> set[str]:
+    return {text[i:i + 2] for i in range(len(text) - 1)}
+
+
+def _similarity(a: set[str], b: set[str]) -> float:
+    return len(a & b) / max(1, min(len(a), len(b)))
+
+
+def _nearest(query: str, pairs: list[tuple[str, str]]) -> str | None:
+    grams = _grams(query)
+    best, best_sim = None, MIN_OVERLAP
+    for prompt, answer in pairs:
+        sim = _similarity(grams, _grams(prompt))
+        if sim > best_sim:
+            best, best_sim = answer, sim
+    return best
+
+
+class EchoEngine:
+    def __init__(self, model_cfg=None, cache_dir=None, delay_s: float | None = None, **_ignored):
+        self.max_batch_size = int(_cfg_get(model_cfg, "max_batch_size", 16))
+        self.delay_s = float(delay_s if delay_s is not None else _cfg_get(model_cfg, "echo_delay_s", 0.0))
+        self.stats = EngineStats()
+        self.adapters: dict[str, list[tuple[str, str]]] = {}
+
+    def add_adapter(self, name: str, path: str) -> None:
+        pairs = json.loads((Path(path) / PAIRS_FILE).read_text(encoding="utf-8"))
+        self.adapters[name] = [(p["messages"][-1]["content"], p["completion"]) for p in pairs]
+
+    def chat_template(self, messages: list[dict], completion: str | None = None) -> str:
+        text = "".join(f"<|{m['role']}|>{m['content']}\n" for m in messages)
+        return text + ("<|assistant|>" + completion if completion is not None else "")
+
+    def _answer(self, request: GenRequest, adapter: str | None) -> str:
+        messages = request.messages
+        query = messages[-1]["content"] if messages else ""
+        shots = [(messages[i]["content"], messages[i + 1]["content"]) for i in range(len(messages) - 1)
+                 if messages[i]["role"] == "user" and messages[i + 1]["role"] == "assistant"]
+        found = _nearest(query, shots)
+        if found is None and adapter is not None:
+            found = _nearest(query, self.adapters.get(adapter, []))
+        if found is not None:
+            return found
+        digest = hashlib.sha256(self.chat_template(messages).encode("utf-8")).digest()
+        return f"[罪名]{CHARGES[digest[0] % len(CHARGES)]}<eoa>"
+
+    def generate(self, requests: list[GenRequest], adapter: str | None = None) -> list[GenResult]:
+        if adapter is not None and adapter not in self.adapters:
+            raise KeyError(f"adapter {adapter!r} was never added; known: {sorted(self.adapters)}")
+        started = time.perf_counter()
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        results = []
+        for request in requests:
+            text = self._answer(request, adapter)
+            for stop in request.stop or ():
+                text = text.split(stop, 1)[0]
+            prompt_tokens = len(self.chat_template(request.messages))
+            results.append(GenResult(text=text, prompt_tokens=prompt_tokens, completion_tokens=len(text),
+                                     token_logprobs=[-0.1] * len(text), finish_reason="stop"))
+        elapsed = time.perf_counter() - started
+        for r in results:
+            r.latency_s = elapsed
+        self.stats.requests += len(requests)
+        self.stats.batches += 1
+        self.stats.prompt_tokens += sum(r.prompt_tokens for r in results)
+        self.stats.completion_tokens += sum(r.completion_tokens for r in results)
+        self.stats.generate_seconds += elapsed
+        return results
+
+
+@dataclass
+class EchoTrainResult:          # the fields of sia.train.sft.TrainResult, without importing torch
+    losses: list[float]
+    steps: int
+    wall_s: float
+    adapter_dir: str
+    n_examples: int
+
+
+def echo_train_sft(model_cfg, lora_cfg, cache_dir, pairs, steps, out_dir, init_adapter=None, seed=0,
+                   progress=True, wandb_logger=None):
+    """Stand-in for sia.train.sft.train_sft: the "adapter" is the pairs (plus the ones it was
+    initialised from), written the way the real trainer writes one (COMPLETE last)."""
+    started = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    merged = list(pairs)
+    if init_adapter is not None and (Path(init_adapter) / PAIRS_FILE).is_file():
+        merged = json.loads((Path(init_adapter) / PAIRS_FILE).read_text(encoding="utf-8")) + merged
+    (out / PAIRS_FILE).write_text(json.dumps(merged, ensure_ascii=False), encoding="utf-8")
+    (out / "COMPLETE").write_text("echo\n")
+    losses = [round(2.0 / (1 + i), 4) for i in range(steps)]
+    return EchoTrainResult(losses=losses, steps=steps, wall_s=time.perf_counter() - started,
+                       adapter_dir=str(out), n_examples=len(pairs))
