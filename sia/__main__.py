@@ -28,4 +28,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from sia.build import normalise_overrides
+
+    sys.argv[1:] = normalise_overrides(sys.argv[1:])
     main()

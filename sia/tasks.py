@@ -31,6 +31,12 @@ class TaskMeta:
     # binary: right/wrong; graded: partial credit in [0,1]; sparse: most attempts fail outright
     reward_shape: Literal["binary", "graded", "sparse"] = "graded"
     metrics: tuple[str, ...] = ()
+    # the per-example score that is full credit (a row below it is a failure); None: the
+    # evaluator's own ``failure`` field alone says (e.g. kernels: correct and faster)
+    full_credit_score: float | None = 1.0
+
+    def full_credit(self, score: float) -> bool:
+        return self.full_credit_score is None or score >= self.full_credit_score
 
     def better(self, a: float, b: float) -> bool:
         """True when score ``a`` is strictly better than ``b``."""

