@@ -3,22 +3,25 @@ seconds. It answers legal_charge prompts like a tiny nearest-neighbour model:
 
 - the answer of the most similar earlier turn in the prompt (few-shot examples), else
 - the answer of the most similar pair it was "trained" on (an adapter made by
-  ``echo_train_sft``: the SFT pairs themselves), else
+  ``EchoLever``: the SFT pairs themselves), else
 - a charge name picked by hashing the prompt, in the ``[罪名]...<eoa>`` format.
 
 So harness edits (few-shot) and weight updates both change scores, as with a real model, and the
-same prompt always gets the same answer. ``delay_s`` (model config key ``echo_delay_s``) sleeps
-per generate call to stretch a run for the requeue and time-limit tests.
+same prompt always gets the same answer. ``delay_s`` (``model.engine.delay_s=...``) sleeps per
+generate call to stretch a run for the requeue and time-limit tests.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
+from sia.agents.decision import Decision
 from sia.engine.base import EngineStats, GenRequest, GenResult
+from sia.levers.lora import LoraLever, adapter_name
+from sia.parts import TrainedAdapter
+from sia.run import read_json, write_json_atomic, write_text_atomic
 
 CHARGES = ("盗窃", "故意伤害", "诈骗", "危险驾驶", "交通肇事", "抢劫", "寻衅滋事", "走私、贩卖、运输、制造毒品")
 PAIRS_FILE = "echo_pairs.json"
@@ -52,9 +55,9 @@ def _nearest(query: str, pairs: list[tuple[str, str]]) -> str | None:
 
 
 class EchoEngine:
-    def __init__(self, model_cfg=None, cache_dir=None, delay_s: float | None = None, **_ignored):
+    def __init__(self, model_cfg=None, cache_dir=None, delay_s: float = 0.0):
         self.max_batch_size = int(_cfg_get(model_cfg, "max_batch_size", 16))
-        self.delay_s = float(delay_s if delay_s is not None else _cfg_get(model_cfg, "echo_delay_s", 0.0))
+        self.delay_s = float(delay_s)
         self.stats = EngineStats()
         self.adapters: dict[str, list[tuple[str, str]]] = {}
 
@@ -104,27 +107,29 @@ class EchoEngine:
         return results
 
 
-@dataclass
-class EchoTrainResult:          # the fields of sia.train.sft.TrainResult, without importing torch
-    losses: list[float]
-    steps: int
-    wall_s: float
-    adapter_dir: str
-    n_examples: int
+class EchoLever(LoraLever):
+    """The LoRA lever's data path (sft_pair rendered by the sandboxed harness, files per step)
+    with a stand-in trainer: the "adapter" is the pairs, plus those it was initialised from,
+    written the way the real trainer writes one (COMPLETE last)."""
 
-
-def echo_train_sft(model_cfg, lora_cfg, cache_dir, pairs, steps, out_dir, init_adapter=None, seed=0,
-                   progress=True, wandb_logger=None):
-    """Stand-in for sia.train.sft.train_sft: the "adapter" is the pairs (plus the ones it was
-    initialised from), written the way the real trainer writes one (COMPLETE last)."""
-    started = time.perf_counter()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    merged = list(pairs)
-    if init_adapter is not None and (Path(init_adapter) / PAIRS_FILE).is_file():
-        merged = json.loads((Path(init_adapter) / PAIRS_FILE).read_text(encoding="utf-8")) + merged
-    (out / PAIRS_FILE).write_text(json.dumps(merged, ensure_ascii=False), encoding="utf-8")
-    (out / "COMPLETE").write_text("echo\n")
-    losses = [round(2.0 / (1 + i), 4) for i in range(steps)]
-    return EchoTrainResult(losses=losses, steps=steps, wall_s=time.perf_counter() - started,
-                       adapter_dir=str(out), n_examples=len(pairs))
+    def train(self, generation: int, decision: Decision, harness: Path,
+              incumbent_adapter: Path | None) -> TrainedAdapter:
+        started = time.perf_counter()
+        gen_dir = self.run.gen_dir(generation)
+        training = dict(decision.training or {})
+        pairs = self._sft_pairs(gen_dir, harness, int(training.get("examples", 1)), generation)
+        out, info_file = gen_dir / "adapter", gen_dir / "train.json"
+        if not (out / "COMPLETE").is_file():
+            merged = list(pairs)
+            if incumbent_adapter is not None and (Path(incumbent_adapter) / PAIRS_FILE).is_file():
+                merged = json.loads((Path(incumbent_adapter) / PAIRS_FILE).read_text(encoding="utf-8")) + merged
+            write_json_atomic(out / PAIRS_FILE, merged)
+            write_text_atomic(out / "COMPLETE", "echo\n")
+            steps = int(training.get("steps", 1))
+            wall_s = time.perf_counter() - started
+            self.train_seconds += wall_s
+            write_json_atomic(info_file, {"algorithm": "sft", "losses": [round(2.0 / (1 + i), 4) for i in range(steps)],
+                                          "wall_s": wall_s, "steps": steps, "examples": len(pairs)})
+        name = adapter_name(generation)
+        self.engine.add_adapter(name, str(out))
+        return TrainedAdapter(name=name, path=out, info=read_json(info_file))
