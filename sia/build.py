@@ -8,10 +8,11 @@ which ``normalise_overrides`` turns into the group override Hydra needs.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 # command-line key -> the config group that holds its options
@@ -41,14 +42,24 @@ def build(node: DictConfig, /, **runtime: Any) -> Any:
                          f"`_target_: package.module.Class`")
     params = OmegaConf.to_container(node, resolve=True)
     name = params.pop("name", None)
+    if name is not None and _takes(params["_target_"], "name"):
+        runtime = {"name": name, **runtime}
     try:   # runtime objects go to the constructor as they are, never through Hydra's recursion
         factory = instantiate(params, _partial_=True, _convert_="none")
     except InstantiationException as exc:
         raise BuildError(f"cannot build {params.get('_target_')!r}: {exc}") from None
     part = factory(**runtime)
     if name is not None and not getattr(part, "name", None):
-        try:
+        try:   # every part knows the name it was chosen by (for records and logs)
             part.name = name
         except AttributeError:
             pass
     return part
+
+
+def _takes(target: str, param: str) -> bool:
+    try:
+        sig = inspect.signature(get_object(target))
+    except (ImportError, ValueError, TypeError):
+        return False
+    return param in sig.parameters or any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
+from sia.resources import tasks_dir
+
+TASKS_DIR = tasks_dir()
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,209 @@
+"""The parent's handle on one sandboxed child (``runner.py``): start, ask, time, kill.
+
+The parent owns the clock: ``request`` measures from the first byte of a command written to
+the last byte of the reply read, with ``time.perf_counter`` in this process. Every read and
+write has a deadline; a child that misses one is killed with its whole process group (the
+sandbox forbids it to leave the group).
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from sia.harness import protocol
+from sia.harness.sandbox import scrubbed_env
+
+TASKS_DIR = Path(__file__).resolve().parent.parent
+SIA_PARENT = Path(protocol.__file__).resolve().parents[2]
+LOG_TAIL_BYTES = 1500
+
+
+def session_members(sid: int) -> list[int]:
+    """Pids of the processes in session ``sid`` (from /proc/<pid>/stat)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 3 and int(fields[3]) == sid:   # state, ppid, pgrp, session
+            members.append(int(entry))
+    return members
+
+
+class ChildFailure(Exception):
+    """The child failed a command: ``kind`` is the verdict (compile, timeout, crash, ...)."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+class ChildProcess:
+    def __init__(self, source: str, device: str, policy: dict, *, start_timeout_s: float,
+                 scratch_root: str | None = None, extra_env: dict | None = None):
+        self.scratch = Path(tempfile.mkdtemp(prefix="sia-cuda-kernel-", dir=scratch_root))
+        self.submission = self.scratch / "submission.py"
+        self.submission.write_text(source, encoding="utf-8")
+        self.log_path = self.scratch / "child.log"
+        self.reader = protocol.FrameReader()
+        self.pending: list[Any] = []
+        self.proc: subprocess.Popen | None = None
+        policy = {**policy, "write_paths": [*policy.get("write_paths", []), str(self.scratch)]}
+        self.sandbox: dict = {}
+        self._to_child = self._from_child = -1
+        try:
+            self._start(device, policy, extra_env or {})
+            ready = self.receive(start_timeout_s, "importing the submission")
+            if ready.get("type") != "ready":
+                raise ChildFailure("protocol", f"unexpected first message {str(ready)[:200]}")
+        except BaseException:
+            self.close()   # no process, pipe or scratch folder outlives a failed start
+            raise
+        self.sandbox = ready.get("sandbox", {})
+
+    # -- process -------------------------------------------------------------------------
+    def _start(self, device: str, policy: dict, extra_env: dict) -> None:
+        to_child_r, self._to_child = os.pipe()
+        self._from_child, from_child_w = os.pipe()
+        for fd in (self._to_child, self._from_child):
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
+        env = scrubbed_env(str(self.scratch))
+        # Compilers' caches go to the scratch folder, the only place the child may write.
+        env["TRITON_CACHE_DIR"] = str(self.scratch / "triton-cache")
+        env["TORCH_EXTENSIONS_DIR"] = str(self.scratch / "torch-extensions")
+        env["PYTHONUNBUFFERED"] = "1"   # a crash must not swallow the submission's last words
+        env.update(extra_env)
+        env["PYTHONPATH"] = os.pathsep.join([str(TASKS_DIR), str(SIA_PARENT)])
+        cmd = [sys.executable, "-m", "cuda_kernel.runner",
+               "--in-fd", str(to_child_r), "--out-fd", str(from_child_w),
+               "--submission", str(self.submission), "--device", device,
+               "--policy", json.dumps(policy), "--hide", str(TASKS_DIR)]
+        try:
+            with open(self.log_path, "wb") as log:
+                self.proc = subprocess.Popen(cmd, cwd=self.scratch, env=env, stdin=subprocess.DEVNULL,
+                                             stdout=log, stderr=subprocess.STDOUT,
+                                             pass_fds=(to_child_r, from_child_w), start_new_session=True)
+        finally:
+            os.close(to_child_r)     # the child's ends: only the child keeps them open
+            os.close(from_child_w)
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self._kill()   # its whole process group, helpers included; reaps the child
+        for fd in (self._to_child, self._from_child):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._to_child = self._from_child = -1
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+    def _kill(self) -> None:
+        # The child leads a new session (and group) whose id is its pid. Build tools such as
+        # ninja move their jobs to other groups of the same session, so kill the session.
+        for pid in [self.proc.pid, *session_members(self.proc.pid)]:
+            for kill in (os.killpg, os.kill):
+                try:
+                    kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        self.proc.wait()
+
+    def log_tail(self) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - LOG_TAIL_BYTES))
+                text = f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+        lines = [line for line in text.splitlines() if line.strip()]
+        return " | ".join(lines[-4:])[-400:]
+
+    # -- messages ------------------------------------------------------------------------
+    def request(self, msg: dict, timeout_s: float, phase: str) -> tuple[dict, float]:
+        """Send one command, wait for its reply; returns (reply, seconds on the parent's clock)."""
+        data = protocol.pack(msg)
+        deadline = time.perf_counter() + timeout_s
+        start = time.perf_counter()
+        self._write(data, deadline, phase, timeout_s)
+        reply = self.receive_until(deadline, phase, timeout_s)
+        return reply, time.perf_counter() - start
+
+    def receive(self, timeout_s: float, phase: str) -> dict:
+        return self.receive_until(time.perf_counter() + timeout_s, phase, timeout_s)
+
+    def receive_until(self, deadline: float, phase: str, timeout_s: float) -> dict:
+        while not self.pending:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                self._kill()
+                raise ChildFailure("timeout", f"no reply within {timeout_s:g} s while {phase}")
+            ready, _, _ = select.select([self._from_child], [], [], remaining)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(self._from_child, 1 << 20)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                raise self._crashed(phase)
+            try:
+                self.pending.extend(self.reader.feed(chunk))
+            except protocol.ProtocolError as e:
+                self._kill()
+                raise ChildFailure("protocol", f"malformed reply while {phase}: {e}") from None
+        reply = self.pending.pop(0)
+        if not isinstance(reply, dict) or not isinstance(reply.get("type"), str):
+            self._kill()
+            raise ChildFailure("protocol", f"malformed reply while {phase}: {str(reply)[:200]}")
+        if reply["type"] == "error":
+            raise ChildFailure(str(reply.get("kind", "runtime")), str(reply.get("message", ""))[:800])
+        return reply
+
+    def _write(self, data: bytes, deadline: float, phase: str, timeout_s: float) -> None:
+        view = memoryview(data)
+        while view:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                self._kill()
+                raise ChildFailure("timeout", f"the child stopped reading for {timeout_s:g} s while {phase}")
+            _, writable, _ = select.select([], [self._to_child], [], remaining)
+            if not writable:
+                continue
+            try:
+                view = view[os.write(self._to_child, view):]
+            except BlockingIOError:
+                continue
+            except BrokenPipeError:
+                raise self._crashed(phase) from None
+
+    def _crashed(self, phase: str) -> ChildFailure:
+        try:
+            code = self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._kill()
+            code = self.proc.returncode
+        if code is not None and code < 0:
+            how = f"was killed by signal {signal.Signals(-code).name}"
+        else:
+            how = f"exited with status {code}"
+        tail = self.log_tail()
+        return ChildFailure("crash", f"the submission's process {how} while {phase}"
+                                     + (f"; its last output: {tail}" if tail else ""))

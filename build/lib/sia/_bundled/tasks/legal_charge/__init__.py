@@ -1,0 +1,1 @@
+"""Legal charge classification (LawBench 3-3 / CAIL2018): facts in, charge names out."""

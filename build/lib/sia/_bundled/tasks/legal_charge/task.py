@@ -1,0 +1,272 @@
+"""The legal_charge task: predict the charge names (罪名) for the facts of a Chinese criminal case.
+
+Data: a local LawBench 3-3 JSON list or CAIL2018 JSON-lines file (``task.data.path``), or an
+offline synthetic set (``task.data.path=null``). Scoring: LawBench's charge F1 (``metrics``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sia.harness.options import with_options
+from sia.tasks import (EvalReport, Example, ExampleScore, HarnessEdit, Splits, Task, TaskMeta,
+                       merged_config, plain_config)
+
+from . import synthetic
+from .data import (
+    FORMATS,
+    LAWBENCH_INSTRUCTION,
+    by_train_frequency,
+    detect_format,
+    load_labels,
+    load_records,
+    split_records,
+)
+from .metrics import aggregate, failure_reason, score_answer
+
+PRIMARY_METRICS = ("f1", "exact")
+DEFAULTS: dict[str, Any] = {
+    "primary_metric": "f1",
+    "data": {
+        "path": None,
+        "format": "auto",
+        "test_path": None,
+        "val_fraction": 0.2,
+        "test_fraction": 0.2,
+        "split_seed": 0,
+        "labels_path": None,
+        "synthetic": {
+            "seed": 0, "n_charges": 24, "n_train": 240, "n_val": 60, "n_test": 80,
+            "multi_label_share": 0.15,
+        },
+    },
+}
+FEW_SHOT_K = 2  # few-shot edit: two retrieved examples fit SmolLM2's 2k context with the fact
+
+
+
+
+
+
+def _path(value: Any) -> Path | None:
+    return Path(str(value)).expanduser() if value not in (None, "") else None
+
+
+class TaskImpl(Task):
+    name = "legal_charge"
+
+    def __init__(self, cfg: Any, root: Path):
+        super().__init__(cfg, root)
+        self.settings = merged_config(DEFAULTS, plain_config(cfg))
+        self.data_cfg = self.settings["data"]
+        self.meta = TaskMeta(
+            primary_metric=str(self.settings.get("primary_metric") or "f1"),
+            direction="max",
+            reward_shape="graded",
+            metrics=("f1", "exact", "abstention"),
+        )
+        self._splits: Splits | None = None
+        self._labels: list[str] = []
+
+    # ---- configuration -------------------------------------------------------------
+    def config_problems(self) -> list[str]:
+        d, problems = self.data_cfg, []
+        path, test_path, labels_path = _path(d["path"]), _path(d["test_path"]), _path(d["labels_path"])
+        if self.meta.primary_metric not in PRIMARY_METRICS:
+            problems.append(
+                f"task.primary_metric={self.meta.primary_metric!r} is unknown: use one of "
+                f"{', '.join(PRIMARY_METRICS)} (abstention is reported but is not a score to maximise)"
+            )
+        if d["format"] not in FORMATS:
+            problems.append(
+                f"task.data.format={d['format']!r} is unknown: use one of {', '.join(FORMATS)}"
+            )
+        for key, value in (("path", path), ("test_path", test_path)):
+            if value is None:
+                continue
+            if not value.is_file():
+                problems.append(
+                    f"task.data.{key}={str(value)!r} does not exist: point it at a local LawBench "
+                    f"3-3 JSON file or a CAIL2018 JSON-lines file"
+                    + (", or set task.data.path=null for the offline synthetic set" if key == "path" else "")
+                )
+            elif d["format"] == "auto" and detect_format(value) is None:
+                problems.append(
+                    f"task.data.{key}={str(value)!r}: its format cannot be detected (neither a JSON "
+                    f"list nor JSON lines with 'fact'): set task.data.format=lawbench or cail"
+                )
+        if test_path is not None and path is None:
+            problems.append(
+                f"task.data.test_path={str(test_path)!r} is set but task.data.path is null: give "
+                f"task.data.path (train and val come from it) or set task.data.test_path=null"
+            )
+        if labels_path is not None and not labels_path.is_file():
+            problems.append(
+                f"task.data.labels_path={str(labels_path)!r} does not exist: point it at a JSON "
+                f"list of charge names (LawBench's charges.json) or set it to null"
+            )
+        problems += self._fraction_problems()
+        if path is None:
+            problems += self._synthetic_problems()
+        return problems
+
+    def _fraction_problems(self) -> list[str]:
+        d, problems = self.data_cfg, []
+        for key in ("val_fraction", "test_fraction"):
+            value = d[key]
+            if not isinstance(value, (int, float)) or not 0 <= value < 1:
+                problems.append(f"task.data.{key}={value!r} is out of range: use a number in [0, 1)")
+        test_share = 0 if d["test_path"] else d["test_fraction"]
+        if not problems and d["val_fraction"] + test_share >= 1:
+            problems.append(
+                f"task.data.val_fraction + test_fraction = {d['val_fraction'] + test_share:g} "
+                f"leaves no training data: make the sum smaller than 1"
+            )
+        return problems
+
+    def _synthetic_problems(self) -> list[str]:
+        s, problems = self.data_cfg["synthetic"], []
+        n_max = len(synthetic.ALL_CHARGES)
+        if not isinstance(s["n_charges"], int) or not 2 <= s["n_charges"] <= n_max:
+            problems.append(
+                f"task.data.synthetic.n_charges={s['n_charges']!r} is out of range: use 2..{n_max}"
+            )
+        for key in ("n_train", "n_val", "n_test"):
+            if not isinstance(s[key], int) or s[key] < 1:
+                problems.append(f"task.data.synthetic.{key}={s[key]!r}: use a whole number >= 1")
+        share = s.get("multi_label_share", 0.15)
+        if not isinstance(share, (int, float)) or not 0 <= share < 1:
+            problems.append(
+                f"task.data.synthetic.multi_label_share={share!r} is out of range: use [0, 1)"
+            )
+        return problems
+
+    @property
+    def data_label(self) -> str:
+        d = self.data_cfg
+        if d["path"] in (None, ""):
+            s = d["synthetic"]
+            return f"synthetic (seed {s['seed']}, {s['n_charges']} charges)"
+        return f"{d['path']} (test: {d['test_path']})" if d["test_path"] else str(d["path"])
+
+    # ---- data ------------------------------------------------------------------------
+    def load(self) -> Splits:
+        if self._splits is None:
+            train, val, test, labels = self._load_records()
+            self._labels = by_train_frequency(labels, train)
+            self._splits = Splits(
+                train=[_example(r) for r in train],
+                val=[_example(r) for r in val],
+                test=[_example(r) for r in test],
+            )
+        return self._splits
+
+    def _load_records(self):
+        d = self.data_cfg
+        path = _path(d["path"])
+        if path is None:
+            s = d["synthetic"]
+            parts = synthetic.generate(
+                seed=s["seed"], n_charges=s["n_charges"], n_train=s["n_train"],
+                n_val=s["n_val"], n_test=s["n_test"],
+                multi_label_share=s.get("multi_label_share", 0.15),
+            )
+            labels = synthetic.charge_names(s["n_charges"])
+            return parts["train"], parts["val"], parts["test"], labels
+        records = load_records(path, d["format"])
+        test_path = _path(d["test_path"])
+        if test_path is not None:
+            # The test split is exactly that file; ``path`` feeds train and val only.
+            train, val, _ = split_records(records, d["val_fraction"], 0.0, d["split_seed"])
+            test = load_records(test_path, d["format"])
+        else:
+            train, val, test = split_records(
+                records, d["val_fraction"], d["test_fraction"], d["split_seed"]
+            )
+        labels = load_labels(_path(d["labels_path"]), path, train + val + test)
+        return train, val, test, labels
+
+    @property
+    def labels(self) -> list[str]:
+        self.load()
+        return list(self._labels)
+
+    def public_resources(self, splits: Splits) -> dict[str, Any]:
+        return {
+            "labels": self.labels,  # most frequent in train first
+            "train": [{"fact": e.inputs["fact"], "charges": list(e.target)} for e in splits.train],
+            "instruction": LAWBENCH_INSTRUCTION,
+        }
+
+    # ---- scoring ---------------------------------------------------------------------
+    def evaluate(self, examples: list[Example], answers: list[Any], split: str) -> EvalReport:
+        if len(examples) != len(answers):
+            raise ValueError(f"{len(examples)} examples but {len(answers)} answers")
+        labels = self.labels
+        scores, per_example = [], []
+        for example, answer in zip(examples, answers):
+            score = score_answer(answer, list(example.target or []), labels)
+            scores.append(score)
+            per_example.append(ExampleScore(
+                id=example.id,
+                score=score.f1,
+                reason=failure_reason(answer, score),
+                details={
+                    "predicted": list(score.predicted),
+                    "gold": list(score.gold),
+                    "exact": score.exact,
+                    "abstained": score.abstained,
+                },
+            ))
+        return EvalReport(
+            metrics=aggregate(scores),
+            per_example=per_example,
+            notes={"split": split, "data": self.data_label, "scorer": "LawBench 3-3 charge F1"},
+        )
+
+    # ---- levers ----------------------------------------------------------------------
+    def harness_edits(self) -> list[HarnessEdit]:
+        def option_edit(**changes):
+            return lambda source: with_options(source, **changes)
+
+        return [
+            HarnessEdit(
+                "label_list", "format",
+                "Show the valid charge names (most frequent first, capped to fit the context) in the prompt.",
+                option_edit(label_list=True),
+            ),
+            HarnessEdit(
+                "nearest_label_parser", "format",
+                "Map the model's free text to the closest valid charge names by character overlap.",
+                option_edit(parser="nearest"),
+            ),
+            HarnessEdit(
+                "retry_with_feedback", "format",
+                "When no valid charge name came back, ask once more, listing the valid names.",
+                option_edit(retry=True),
+            ),
+            HarnessEdit(
+                "few_shot_retrieval", "accuracy",
+                f"Prepend the {FEW_SHOT_K} train cases most similar by character bigrams, with their charges.",
+                option_edit(few_shot=FEW_SHOT_K),
+            ),
+            HarnessEdit(
+                "judge_system_prompt", "accuracy",
+                "Add a system prompt casting the model as a criminal judge who answers in the format.",
+                option_edit(system_prompt=True),
+            ),
+            HarnessEdit(
+                "self_consistency", "variance",
+                "Sample 5 answers and keep the charges that at least half of them name.",
+                option_edit(votes=5),
+            ),
+        ]
+
+
+def _example(record: dict) -> Example:
+    return Example(
+        id=record["id"],
+        inputs={"fact": record["fact"], "instruction": record["instruction"]},
+        target=list(record["charges"]),
+    )
+

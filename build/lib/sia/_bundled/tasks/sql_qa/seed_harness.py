@@ -1,0 +1,186 @@
+"""Seed harness for sql_qa: schema + question in, one SQLite query out.
+
+Stdlib only (it runs in a sandboxed worker). The database is ``ctx.files[inputs["db_id"]]``,
+opened read-only by ``run_sql``; its schema is ``ctx.resources["schemas"][db_id]``.
+Knobs (OPTIONS), the levers a rewrite can turn:
+  schema_format   "compact": one line per table, columns and foreign keys; "create": the
+                  CREATE statements (longer; SmolLM2 has a 2k-token context)
+  sample_values   add a few frequent values of each text column to the compact schema
+  few_shot        k train questions with their SQL (same database first, most shared words)
+  retry_on_error  run the query; if SQLite rejects it (or no SQL came back), ask again with
+                  the error message, up to max_retries times
+  execute_check   run the query; if it returns no rows, ask once to check names and values
+  max_tokens      per model call
+  query_timeout_s time limit of one run_sql query
+"""
+import re
+import sqlite3
+import time
+from pathlib import Path
+
+OPTIONS = {
+    "schema_format": "compact",
+    "sample_values": False,
+    "few_shot": 0,
+    "retry_on_error": False,
+    "max_retries": 1,
+    "execute_check": False,
+    "max_tokens": 96,
+    "query_timeout_s": 2.0,
+}
+
+SYSTEM = ("You translate questions into SQLite queries. Use only the tables and columns of the "
+          "schema. Answer with one SQL query in a ```sql block.")
+MAX_ROWS_SHOWN = 5
+
+
+# ---- the database tool --------------------------------------------------------------------
+def run_sql(sql, db_path, ctx=None, timeout_s=None, max_rows=50):
+    """Run one query on the read-only database: {"columns", "rows", "truncated"} or {"error"}."""
+    timeout_s = OPTIONS["query_timeout_s"] if timeout_s is None else timeout_s
+    uri = Path(db_path).resolve().as_uri() + "?mode=ro&immutable=1"
+    deadline = time.monotonic() + timeout_s
+    conn = sqlite3.connect(uri, uri=True)
+    conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 1000)
+    try:
+        cursor = conn.execute(sql)
+        rows = cursor.fetchmany(max_rows + 1)
+        result = {"columns": [d[0] for d in cursor.description or []],
+                  "rows": [[_plain(v) for v in row] for row in rows[:max_rows]],
+                  "truncated": len(rows) > max_rows}
+    except (sqlite3.Error, sqlite3.Warning, ValueError) as exc:
+        late = time.monotonic() > deadline
+        result = {"error": f"timed out after {timeout_s:g}s" if late else str(exc)}
+    finally:
+        conn.close()
+    if ctx is not None:
+        shown = result if "error" in result else {**result, "rows": result["rows"][:MAX_ROWS_SHOWN]}
+        ctx.log("tool_call", name="run_sql", args={"sql": sql}, result=shown)
+    return result
+
+
+def _plain(value):
+    return value.hex() if isinstance(value, bytes) else value
+
+
+# ---- prompt --------------------------------------------------------------------------------
+def schema_text(schema, fmt="compact", samples=False):
+    if fmt == "create":
+        return schema["create"]
+    lines = []
+    for table in schema["tables"]:
+        refs = {fk["column"]: f"{fk['ref_table']}.{fk['ref_column'] or 'id'}" for fk in table["foreign_keys"]}
+        cols = []
+        for col in table["columns"]:
+            text = col["name"] + (f" -> {refs[col['name']]}" if col["name"] in refs else "")
+            values = table.get("samples", {}).get(col["name"]) if samples else None
+            if values:
+                text += " e.g. " + ", ".join(repr(v) for v in values)
+            cols.append(text)
+        lines.append(f"{table['name']}({', '.join(cols)})")
+    return "\n".join(lines)
+
+
+def _words(text):
+    return set(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+def few_shot_examples(question, db_id, train, k):
+    """The k train items sharing most words with the question (same database first)."""
+    words = _words(question)
+    pool = [t for t in train if t["question"] != question]
+    scored = sorted(pool, key=lambda t: (t.get("db_id") == db_id, len(words & _words(t["question"]))),
+                    reverse=True)
+    return scored[:k]
+
+
+def fenced(sql):
+    return "```sql\n" + sql.strip().rstrip(";") + ";\n```"
+
+
+def build_messages(inputs, ctx):
+    resources = ctx.resources or {}
+    db_id = inputs["db_id"]
+    schema = resources["schemas"][db_id]
+    system = SYSTEM + "\n\nSchema:\n" + schema_text(schema, OPTIONS["schema_format"], OPTIONS["sample_values"])
+    messages = [{"role": "system", "content": system}]
+    for shot in few_shot_examples(inputs["question"], db_id, resources.get("train", []), OPTIONS["few_shot"]):
+        messages.append({"role": "user", "content": "Question: " + shot["question"]})
+        messages.append({"role": "assistant", "content": fenced(shot["sql"])})
+    messages.append({"role": "user", "content": "Question: " + inputs["question"]})
+    return messages
+
+
+# ---- answer --------------------------------------------------------------------------------
+def _cut_statement(sql):
+    """Text up to the first ';' outside string literals."""
+    quote = None
+    for i, ch in enumerate(sql):
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch == ";":
+            return sql[:i]
+    return sql
+
+
+# SELECT, or WITH only in the shape of a common table expression ("with" is also English).
+QUERY_START = re.compile(r"\bSELECT\b|\bWITH\s+(?:RECURSIVE\s+)?\w+\s*(?:\([^)]*\)\s*)?AS\s*\(", re.I)
+
+
+def extract_sql(text):
+    """The query in a completion: the first ```sql block (closed or not), else the first
+    SELECT/WITH statement up to ';' or a blank line. '' when there is none."""
+    block = re.search(r"```[ \t]*(?:sqlite|sql)?[ \t]*\n?(.*?)(?:```|$)", text or "", re.S | re.I)
+    if block and QUERY_START.search(block.group(1)):
+        sql = block.group(1)
+    else:
+        start = QUERY_START.search(text or "")
+        if not start:
+            return ""
+        sql = re.split(r"\n\s*\n", text[start.start():])[0]
+    return _cut_statement(sql).strip()
+
+
+def ask(messages, ctx):
+    # stop at ';': the query is complete there and CPU time is not spent on prose
+    completion = ctx.llm.chat(messages, max_tokens=OPTIONS["max_tokens"], stop=[";"])
+    return extract_sql(completion.text)
+
+
+def feedback_for(sql, db_path, ctx):
+    """What to tell the model about its query, or None when it may stand."""
+    if not sql:
+        return "No SQL query found. Answer with one SQL query in a ```sql block." if OPTIONS["retry_on_error"] else None
+    result = run_sql(sql, db_path, ctx)
+    if "error" in result:
+        if OPTIONS["retry_on_error"]:
+            return f"SQLite error: {result['error']}. Write a corrected query."
+        return None
+    if OPTIONS["execute_check"] and not result["rows"]:
+        return "The query returned no rows. Check table names, columns and values, then write a corrected query."
+    return None
+
+
+def solve(inputs, ctx):
+    messages = build_messages(inputs, ctx)
+    sql = ask(messages, ctx)
+    if OPTIONS["retry_on_error"] or OPTIONS["execute_check"]:
+        db_path = ctx.files[inputs["db_id"]]
+        # execute_check alone gets one look at the result; retry_on_error gets max_retries
+        tries = max(OPTIONS["max_retries"] if OPTIONS["retry_on_error"] else 0, 1 if OPTIONS["execute_check"] else 0)
+        for _ in range(tries):
+            feedback = feedback_for(sql, db_path, ctx)
+            if feedback is None:
+                break
+            ctx.log("retry", reason=feedback, sql=sql)
+            messages = messages + [{"role": "assistant", "content": fenced(sql) if sql else "(no query)"},
+                                   {"role": "user", "content": feedback}]
+            sql = ask(messages, ctx) or sql
+    return sql or None
+
+
+def sft_pair(inputs, target, ctx):
+    """A train example rendered exactly as solve() prompts, with the gold query as the reply."""
+    return {"messages": build_messages(inputs, ctx), "completion": fenced(target["sql"])}

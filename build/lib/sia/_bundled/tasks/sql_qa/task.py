@@ -1,0 +1,245 @@
+"""The sql_qa task: answer a question about a real SQLite database with one SQL query.
+
+Data: a seeded synthetic ``shop`` database with templated questions of five difficulty levels
+(``task.data.source=synthetic``), or a local folder in the Spider format
+(``task.data.source=spider task.data.path=...``). Scoring: execution accuracy, computed in
+a separate evaluator process (``execution.evaluate_in_child``).
+"""
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from sia.harness.options import with_options
+from sia.tasks import (EvalReport, Example, ExampleScore, HarnessEdit, Splits, Task, TaskMeta,
+                       merged_config, plain_config)
+
+from .database import DB_ID, build_database
+from .execution import clean_answer_sql, evaluate_in_child, readonly_uri
+from .questions import assign_splits, generate_instances, interleave
+from .schema import describe_database
+from .spider import load_spider, spider_problems
+
+SOURCES = ("synthetic", "spider")
+SPLIT_BY = ("instance", "template")
+OUTCOMES = ("invalid_sql", "no_sql", "timeout", "wrong_result")
+DEFAULTS: dict[str, Any] = {
+    "primary_metric": "execution_accuracy",
+    "data": {
+        "source": "synthetic",
+        "path": None,
+        "seed": 0,
+        "instances_per_template": 10,
+        "paraphrases": 1,
+        "split_by": "instance",
+        "val_fraction": 0.2,
+        "test_fraction": 0.25,
+        "max_per_split": 200,
+    },
+    "query_timeout_s": 2.0,
+    "max_result_rows": 10000,
+    "eval_memory_mb": 1024,
+}
+FEW_SHOT_K = 3   # three short question/SQL pairs fit SmolLM2's 2k context next to the schema
+
+
+
+
+
+
+def _is_int(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _is_fraction(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1
+
+
+class TaskImpl(Task):
+    name = "sql_qa"
+
+    def __init__(self, cfg: Any, root: Path):
+        super().__init__(cfg, root)
+        self.settings = merged_config(DEFAULTS, plain_config(cfg))
+        self.data_cfg = self.settings["data"]
+        self.meta = TaskMeta(primary_metric="execution_accuracy", direction="max", reward_shape="binary",
+                             metrics=("execution_accuracy",) + tuple(f"{o}_rate" for o in OUTCOMES))
+        self._splits: Splits | None = None
+        self._databases: dict[str, Path] = {}     # db_id -> the evaluator's own copy
+        self._workdir: tempfile.TemporaryDirectory | None = None
+        self.dropped: dict[str, int] = {}
+
+    # ---- configuration -------------------------------------------------------------------
+    def config_problems(self) -> list[str]:
+        d, s, p = self.data_cfg, self.settings, []
+        if d["source"] not in SOURCES:
+            p.append(f"task.data.source={d['source']!r} is not one of {', '.join(SOURCES)}; "
+                     f"use task.data.source=synthetic, or spider with task.data.path=<folder>")
+        elif d["source"] == "spider":
+            p.extend(spider_problems("task.data.path", d["path"]))
+        if d["split_by"] not in SPLIT_BY:
+            p.append(f"task.data.split_by={d['split_by']!r} is not one of {', '.join(SPLIT_BY)}; "
+                     f"use instance (held-out slot values) or template (held-out query shapes)")
+        if s["primary_metric"] != "execution_accuracy":
+            p.append(f"task.primary_metric={s['primary_metric']!r}: sql_qa scores execution_accuracy only; "
+                     f"set task.primary_metric=execution_accuracy")
+        for key, low, fix in (("seed", 0, "e.g. task.data.seed=0"),
+                              ("instances_per_template", 1, "e.g. task.data.instances_per_template=10"),
+                              ("paraphrases", 1, "e.g. task.data.paraphrases=1"),
+                              ("max_per_split", 1, "e.g. task.data.max_per_split=200")):
+            if not _is_int(d[key], low):
+                p.append(f"task.data.{key}={d[key]!r} must be an integer >= {low}; {fix}")
+        for key in ("val_fraction", "test_fraction"):
+            if not _is_fraction(d[key]):
+                p.append(f"task.data.{key}={d[key]!r} must be a number in (0, 1); e.g. task.data.{key}=0.2")
+        if _is_fraction(d["val_fraction"]) and _is_fraction(d["test_fraction"]) \
+                and d["val_fraction"] + d["test_fraction"] >= 1:
+            p.append(f"task.data.val_fraction + task.data.test_fraction = "
+                     f"{d['val_fraction'] + d['test_fraction']:g} leaves no train split; keep the sum below 1")
+        timeout = s["query_timeout_s"]
+        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
+            p.append(f"task.query_timeout_s={timeout!r} must be a number > 0; e.g. task.query_timeout_s=2")
+        if not _is_int(s["max_result_rows"], 1):
+            p.append(f"task.max_result_rows={s['max_result_rows']!r} must be an integer >= 1; e.g. 10000")
+        if not _is_int(s["eval_memory_mb"], 256):
+            p.append(f"task.eval_memory_mb={s['eval_memory_mb']!r} must be an integer >= 256; e.g. 1024")
+        return p
+
+    @property
+    def data_label(self) -> str:
+        if self.data_cfg["source"] == "spider":
+            return f"spider ({self.data_cfg['path']})"
+        split = "" if self.data_cfg["split_by"] == "instance" else ", held-out templates"
+        return f"synthetic shop database (seed {self.data_cfg['seed']}{split})"
+
+    # ---- data ----------------------------------------------------------------------------
+    def load(self) -> Splits:
+        if self._splits is None:
+            self._splits = self._load_spider() if self.data_cfg["source"] == "spider" else self._load_synthetic()
+        return self._splits
+
+    def _load_synthetic(self) -> Splits:
+        d = self.data_cfg
+        # The evaluator's copy of the database lives in a private temp dir for this task object.
+        self._workdir = tempfile.TemporaryDirectory(prefix="sia_sql_qa_")
+        db_path = build_database(Path(self._workdir.name) / f"{DB_ID}.sqlite", d["seed"])
+        self._databases = {DB_ID: db_path}
+        conn = sqlite3.connect(readonly_uri(db_path), uri=True)
+        try:
+            by_template = generate_instances(conn, d["seed"], d["instances_per_template"], d["paraphrases"])
+        finally:
+            conn.close()
+        parts = assign_splits(by_template, d["val_fraction"], d["test_fraction"], d["split_by"], d["seed"])
+        return Splits(*(self._examples(interleave(parts[name], d["seed"]), d["paraphrases"])
+                        for name in ("train", "val", "test")))
+
+    @staticmethod
+    def _examples(instances, paraphrases: int) -> list[Example]:
+        out = []
+        for inst in instances:
+            for k, question in enumerate(inst.questions):
+                out.append(Example(
+                    id=inst.id if paraphrases == 1 else f"{inst.id}-p{k}",
+                    inputs={"question": question, "db_id": DB_ID},
+                    target={"sql": inst.sql, "level": inst.template.level, "template": inst.template.id,
+                            "instance": inst.id}))
+        return out
+
+    def _load_spider(self) -> Splits:
+        d = self.data_cfg
+        data = load_spider(d["path"], d["seed"], d["val_fraction"], d["test_fraction"], d["max_per_split"])
+        self._databases, self.dropped = data.databases, data.dropped
+        return data.splits
+
+    def _used_databases(self, splits: Splits) -> dict[str, Path]:
+        self.load()
+        used = {e.inputs["db_id"] for part in (splits.train, splits.val, splits.test) for e in part}
+        return {db_id: self._databases[db_id] for db_id in sorted(used)}
+
+    def public_resources(self, splits: Splits) -> dict[str, Any]:
+        """Schemas and the train split's questions with their SQL; nothing of val/test but
+        the databases' structure."""
+        return {
+            "dialect": "sqlite",
+            "schemas": {db_id: describe_database(path) for db_id, path in self._used_databases(splits).items()},
+            "train": [{"question": e.inputs["question"], "sql": e.target["sql"], "db_id": e.inputs["db_id"]}
+                      for e in splits.train],
+        }
+
+    def public_files(self, splits: Splits, out_dir: Path) -> dict[str, Path]:
+        """A read-only copy of each database, named ``<db_id>.sqlite``; keys are db ids."""
+        folder = Path(out_dir) / "databases"
+        folder.mkdir(parents=True, exist_ok=True)
+        files = {}
+        for db_id, source in self._used_databases(splits).items():
+            target = folder / f"{db_id}.sqlite"
+            if target.exists():
+                target.chmod(0o644)
+            shutil.copyfile(source, target)
+            target.chmod(0o444)
+            files[db_id] = target
+        return files
+
+    # ---- scoring -------------------------------------------------------------------------
+    def evaluate(self, examples: list[Example], answers: list[Any], split: str) -> EvalReport:
+        self.load()
+        items = [{"db_path": str(self._databases[e.inputs["db_id"]]), "gold": e.target["sql"],
+                  "pred": clean_answer_sql(a)} for e, a in zip(examples, answers)]
+        verdicts = evaluate_in_child(items, float(self.settings["query_timeout_s"]),
+                                     int(self.settings["max_result_rows"]), int(self.settings["eval_memory_mb"]))
+        per_example = []
+        for example, verdict in zip(examples, verdicts):
+            details = {"outcome": verdict.outcome, "level": example.target.get("level"), **verdict.details}
+            per_example.append(ExampleScore(example.id, verdict.score, verdict.reason, details))
+        return EvalReport(metrics=self._metrics(examples, verdicts), per_example=per_example,
+                          notes={"split": split, "data": self.data_label,
+                                 "scorer": "execution accuracy (result multisets; ordered when the gold "
+                                           "query has a top-level ORDER BY)",
+                                 "query_timeout_s": self.settings["query_timeout_s"]})
+
+    @staticmethod
+    def _metrics(examples: list[Example], verdicts) -> dict[str, float]:
+        n = len(verdicts) or 1
+        outcomes = Counter("wrong_result" if v.outcome == "too_many_rows" else v.outcome for v in verdicts)
+        metrics = {"execution_accuracy": sum(v.score for v in verdicts) / n}
+        metrics.update({f"{o}_rate": outcomes.get(o, 0) / n for o in OUTCOMES})
+        by_level: dict[int, list[float]] = {}
+        for example, verdict in zip(examples, verdicts):
+            if example.target.get("level") is not None:
+                by_level.setdefault(example.target["level"], []).append(verdict.score)
+        for level, scores in sorted(by_level.items()):
+            metrics[f"level_{level}_accuracy"] = sum(scores) / len(scores)
+        return metrics
+
+    # ---- levers ----------------------------------------------------------------------------
+    def harness_edits(self) -> list[HarnessEdit]:
+        def option_edit(**changes):
+            return lambda source: with_options(source, **changes)
+
+        # Invalid or missing SQL is this task's unreadable answer (the digest files reasons
+        # starting "invalid SQL"/"no SQL" under format), so the repairs for it address "format".
+        return [
+            HarnessEdit("few_shot_by_overlap", "format",
+                        f"Show the {FEW_SHOT_K} train questions sharing most words with the question, "
+                        f"with their SQL, as earlier chat turns (valid SQL over the same schema).",
+                        option_edit(few_shot=FEW_SHOT_K)),
+            HarnessEdit("retry_with_sql_error", "format",
+                        "Run the query with run_sql; when SQLite rejects it (or no SQL came back), ask again "
+                        "with the error message, up to two times.",
+                        option_edit(retry_on_error=True, max_retries=2)),
+            HarnessEdit("schema_sample_values", "accuracy",
+                        "Add the most frequent values of each text column to the compact schema, so "
+                        "literals in WHERE clauses match the data.",
+                        option_edit(sample_values=True)),
+            HarnessEdit("execute_and_check", "accuracy",
+                        "Run the query before answering; when it returns no rows, ask the model once to "
+                        "check table names, columns and values.",
+                        option_edit(execute_check=True)),
+        ]
+
+
+__all__ = ["TaskImpl"]

@@ -1,0 +1,1 @@
+"""Meta and feedback agents: decisions, trajectory digests, offline policies."""

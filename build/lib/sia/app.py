@@ -1,0 +1,101 @@
+"""Build a run from a composed config and go: validate, prepare the run dir, build the parts
+from their ``_target_`` nodes, run the loop, report (summary.json, a table, a plot)."""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from sia.config import ConfigError, resume_problems, validate
+from sia.run import RunDir, new_state, write_json_atomic, write_text_atomic
+from sia.tasks import UnknownTaskError, load_task
+
+log = logging.getLogger("sia")
+
+
+def _setup_logging(quiet: bool) -> None:
+    logging.getLogger("sia").setLevel(logging.WARNING if quiet else logging.INFO)
+    for noisy in ("httpx", "transformers", "lightning", "lightning.pytorch", "wandb"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
+def resolve_run(cfg: DictConfig) -> tuple[DictConfig, RunDir, bool]:
+    """The config and run dir to use; a run dir that already holds state is resumed (this is
+    also what a SLURM requeue of the same job does)."""
+    if cfg.resume:
+        problems = resume_problems(cfg.resume)
+        if problems:
+            raise ConfigError(problems)
+        run = RunDir(Path(cfg.resume))
+        saved = OmegaConf.load(run.path / "config.yaml")
+        saved.quiet = cfg.quiet
+        saved.resume = str(run.path)
+        return saved, run, True
+    run = RunDir(Path(cfg.run_dir))
+    return cfg, run, run.has_state()
+
+
+def _checked(cfg: DictConfig):
+    cfg, run_dir, resuming = resolve_run(cfg)
+    try:
+        task = load_task(cfg.task.name, cfg.task)
+    except UnknownTaskError as exc:
+        raise ConfigError([f"task.name: {exc}"]) from None
+    validate(cfg, task.config_problems())
+    return cfg, run_dir, resuming, task
+
+
+def run(cfg: DictConfig) -> int:
+    _setup_logging(cfg.quiet)
+    try:
+        cfg, run_dir, resuming, task = _checked(cfg)
+    except ConfigError as exc:
+        print(f"sia: {exc}", file=sys.stderr)
+        return 2
+
+    from sia.assemble import assemble
+    from sia.build import build
+    from sia.harness.pool import HarnessPool
+    from sia.summary import report
+    from sia.tracking import Tracker
+
+    if resuming:
+        state = run_dir.load_state()
+        if state.status == "done":
+            print(f"sia: run {run_dir.path} is already finished; see {run_dir.path / 'summary.json'}")
+            return 0
+        log.info("resuming %s at generation %d", run_dir.path, state.next_generation)
+    else:
+        write_text_atomic(run_dir.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        state = new_state()
+        run_dir.save_state(state)
+    print(f"sia: run dir {run_dir.path}  (resume with: python -m sia resume={run_dir.path})", flush=True)
+    print(f"sia: task {task.name} on {task.data_label}; policy {cfg.feedback.name}; model {cfg.model.name}",
+          flush=True)
+
+    started = time.monotonic()
+    engine = build(cfg.model.engine, model_cfg=cfg.model, cache_dir=cfg.cache_dir)
+    tracker = Tracker(cfg, run_dir.path, state.wandb_id, resume=resuming)
+    state.wandb_id = tracker.run_id
+    run_dir.save_state(state)
+    agent = cfg.agent
+    with HarnessPool(engine, workers=agent.workers, example_timeout_s=agent.example_timeout_s,
+                     memory_mb=agent.memory_mb, max_llm_calls=agent.max_llm_calls,
+                     max_new_tokens=agent.max_new_tokens, strict=agent.strict_sandbox,
+                     scratch_root=str(run_dir.path / "scratch"),
+                     deny_paths=[str(p) for p in task.private_paths()]) as pool:
+        loop = assemble(cfg, run_dir, task, engine, pool, tracker, state)
+        state = loop.run_all()
+
+    summary = report(cfg, task, state, engine.stats, loop.baselines, run_dir.path)
+    summary["this_attempt_s"] = time.monotonic() - started
+    write_json_atomic(run_dir.path / "summary.json", summary)
+    tracker.finish(state.history, summary)
+    return 0

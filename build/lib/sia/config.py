@@ -1,0 +1,106 @@
+"""Validate the composed config before any work starts: every problem in one error, each
+naming the key, the bad value and the fix."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+ALGORITHMS = ("auto", "sft", "rs_sft", "grpo", "eaw", "ppo")
+DEVICES = ("auto", "cpu", "cuda")
+MODEL_SOURCES = ("embedded", "path")
+LOGGER_MODES = ("offline", "online", "disabled")
+
+
+class ConfigError(ValueError):
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def _get(cfg: DictConfig, key: str) -> Any:
+    return OmegaConf.select(cfg, key, default=None)
+
+
+def _check_int(problems: list[str], cfg: DictConfig, key: str, minimum: int, fix: str) -> None:
+    value = _get(cfg, key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        problems.append(f"{key}={value!r} must be an integer >= {minimum}; {fix}")
+
+
+def _check_number(problems: list[str], cfg: DictConfig, key: str, low: float, high: float | None, fix: str,
+                  low_inclusive: bool = False) -> None:
+    value = _get(cfg, key)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok:
+        ok = (value >= low if low_inclusive else value > low) and (high is None or value <= high)
+    if not ok:
+        bound = f"{'>=' if low_inclusive else '>'} {low}" + (f" and <= {high}" if high is not None else "")
+        problems.append(f"{key}={value!r} must be a number {bound}; {fix}")
+
+
+def _check_choice(problems: list[str], cfg: DictConfig, key: str, choices: tuple[str, ...]) -> None:
+    value = _get(cfg, key)
+    if value not in choices:
+        problems.append(f"{key}={value!r} is not one of {', '.join(choices)}; set {key}=<one of them>")
+
+
+def config_problems(cfg: DictConfig) -> list[str]:
+    """Framework-level checks (the task adds its own through Task.config_problems)."""
+    p: list[str] = []
+    _check_int(p, cfg, "seed", 0, "use an integer, e.g. seed=0")
+    _check_int(p, cfg, "lora.rank", 1, "use e.g. lora.rank=8 (the paper used 32)")
+    _check_number(p, cfg, "lora.alpha", 0, None, "use e.g. lora.alpha=16")
+    _check_number(p, cfg, "lora.dropout", 0, 0.99, "use e.g. lora.dropout=0.05", low_inclusive=True)
+    _check_number(p, cfg, "lora.lr", 0, 1.0, "use e.g. lora.lr=1e-3")
+    _check_int(p, cfg, "lora.batch_size", 1, "use e.g. lora.batch_size=8")
+    _check_int(p, cfg, "lora.max_seq_len", 16, "use e.g. lora.max_seq_len=384")
+    _check_int(p, cfg, "budget.generations", 0, "use budget.generations=0 to evaluate the first harness only")
+    _check_int(p, cfg, "budget.val_examples", 1, "val needs at least one example, e.g. budget.val_examples=40")
+    _check_int(p, cfg, "budget.test_examples", 0, "use budget.test_examples=0 to skip test reporting")
+    _check_int(p, cfg, "budget.train_examples", 1, "e.g. budget.train_examples=160")
+    _check_int(p, cfg, "budget.train_steps", 1, "e.g. budget.train_steps=30")
+    _check_int(p, cfg, "budget.probe_train_examples", 0, "e.g. budget.probe_train_examples=16")
+    _check_number(p, cfg, "budget.wall_clock_minutes", 0, None, "e.g. budget.wall_clock_minutes=30")
+    _check_choice(p, cfg, "lora.algorithm", ALGORITHMS)
+    _check_int(p, cfg, "agent.workers", 1, "e.g. agent.workers=8")
+    _check_number(p, cfg, "agent.example_timeout_s", 0, None, "e.g. agent.example_timeout_s=60")
+    _check_int(p, cfg, "agent.memory_mb", 256, "e.g. agent.memory_mb=2048")
+    _check_int(p, cfg, "agent.max_llm_calls", 1, "e.g. agent.max_llm_calls=8")
+    _check_int(p, cfg, "agent.max_new_tokens", 1, "e.g. agent.max_new_tokens=48")
+    _check_choice(p, cfg, "model.source", MODEL_SOURCES)
+    _check_choice(p, cfg, "model.device", DEVICES)
+    if _get(cfg, "model.device") == "cuda" and not _cuda_available():
+        p.append("model.device='cuda' but this machine has no usable CUDA device (torch.cuda.is_available() is "
+                 "False); set model.device=auto (or cpu), or run on a GPU machine")
+    _check_int(p, cfg, "model.max_batch_size", 1, "e.g. model.max_batch_size=16")
+    if _get(cfg, "model.source") == "path" and not _get(cfg, "model.path"):
+        p.append("model.path is empty but model.source=path; set model.path=<local HF model dir>")
+    _check_choice(p, cfg, "logger.mode", LOGGER_MODES)
+    p += resume_problems(_get(cfg, "resume"))
+    return p
+
+
+def resume_problems(resume: Any) -> list[str]:
+    """A folder to resume must be a run dir: its state.json and config.yaml both there."""
+    if resume in (None, ""):
+        return []
+    folder = Path(str(resume))
+    missing = [name for name in ("state.json", "config.yaml") if not (folder / name).is_file()]
+    if not missing:
+        return []
+    return [f"resume={str(resume)!r} is not a SIA run directory (no {' or '.join(missing)} there); pass the run "
+            f"directory printed at the start of the run (outputs/<date>/<time>_<task>_<policy>)"]
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def validate(cfg: DictConfig, task_problems: list[str] | None = None) -> None:
+    problems = config_problems(cfg) + list(task_problems or [])
+    if problems:
+        raise ConfigError(problems)

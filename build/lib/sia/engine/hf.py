@@ -1,0 +1,295 @@
+"""The transformers + PEFT engine: batched chat generation on CPU (or one GPU) with raw-model
+log-probabilities, stop strings and LoRA adapters swapped per call."""
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+from contextlib import contextmanager
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
+
+from sia.engine.base import EngineStats, GenRequest, GenResult
+from sia.engine.model_cache import resolve_model_dir
+
+
+def load_tokenizer(model_dir):
+    """The tokenizer as the engine and the trainer both use it (left padding for generation)."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def render_prompt(tokenizer, messages: list[dict]) -> str:
+    """The prompt text for a chat, ending where the assistant's reply starts."""
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def encode_text(tokenizer, text: str) -> list[int]:
+    # The chat template already writes every special token; adding a BOS would double it.
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+@contextmanager
+def quiet_peft():
+    """PEFT calls a transformers API that transformers 5 deprecates; the warning is noise here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
+def pick_device(setting: str) -> torch.device:
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)
+
+
+def plan_batches(requests: list[GenRequest], prompt_lengths: list[int], max_batch_size: int) -> list[list[int]]:
+    """Request indices grouped so each group shares one ``generate`` call's sampling settings,
+    sorted by prompt length (less padding), cut into chunks of at most ``max_batch_size``."""
+    groups: dict[tuple, list[int]] = {}
+    for i, request in enumerate(requests):
+        groups.setdefault(_sampling_key(request), []).append(i)
+    chunks = []
+    for indices in groups.values():
+        indices.sort(key=lambda i: prompt_lengths[i])
+        chunks += [indices[s:s + max_batch_size] for s in range(0, len(indices), max_batch_size)]
+    return chunks
+
+
+def _sampling_key(request: GenRequest) -> tuple:
+    if request.temperature <= 0:
+        return ("greedy",)  # top_p and seed do not matter without sampling
+    return ("sample", float(request.temperature), float(request.top_p), request.seed)
+
+
+class _RowStopper(StoppingCriteria):
+    """Marks a row finished at EOS, at its own token limit or once its text holds a stop
+    string; ``generate`` halts when every row is finished. Remembers where each row stopped."""
+
+    def __init__(self, tokenizer, prompt_width: int, limits: list[int], stops: list[list[str]], eos_ids: set[int]):
+        self.tokenizer = tokenizer
+        self.prompt_width = prompt_width
+        self.limits = limits
+        self.stops = stops
+        self.eos_ids = eos_ids
+        self.stopped_at: list[int | None] = [None] * len(limits)
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        generated = input_ids[:, self.prompt_width:]
+        n = generated.shape[1]
+        for row, stopped in enumerate(self.stopped_at):
+            if stopped is not None:
+                continue
+            if int(generated[row, -1]) in self.eos_ids or n >= self.limits[row] or self._has_stop(row, generated[row]):
+                self.stopped_at[row] = n
+        done = [s is not None for s in self.stopped_at]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    def _has_stop(self, row: int, tokens: torch.Tensor) -> bool:
+        if not self.stops[row]:
+            return False
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        return any(stop in text for stop in self.stops[row])
+
+
+class HFEngine:
+    """Implements :class:`sia.engine.base.Engine` with transformers ``generate`` and PEFT."""
+
+    def __init__(self, model_cfg, cache_dir):
+        model_dir = resolve_model_dir(model_cfg, cache_dir)
+        self.device = pick_device(model_cfg.device)
+        self.max_batch_size = int(model_cfg.max_batch_size)
+        self.max_context = int(model_cfg.max_context)
+        self.stats = EngineStats()
+        self.tokenizer = load_tokenizer(model_dir)
+        dtype = getattr(torch, model_cfg.dtype)
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(self.device).eval()
+        self.eos_ids = _eos_ids(self.model, self.tokenizer)
+        # Public version name -> internal PEFT adapter name. Internal names are fresh per
+        # load so a version can be replaced, and so any version string is allowed.
+        self._adapters: dict[str, str] = {}
+        self._loads = 0
+        # The active adapter is model-wide state: one generate/add_adapter at a time.
+        self._lock = threading.RLock()
+
+    # ---- Engine protocol -------------------------------------------------------------
+
+    def chat_template(self, messages: list[dict], completion: str | None = None) -> str:
+        return render_prompt(self.tokenizer, messages) + (completion or "")
+
+    def add_adapter(self, name: str, path: str) -> None:
+        with self._lock:
+            self._add_adapter(name, str(path))
+
+    def generate(self, requests: list[GenRequest], adapter: str | None = None) -> list[GenResult]:
+        with self._lock:
+            return self._generate(requests, adapter)
+
+    # ---- internals -------------------------------------------------------------------
+
+    def _add_adapter(self, name: str, path: str) -> None:
+        from peft import PeftModel
+
+        internal = f"adapter_{self._loads}"
+        self._loads += 1
+        with quiet_peft():
+            if isinstance(self.model, PeftModel):
+                self.model.load_adapter(path, adapter_name=internal, is_trainable=False)
+            else:
+                self.model = PeftModel.from_pretrained(self.model, path, adapter_name=internal, is_trainable=False)
+        replaced = self._adapters.get(name)
+        self._adapters[name] = internal
+        if replaced is not None:
+            self.model.set_adapter(internal)  # never delete the active adapter
+            self.model.delete_adapter(replaced)
+        self.model.eval()
+
+    def _generate(self, requests: list[GenRequest], adapter: str | None) -> list[GenResult]:
+        if adapter is not None and adapter not in self._adapters:
+            raise KeyError(f"unknown adapter {adapter!r}; registered: {sorted(self._adapters)}")
+        prompt_ids = [encode_text(self.tokenizer, self.chat_template(r.messages)) for r in requests]
+        self._validate(requests, prompt_ids)
+        results: list[GenResult | None] = [None] * len(requests)
+        with self._weights(adapter), torch.inference_mode():
+            for chunk in plan_batches(requests, [len(p) for p in prompt_ids], self.max_batch_size):
+                chunk_results = self._generate_chunk([requests[i] for i in chunk], [prompt_ids[i] for i in chunk])
+                for i, result in zip(chunk, chunk_results):
+                    results[i] = result
+        return results
+
+    def _validate(self, requests: list[GenRequest], prompt_ids: list[list[int]]) -> None:
+        for i, (request, ids) in enumerate(zip(requests, prompt_ids)):
+            if request.max_tokens < 1:
+                raise ValueError(f"request {i}: max_tokens must be >= 1, got {request.max_tokens}")
+            if len(ids) >= self.max_context:
+                raise ValueError(
+                    f"request {i}: prompt has {len(ids)} tokens, the model context is {self.max_context}"
+                )
+
+    @contextmanager
+    def _weights(self, adapter: str | None):
+        from peft import PeftModel
+
+        if not isinstance(self.model, PeftModel):
+            yield
+        elif adapter is None:
+            with self.model.disable_adapter():
+                yield
+        else:
+            self.model.set_adapter(self._adapters[adapter])
+            yield
+
+    def _generate_chunk(self, requests: list[GenRequest], prompt_ids: list[list[int]]) -> list[GenResult]:
+        width = max(len(ids) for ids in prompt_ids)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in prompt_ids], device=self.device)
+        attention = torch.tensor(
+            [[0] * (width - len(ids)) + [1] * len(ids) for ids in prompt_ids], device=self.device
+        )
+        # Each row stops at its own limit; the batch runs to the longest one.
+        limits = [min(r.max_tokens, self.max_context - len(ids)) for r, ids in zip(requests, prompt_ids)]
+        stopper = _RowStopper(self.tokenizer, width, limits, [r.stop or [] for r in requests], self.eos_ids)
+        first = requests[0]  # the chunk shares its sampling settings (see plan_batches)
+        sampling = first.temperature > 0
+        options = dict(do_sample=False)
+        if sampling:  # top_k=0: only temperature and top_p shape the distribution
+            options = dict(do_sample=True, temperature=float(first.temperature), top_p=float(first.top_p), top_k=0)
+
+        started = time.perf_counter()
+        with _seeded(first.seed if sampling else None, self.device):
+            out = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=attention,
+                max_new_tokens=max(limits),
+                pad_token_id=pad,
+                eos_token_id=sorted(self.eos_ids),
+                stopping_criteria=StoppingCriteriaList([stopper]),
+                output_logits=True,
+                return_dict_in_generate=True,
+                **options,
+            )
+        latency = time.perf_counter() - started
+
+        new_tokens = out.sequences[:, width:]
+        logprobs = _chosen_logprobs(out.logits, new_tokens)
+        results = []
+        for row, request in enumerate(requests):
+            end = stopper.stopped_at[row] or limits[row]
+            result = self._finish_row(request, new_tokens[row, :end].tolist(), logprobs[row, :end].tolist())
+            result.prompt_tokens = len(prompt_ids[row])
+            result.latency_s = latency
+            results.append(result)
+
+        self.stats.requests += len(requests)
+        self.stats.batches += 1
+        self.stats.prompt_tokens += sum(r.prompt_tokens for r in results)
+        self.stats.completion_tokens += sum(r.completion_tokens for r in results)
+        self.stats.generate_seconds += latency
+        return results
+
+    def _finish_row(self, request: GenRequest, tokens: list[int], logprobs: list[float]) -> GenResult:
+        finish = "length"
+        if tokens and tokens[-1] in self.eos_ids:  # EOS ends the reply; it is not part of the text
+            tokens, finish = tokens[:-1], "stop"
+        text = self._decode(tokens)
+        cut = _first_stop(text, request.stop or [])
+        if cut is not None:
+            text, finish = text[:cut], "stop"
+            tokens = tokens[:self._tokens_covering(tokens, cut)]
+        return GenResult(
+            text=text,
+            prompt_tokens=0,
+            completion_tokens=len(tokens),
+            token_logprobs=logprobs[:len(tokens)],
+            finish_reason=finish,
+        )
+
+    def _decode(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+    def _tokens_covering(self, tokens: list[int], n_chars: int) -> int:
+        """The fewest leading tokens whose text reaches ``n_chars`` characters: the tokens that
+        produced the kept text (a token straddling the stop string counts as kept)."""
+        for k in range(len(tokens) + 1):
+            if len(self._decode(tokens[:k])) >= n_chars:
+                return k
+        return len(tokens)
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    ids = model.generation_config.eos_token_id
+    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def _chosen_logprobs(step_logits: tuple[torch.Tensor, ...], chosen: torch.Tensor) -> torch.Tensor:
+    """log p(chosen token) under the raw model at each step, shape (batch, steps)."""
+    columns = [
+        torch.log_softmax(logits.float(), dim=-1).gather(1, chosen[:, t:t + 1])
+        for t, logits in enumerate(step_logits)
+    ]
+    return torch.cat(columns, dim=1).cpu()
+
+
+def _first_stop(text: str, stops: list[str]) -> int | None:
+    positions = [text.find(s) for s in stops if s]
+    positions = [p for p in positions if p >= 0]
+    return min(positions) if positions else None
+
+
+@contextmanager
+def _seeded(seed: int | None, device: torch.device):
+    """Seed sampling without disturbing the caller's global RNG state."""
+    if seed is None:
+        yield
+        return
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
