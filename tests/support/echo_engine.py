@@ -55,9 +55,10 @@ def _nearest(query: str, pairs: list[tuple[str, str]]) -> str | None:
 
 
 class EchoEngine:
-    def __init__(self, model_cfg=None, cache_dir=None, delay_s: float = 0.0):
+    def __init__(self, model_cfg=None, cache_dir=None, delay_s: float = 0.0, salt: str | int = ""):
         self.max_batch_size = int(_cfg_get(model_cfg, "max_batch_size", 16))
         self.delay_s = float(delay_s)
+        self.salt = str(salt)           # the run's seed: seeds differ where the answer is a guess
         self.stats = EngineStats()
         self.adapters: dict[str, list[tuple[str, str]]] = {}
 
@@ -79,7 +80,7 @@ class EchoEngine:
             found = _nearest(query, self.adapters.get(adapter, []))
         if found is not None:
             return found
-        digest = hashlib.sha256(self.chat_template(messages).encode("utf-8")).digest()
+        digest = hashlib.sha256((self.salt + self.chat_template(messages)).encode("utf-8")).digest()
         return f"[罪名]{CHARGES[digest[0] % len(CHARGES)]}<eoa>"
 
     def generate(self, requests: list[GenRequest], adapter: str | None = None) -> list[GenResult]:
