@@ -10,8 +10,8 @@ from sia.baselines import score_baselines
 from sia.build import build
 from sia.data import prepare_data
 from sia.evaluation import SandboxChecker, SplitEvaluator, Workbench
-from sia.loop import Loop, Parts
-from sia.parts import AgentEnv
+from sia.loop import Loop
+from sia.parts import AgentEnv, Parts
 from sia.records import RunState
 from sia.run import RunDir
 from sia.tasks import Task
@@ -25,7 +25,7 @@ def assemble(cfg, run_dir: RunDir, task: Task, engine, pool, tracker, state: Run
     checker = SandboxChecker(bench, data.splits.train, run_dir.path / "candidates")
     env = AgentEnv(task=task, run_dir=run_dir.path, resources=data.resources, files=data.files,
                    train=data.splits.train, checker=checker)
-    parts = Parts(meta=meta or build(cfg.agent.meta), policy=policy or build(cfg.feedback),
+    parts = Parts(meta=meta or build(cfg.agent.meta), policy=policy or build(cfg.feedback, optional={"task": task}),
                   lever=lever or build(cfg.lever, cfg=cfg, task=task, bench=bench, run=run_dir, engine=engine,
                                        train=data.splits.train, progress=progress),
                   evaluator=SplitEvaluator(task, bench, run_dir), env=env)

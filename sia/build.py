@@ -34,16 +34,18 @@ class BuildError(ValueError):
     pass
 
 
-def build(node: DictConfig, /, **runtime: Any) -> Any:
+def build(node: DictConfig, /, optional: dict[str, Any] | None = None, **runtime: Any) -> Any:
     """Instantiate ``node`` (its ``_target_`` with its keys as arguments, ``name`` excepted)
-    with ``runtime`` objects added; the part gets the node's ``name``."""
+    with ``runtime`` objects added, and those of ``optional`` the class takes (e.g. ``task``);
+    the part gets the node's ``name``."""
     if not OmegaConf.is_dict(node) or "_target_" not in node:
         raise BuildError(f"config node {node!r} has no _target_; a part's YAML names its class with "
                          f"`_target_: package.module.Class`")
     params = OmegaConf.to_container(node, resolve=True)
     name = params.pop("name", None)
-    if name is not None and _takes(params["_target_"], "name"):
-        runtime = {"name": name, **runtime}
+    if name is not None:
+        optional = {"name": name, **(optional or {})}
+    runtime = {**{k: v for k, v in (optional or {}).items() if _takes(params["_target_"], k)}, **runtime}
     try:   # runtime objects go to the constructor as they are, never through Hydra's recursion
         factory = instantiate(params, _partial_=True, _convert_="none")
     except InstantiationException as exc:

@@ -2,6 +2,7 @@
 naming the key, the bad value and the fix."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,17 @@ def config_problems(cfg: DictConfig) -> list[str]:
         p.append("model.path is empty but model.source=path; set model.path=<local HF model dir>")
     _check_choice(p, cfg, "logger.mode", LOGGER_MODES)
     p += resume_problems(_get(cfg, "resume"))
+    p += llm_problems(cfg)
     return p
+
+
+def llm_problems(cfg: DictConfig) -> list[str]:
+    """When an LLM agent is chosen: its ``llm`` block and its key, checked before any work."""
+    if "llm" not in (_get(cfg, "agent.meta.name"), _get(cfg, "feedback.name")):
+        return []
+    from sia.agents.llm.config import key_problems, settings_problems
+
+    return settings_problems(cfg.llm) + key_problems(cfg.llm)
 
 
 def resume_problems(resume: Any) -> list[str]:
@@ -104,3 +115,48 @@ def validate(cfg: DictConfig, task_problems: list[str] | None = None) -> None:
     problems = config_problems(cfg) + list(task_problems or [])
     if problems:
         raise ConfigError(problems)
+
+
+# Hydra's own type errors name the key and the value but not the fix: add one.
+_TYPE_FIXES = {"Integer": "an integer, e.g. {key}=1", "Float": "a number, e.g. {key}=0.5",
+               "bool": "true or false, e.g. {key}=true", "Boolean": "true or false, e.g. {key}=true"}
+
+
+def composition_problem(exc: BaseException) -> str:
+    """One line naming the key, the bad value and the fix for a config that does not compose."""
+    cause = exc.__cause__ or exc
+    text = str(cause)
+    key = re.search(r"full_key: ([\w.]+)", text)
+    key = key.group(1) if key else "?"
+    value = re.search(r"Value '([^']*)'", text)
+    if "not in" in text and "Key '" in text:
+        group = key.rsplit(".", 1)[0] if "." in key else "the top level"
+        return (f"{key} is not a setting of {group}; check the spelling against conf/ (sia/schema.py lists every "
+                f"key and its type), or drop the override")
+    if value:
+        kind = next((t for t in _TYPE_FIXES if t in text), None)
+        fix = _TYPE_FIXES[kind].format(key=key) if kind else "see sia/schema.py for the expected type"
+        return f"{key}={value.group(1)!r} has the wrong type: use {fix}"
+    lines = str(exc).strip().split("Config search path")[0].splitlines()
+    return " ".join(line.strip() for line in lines if line.strip())
+
+
+def precheck_overrides(overrides: list[str]) -> list[str]:
+    """Compose once before Hydra runs, so a bad override stops with key, value and fix (exit 2)
+    instead of a Hydra traceback. Multirun and Hydra's own flags are left to Hydra."""
+    if any(o.startswith("-") for o in overrides):
+        return []
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from sia.resources import conf_dir
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir())):
+            compose(config_name="config", overrides=overrides)
+    except Exception as exc:   # every composition failure is a bad config, reported in words
+        return [composition_problem(exc)]
+    finally:
+        GlobalHydra.instance().clear()
+    return []

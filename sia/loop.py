@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -20,23 +19,14 @@ from sia.agents.context import FeedbackContext
 from sia.agents.decision import Decision, InvalidDecision
 from sia.agents.digest import digest
 from sia.data import RunData
-from sia.evaluation import SplitEvaluator, SplitScores
+from sia.evaluation import SplitScores
 from sia.levers.lora import LeverFailed
-from sia.parts import AgentEnv, FeedbackPolicy, MetaAgent, WeightsLever
+from sia.parts import Parts
 from sia.records import GenerationRecord, Incumbent, RunState
 from sia.run import RunDir, read_json, write_json_atomic, write_text_atomic
 from sia.tasks import Task
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Parts:
-    meta: MetaAgent
-    policy: FeedbackPolicy
-    lever: WeightsLever
-    evaluator: SplitEvaluator
-    env: AgentEnv                         # what agents see; env.checker checks candidates
 
 
 class Loop:
@@ -77,22 +67,25 @@ class Loop:
         problem = self.parts.evaluator.bench.check(harness)
         if problem:
             raise RuntimeError(f"the first harness ({harness}) does not load in the sandbox: {problem}")
-        record = GenerationRecord(generation=0, action="seed", rationale="first harness (Meta-Agent)", kept=True,
-                                  harness=str(harness))
+        info = read_json(gen_dir / "meta.json") if (gen_dir / "meta.json").is_file() else {}
+        fell_back = "; fell back to the seed harness" if info.get("fell_back_to_seed") else ""
+        record = GenerationRecord(generation=0, action="seed", kept=True, harness=str(harness),
+                                  rationale=f"first harness (Meta-Agent {info.get('agent', '?')}){fell_back}",
+                                  **_agent_cost(info.get("cost")))
         return self._fill(record, self._score(0, harness, None, full=True))
 
     def _context(self, generation: int, inc: Incumbent) -> FeedbackContext:
         inc_dir = self.run.gen_dir(inc.generation)
-        val = SplitScores.from_json(read_json(inc_dir / "scores_val.json"))
-        probe_file = inc_dir / "scores_train.json"
+        val = read_json(inc_dir / "scores_val.json")["rows"]
+        probe = read_json(inc_dir / "scores_train.json")["rows"] if (inc_dir / "scores_train.json").is_file() else None
         code = Path(inc.harness).read_text(encoding="utf-8")
         return FeedbackContext(
-            generation=generation, harness_code=code,
-            digest=digest(val.rows, read_json(probe_file)["rows"] if probe_file.is_file() else None),
-            history=list(self.state.history), offer=self.parts.lever.offer(self.task, code),
-            edits=self.task.harness_edits(), trajectories=self.parts.evaluator.trajectories(inc.generation, "val"),
-            baselines={k: v['val'] for k, v in self.baselines.items() if v.get('val') is not None},
-            task_description=self.task.description(), checker=self.parts.env.checker,
+            generation=generation, harness_code=code, digest=digest(val, probe), history=list(self.state.history),
+            offer=self.parts.lever.offer(self.task, code), edits=self.task.harness_edits(),
+            trajectories=self.parts.evaluator.trajectories(inc.generation, "val"),
+            baselines={k: v["val"] for k, v in self.baselines.items() if v.get("val") is not None},
+            train_probe=digest(probe) if probe else None, task_text=self.task.description(),
+            checker=self.parts.env.checker,
             budget_left={"generations": self.budget.generations - generation + 1,
                          "minutes": self.budget.wall_clock_minutes - self.state.elapsed_s / 60})
 
@@ -114,8 +107,7 @@ class Loop:
             return GenerationRecord(generation=generation, action="invalid", failed=str(exc))
         record = GenerationRecord(generation=generation, action=decision.action, rationale=decision.rationale,
                                   edit=decision.edit, fallback=bool(decision.stats.get("fallback")),
-                                  agent_tokens=int(decision.stats.get("agent_tokens", 0)),
-                                  agent_dollars=float(decision.stats.get("agent_dollars", 0.0)))
+                                  **_agent_cost(decision.stats.get("cost")))
         if decision.action == "stop":
             return record
         harness, adapter = Path(inc.harness), inc.adapter
@@ -128,10 +120,12 @@ class Loop:
                 if problem:
                     raise LeverFailed(f"the new harness does not load: {problem}")
             else:
-                inc_adapter = self.run.gen_dir(inc.generation) / "adapter" if inc.adapter else None
-                trained = self.parts.lever.train(generation, decision, harness, inc_adapter)
+                inc_dir = self.run.gen_dir(inc.generation) / "adapter" if inc.adapter else None
+                trained = self.parts.lever.train(generation, decision, harness, inc.adapter, inc_dir)
                 adapter, losses = trained.name, trained.info.get("losses") or [None]
                 record.algorithm = trained.info.get("algorithm")
+                if trained.info.get("rationale"):
+                    record.rationale += f" | weights lever: {trained.info['rationale']}"
                 record.train_loss_first, record.train_loss_last = losses[0], losses[-1]
                 record.train_s = float(trained.info.get("wall_s", 0.0))
                 if trained.info.get("skipped"):      # e.g. no positive reward: nothing to train on
@@ -187,6 +181,13 @@ class Loop:
         self.state.status = "done"
         self.run.save_state(self.state)
         return self.state
+
+
+def _agent_cost(cost: dict | None) -> dict:
+    """Record fields of what an LLM agent's calls cost (nothing for offline agents)."""
+    cost = cost or {}
+    return {"agent_tokens": int(cost.get("tokens_in", 0) + cost.get("tokens_out", 0)),
+            "agent_dollars": float(cost.get("dollars", 0.0))}
 
 
 def _fmt(value: float | None) -> str:

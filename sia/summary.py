@@ -7,7 +7,7 @@ from sia.records import RunState
 from sia.tracking import plot_progress, print_table
 
 
-def summarise(cfg, task, state: RunState, engine_stats, baselines: dict[str, dict]) -> dict:
+def summarise(cfg, task, state: RunState, engine_stats, baselines: dict[str, dict], run_path: Path) -> dict:
     scored = [h for h in state.history if h.val is not None]
     first = scored[0] if scored else None
     inc = state.incumbent
@@ -30,13 +30,24 @@ def summarise(cfg, task, state: RunState, engine_stats, baselines: dict[str, dic
         "wall_s": state.elapsed_s, "generate_s": state.generate_s, "train_s": state.train_s,
         "overhead_share": max(0.0, 1 - (state.generate_s + state.train_s) / elapsed),
         "engine_tokens": {"prompt": engine_stats.prompt_tokens, "completion": engine_stats.completion_tokens},
-        "agent": {"tokens": sum(h.agent_tokens for h in state.history),
-                  "dollars": sum(h.agent_dollars for h in state.history)},
+        "agent": agent_totals(run_path, state),
     }
 
 
+def agent_totals(run_path: Path, state: RunState) -> dict:
+    """What the LLM agents cost: the run's agents.jsonl ledger when there is one (every call,
+    cached ones included), else the per-generation records (offline agents: zero)."""
+    ledger = run_path / "agents.jsonl"
+    if ledger.is_file():
+        from sia.agents.llm.ledger import Ledger
+
+        return Ledger(ledger).summary()
+    return {"tokens": sum(h.agent_tokens for h in state.history),
+            "dollars": sum(h.agent_dollars for h in state.history)}
+
+
 def report(cfg, task, state: RunState, engine_stats, baselines: dict[str, dict], run_path: Path) -> dict:
-    summary = summarise(cfg, task, state, engine_stats, baselines)
+    summary = summarise(cfg, task, state, engine_stats, baselines, run_path)
     metric = f"{task.meta.primary_metric} ({'higher' if task.meta.direction == 'max' else 'lower'} is better)"
     plot_progress(state.history, task.meta.primary_metric, run_path / "progress.png",
                   f"{task.name} on {task.data_label} - {cfg.feedback.name} - {cfg.model.name}", baselines)
@@ -47,6 +58,10 @@ def report(cfg, task, state: RunState, engine_stats, baselines: dict[str, dict],
           f"{summary['wall_s']:.0f}s; summary {run_path / 'summary.json'}")
     if state.stop_reason:
         print(f"sia: stopped early: {state.stop_reason}")
+    agent = summary["agent"]
+    if agent.get("calls"):
+        print(f"sia: LLM agents: {agent['calls']} calls ({agent.get('cached_calls', 0)} from the response cache), "
+              f"{agent.get('tokens_in', 0)} tokens in, {agent.get('tokens_out', 0)} out, ${agent.get('dollars', 0):.4f}")
     return summary
 
 

@@ -111,3 +111,34 @@ def test_a_worse_candidate_is_not_kept_and_test_is_not_scored(loop_parts):
     assert all("details" not in r for r in rows)     # details may hold the gold: trusted-only
     trusted = run.path / "trusted" / "gen_002_val.jsonl"
     assert len(trusted.read_text().splitlines()) == len(rows)
+
+
+def test_the_feedback_side_never_sees_a_held_out_gold_answer(loop_parts):
+    """Everything a policy is given (digest, trajectories, history) holds no val/test gold
+    charge in any reason, and no evaluator details; the trusted file keeps them for reports."""
+    cfg, task, run, state, engine, pool = loop_parts
+    seen = []
+
+    class Recorder(ScriptedPolicy):
+        def decide(self, ctx):
+            seen.append(json.dumps({"digest": ctx.digest.to_json(), "trajectories": ctx.trajectories,
+                                    "history": [h.to_json() for h in ctx.history]}, ensure_ascii=False))
+            return super().decide(ctx)
+
+    # the toy engine names every listed charge: readable, partly right answers with reasons
+    labelled = with_options(task.seed_harness(), label_list=True)
+    script = {1: Decision(action="harness", rationale="scripted", harness_code=labelled, edit="label_list"),
+              2: Decision(action="stop", rationale="scripted stop")}
+    loop = assemble(cfg, run, task, engine, pool, Tracker(cfg, run.path, None, False), state, policy=Recorder(script))
+    loop.run_all()
+    held_out = loop.data.val + loop.data.test
+    assert len(seen) == 2
+    for blob in seen:
+        parsed = json.loads(blob)
+        reasons = [r["reason"] for r in parsed["trajectories"]] + parsed["digest"]["examples_of_failures"]
+        assert all("details" not in r for r in parsed["trajectories"])
+        for example in held_out:
+            for charge in example.target:
+                assert not any(charge in reason for reason in reasons), (charge, reasons[:3])
+    trusted = [json.loads(x) for x in (run.path / "trusted" / "gen_001_val.jsonl").read_text().splitlines()]
+    assert all(row["details"] for row in trusted)     # gold-bearing details stay on the trusted side

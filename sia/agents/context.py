@@ -25,5 +25,6 @@ class FeedbackContext:
     trajectories: list[dict] = field(default_factory=list)   # the incumbent's val trajectories
     baselines: dict[str, float] = field(default_factory=dict)  # baseline name -> val score
     budget_left: dict[str, Any] = field(default_factory=dict)  # generations, minutes, agent tokens/dollars
-    task_description: str = ""
+    train_probe: Digest | None = None      # the incumbent on a few train examples (over-/under-fitting)
+    task_text: str = ""                    # task.md
     checker: HarnessChecker | None = None  # checks a candidate harness before it is proposed

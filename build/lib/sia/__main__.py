@@ -6,6 +6,7 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+import sia.schema  # noqa: F401  (registers the config schemas)
 from sia.resources import conf_dir
 
 
@@ -29,8 +30,13 @@ def main(cfg: DictConfig) -> None:
 def cli() -> None:
     """The ``sia`` console script and ``python -m sia``."""
     from sia.build import normalise_overrides
+    from sia.config import ConfigError, precheck_overrides
 
     sys.argv[1:] = normalise_overrides(sys.argv[1:])
+    problems = precheck_overrides(sys.argv[1:])
+    if problems:
+        print(f"sia: {ConfigError(problems)}", file=sys.stderr)
+        sys.exit(2)
     main()
 
 

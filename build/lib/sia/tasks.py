@@ -195,6 +195,26 @@ def plain_config(cfg: Any) -> dict:
     return dict(cfg)
 
 
+def schema_defaults(schema: type) -> dict:
+    """A task's config schema (``tasks/<name>/config_schema.py``) as plain dicts: the one place its
+    defaults live, also for a task built from a partial dict (tests, notebooks)."""
+    from omegaconf import OmegaConf
+
+    out = OmegaConf.to_container(OmegaConf.structured(schema))
+    out.pop("name", None)
+    return out  # type: ignore[return-value]
+
+
+def task_schemas(tasks_dir: Path = TASKS_DIR) -> dict[str, type]:
+    """name -> the ``Config`` dataclass of every task that declares one in ``config_schema.py``."""
+    package = _tasks_package(tasks_dir)
+    out = {}
+    for name in available_tasks(tasks_dir):
+        if (tasks_dir / name / "config_schema.py").is_file():
+            out[name] = importlib.import_module(f"{package}.{name}.config_schema").Config
+    return out
+
+
 def merged_config(defaults: dict, given: dict) -> dict:
     """``defaults`` deep-updated by ``given`` (nested dicts merged key by key)."""
     out = dict(defaults)
