@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 
 from sia.agents.decision import Decision
 from sia.engine.base import EngineStats, GenRequest, GenResult
-from sia.levers.lora import LoraLever, adapter_name
-from sia.parts import TrainedAdapter
+from sia.harness.contract import Job
+from sia.levers.lora import LeverFailed
+from sia.parts import LeverOffer, TrainedAdapter
 from sia.run import read_json, write_json_atomic, write_text_atomic
 
 CHARGES = ("盗窃", "故意伤害", "诈骗", "危险驾驶", "交通肇事", "抢劫", "寻衅滋事", "走私、贩卖、运输、制造毒品")
@@ -45,10 +47,12 @@ def _similarity(a: set[str], b: set[str]) -> float:
 
 
 def _nearest(query: str, pairs: list[tuple[str, str]]) -> str | None:
-    grams = _grams(query)
+    """The answer of the pair whose prompt is most like ``query``, compared after the prefix
+    they share (the instruction every prompt repeats)."""
     best, best_sim = None, MIN_OVERLAP
     for prompt, answer in pairs:
-        sim = _similarity(grams, _grams(prompt))
+        cut = len(os.path.commonprefix([query, prompt]))
+        sim = _similarity(_grams(query[cut:]), _grams(prompt[cut:]))
         if sim > best_sim:
             best, best_sim = answer, sim
     return best
@@ -108,29 +112,44 @@ class EchoEngine:
         return results
 
 
-class EchoLever(LoraLever):
-    """The LoRA lever's data path (sft_pair rendered by the sandboxed harness, files per step)
-    with a stand-in trainer: the "adapter" is the pairs, plus those it was initialised from,
-    written the way the real trainer writes one (COMPLETE last)."""
+class EchoLever:
+    """A weights lever (sia.parts.WeightsLever) for the echo engine: the incumbent harness renders
+    gold SFT pairs in its sandbox, as for the real LoRA lever; the "adapter" is those pairs (plus
+    the ones it was initialised from), written the way a trainer writes one (COMPLETE last)."""
 
-    def train(self, generation: int, decision: Decision, harness: Path,
-              incumbent_adapter: Path | None) -> TrainedAdapter:
+    def __init__(self, *, cfg, task, bench, run, engine, train, progress: bool = False):
+        self.cfg, self.task, self.bench, self.run, self.engine, self.train_examples = cfg, task, bench, run, engine, train
+
+    def offer(self, task, harness_code: str) -> LeverOffer:
+        if not task.supports_gold_sft() or len(self.train_examples) < 2:
+            return LeverOffer(False, "the echo lever needs gold targets and at least 2 train examples")
+        return LeverOffer(True, "", algorithms=("sft",), max_steps=int(self.cfg.budget.train_steps),
+                          max_examples=int(self.cfg.budget.train_examples))
+
+    def train(self, generation: int, decision: Decision, harness: Path, adapter: str | None,
+              adapter_dir: Path | None) -> TrainedAdapter:
         started = time.perf_counter()
         gen_dir = self.run.gen_dir(generation)
+        out, info_file, pairs_file = gen_dir / "adapter", gen_dir / "train.json", gen_dir / "sft_pairs.json"
         training = dict(decision.training or {})
-        pairs = self._sft_pairs(gen_dir, harness, int(training.get("examples", 1)), generation)
-        out, info_file = gen_dir / "adapter", gen_dir / "train.json"
+        if not pairs_file.is_file():
+            examples = self.train_examples[: int(training.get("examples", 1))]
+            jobs = [Job(id=e.id, inputs=e.inputs, kind="sft_pair", target=e.target) for e in examples]
+            results = self.bench.run(harness, jobs, None, desc=f"gen {generation} render sft")
+            pairs = [r.answer for r in results if r.error is None and isinstance(r.answer, dict)]
+            if not pairs:
+                raise LeverFailed(f"the harness rendered no SFT pair ({next((r.error for r in results), None)})")
+            write_json_atomic(pairs_file, pairs)
         if not (out / "COMPLETE").is_file():
-            merged = list(pairs)
-            if incumbent_adapter is not None and (Path(incumbent_adapter) / PAIRS_FILE).is_file():
-                merged = json.loads((Path(incumbent_adapter) / PAIRS_FILE).read_text(encoding="utf-8")) + merged
+            merged = read_json(pairs_file)
+            if adapter_dir is not None and (Path(adapter_dir) / PAIRS_FILE).is_file():
+                merged = read_json(Path(adapter_dir) / PAIRS_FILE) + merged
             write_json_atomic(out / PAIRS_FILE, merged)
             write_text_atomic(out / "COMPLETE", "echo\n")
             steps = int(training.get("steps", 1))
-            wall_s = time.perf_counter() - started
-            self.train_seconds += wall_s
             write_json_atomic(info_file, {"algorithm": "sft", "losses": [round(2.0 / (1 + i), 4) for i in range(steps)],
-                                          "wall_s": wall_s, "steps": steps, "examples": len(pairs)})
-        name = adapter_name(generation)
+                                          "wall_s": time.perf_counter() - started, "steps": steps,
+                                          "examples": len(merged)})
+        name = f"gen{generation:03d}"
         self.engine.add_adapter(name, str(out))
         return TrainedAdapter(name=name, path=out, info=read_json(info_file))
