@@ -70,20 +70,21 @@ def test_requeued_job_resumes_in_its_run_dir_without_losing_or_repeating_a_gener
     finally:
         if launcher.poll() is None:
             launcher.kill()
-    attempts = [state for _, state in sacct_settled(job, duplicates=True)]
-    assert attempts[0] == "REQUEUED" and attempts[-1] == "COMPLETED", attempts
-    assert _run_dirs(sweep_dir) == [run]                          # the same run dir, no second one
-    log = "".join(p.read_text() for p in job_folders(sweep_dir)[0].glob("*_log.*"))
-    assert f"resuming {run} at generation {before['next_generation']}" in log
-    assert (run / "gen_000" / "scores_val.json").stat().st_mtime_ns == gen0_mtime   # not redone
+    wait_for("the requeued job to leave the queue", lambda: queue_empty(job), 180, every=1)
     after = read_state(run)
     assert after["status"] == "done"
-
     # the same seed without a break: the same generations, decisions and scores
     reference = work_dir / "reference"
     out = run_sia(*slow[:1], f"run_dir={reference}", "quiet=true", multirun=False, timeout=180)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert history_key(after) == history_key(read_state(reference))
+    assert history_key(after) == history_key(read_state(reference)), \
+        [h.get("failed") for h in after["history"]]
+    assert _run_dirs(work_dir / "sweep") == [run]                 # the same run dir, no second one
+    assert (run / "gen_000" / "scores_val.json").stat().st_mtime_ns == gen0_mtime   # not redone
+    log = "".join(p.read_text() for p in job_folders(sweep_dir)[0].glob("*_log.*"))
+    assert f"resuming {run} at generation {before['next_generation']}" in log
+    attempts = [state for _, state in sacct_settled(job, duplicates=True)]
+    assert attempts[0] == "REQUEUED" and attempts[-1] == "COMPLETED", attempts
 
 
 def test_job_hitting_its_time_limit_is_resubmitted_and_finishes(work_dir):
