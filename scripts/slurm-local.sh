@@ -123,7 +123,7 @@ EOF
   chmod 600 "$ETC/slurmdbd.conf"             # slurmdbd refuses a world-readable file (it holds a password)
 }
 
-running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+running() { [ -f "$1" ] && kill -0 "$(cat "$1" 2>/dev/null)" 2>/dev/null; }
 
 wait_for() {   # wait_for <what> <command...>: poll up to TIMEOUT_S seconds
   local what=$1; shift
@@ -213,9 +213,9 @@ up() {
 stop_pid() {   # stop_pid <name> <pidfile>
   local name=$1 pid=$2 i
   running "$pid" || return 0
-  kill "$(cat "$pid")" 2>/dev/null || true
+  kill "$(cat "$pid" 2>/dev/null)" 2>/dev/null || true
   for i in $(seq 50); do running "$pid" || { say "$name stopped"; return 0; }; sleep 0.2; done
-  kill -9 "$(cat "$pid")" 2>/dev/null || true
+  kill -9 "$(cat "$pid" 2>/dev/null)" 2>/dev/null || true
   say "$name killed"
 }
 
