@@ -178,7 +178,7 @@ start_mariadb() {
 start_daemon() {   # start_daemon <name> <pidfile> <changed-config?> <command...>
   local name=$1 pid=$2 changed=$3; shift 3
   if running "$pid" && [ -n "$changed" ]; then
-    say "config changed: restarting $name"; kill "$(cat "$pid")"; sleep 1
+    say "config changed: restarting $name"; stop_pid "$name" "$pid"
   fi
   running "$pid" || "$@" || die "$name did not start (see $LOG/$name.log)"
 }

@@ -88,12 +88,13 @@ def test_requeued_job_resumes_in_its_run_dir_without_losing_or_repeating_a_gener
 
 
 def test_job_hitting_its_time_limit_is_resubmitted_and_finishes(work_dir):
-    # about 80 s of work against a 1-minute limit: USR2 arrives 30 s before the limit (SLURM may
-    # send it up to a minute early), submitit's checkpoint hook requeues the job, it resumes.
+    # ~2 min of work (9 generations of up to ~30 s) against a 2-minute limit. SLURM sends USR2
+    # once at most signal_delay_s + 30 s (its check interval) remain: 60-90 s into each attempt,
+    # never during start-up. submitit's checkpoint hook requeues the job; it resumes.
     sweep_dir = work_dir / "sweep"
-    out = run_sia("seed=1", "model.engine.delay_s=0.9", *LAUNCHER, "hydra.launcher.timeout_min=1",
-                  "hydra.launcher.signal_delay_s=30", "hydra.launcher.max_num_timeout=4",
-                  f"hydra.sweep.dir={sweep_dir}", "quiet=true", timeout=480)
+    out = run_sia("seed=1", "budget.generations=8", "model.engine.delay_s=1.2", *LAUNCHER,
+                  "hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=30",
+                  "hydra.launcher.max_num_timeout=4", f"hydra.sweep.dir={sweep_dir}", "quiet=true", timeout=560)
     folder = job_folders(sweep_dir)[0]
     log = "".join(p.read_text() for p in folder.glob("*_log.*"))
     assert out.returncode == 0, out.stderr[-2000:] + log[-3000:]

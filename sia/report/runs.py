@@ -34,6 +34,7 @@ class Run:
     status: str = "unknown"                    # finished | running | cancelled | failed | timeout | ...
     detail: str = ""                           # error text or where an unfinished run stands
     swept: dict[str, str] = field(default_factory=dict)
+    choices: dict[str, str] = field(default_factory=dict)   # config group -> option (hydra runtime.choices)
 
     @property
     def finished(self) -> bool:
@@ -91,13 +92,15 @@ def read_run(path: Path) -> Run:
     cfg = config or hydra_cfg
     overrides = _overrides(path)
     summary = _read_json(path / "summary.json")
-    job = _dig(_read_yaml(path / ".hydra" / "hydra.yaml"), "hydra.job.id")
+    hydra_yaml = _read_yaml(path / ".hydra" / "hydra.yaml")
+    job = _dig(hydra_yaml, "hydra.job.id")
+    choices = {str(k).replace("/", "."): str(v) for k, v in (_dig(hydra_yaml, "hydra.runtime.choices") or {}).items()}
     seed = _dig(cfg, "seed")
     run = Run(path=path, task=_dig(cfg, "task.name") or (summary or {}).get("task"),
               policy=_dig(cfg, "feedback.name") or (summary or {}).get("feedback") or overrides.get("feedback"),
               seed=int(seed) if isinstance(seed, int) else None, overrides=overrides,
               job_id=None if job in (None, "", "???") or str(job).startswith("job_id_for_") else str(job),
-              state=load_state(path), summary=summary, config=cfg)
+              state=load_state(path), summary=summary, config=cfg, choices=choices)
     if run.state is not None and run.state.status == "done" and summary is not None:
         run.status = "finished"
     elif run.state is not None:
@@ -128,12 +131,25 @@ def _natural(path: Path):
     return (str(path.parent), int(head) if head.isdigit() else 1 << 30, path.name)
 
 
+def _value(run: Run, key: str) -> str:
+    """A run's value for ``key``: as overridden, else from its resolved config."""
+    if key in run.overrides:
+        return run.overrides[key]
+    if key in run.choices:
+        return run.choices[key]
+    value = _dig(run.config, key)
+    if isinstance(value, dict):          # a config group node (model.engine): its name
+        value = value.get("name", "?")
+    return "-" if value is None else str(value)
+
+
 def mark_swept(runs: list[Run]) -> None:
-    """The keys whose override values differ between runs (besides policy, task and seed)."""
+    """The keys whose values differ between runs (besides policy, task and seed)."""
     keys = {k for r in runs for k in r.overrides if k not in NOT_SWEPT and not k.startswith("hydra.")}
-    swept = sorted(k for k in keys if len({r.overrides.get(k) for r in runs}) > 1)
-    for r in runs:
-        r.swept = {k: r.overrides.get(k, "-") for k in swept}
+    values = {k: [_value(r, k) for r in runs] for k in sorted(keys)}
+    swept = [k for k, vals in values.items() if len(set(vals)) > 1]
+    for i, r in enumerate(runs):
+        r.swept = {k: values[k][i] for k in swept}
 
 
 # ---- accessors over one run's records ------------------------------------------------------
