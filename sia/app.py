@@ -80,6 +80,10 @@ def run(cfg: DictConfig) -> int:
     print(f"sia: task {task.name} on {task.data_label}; policy {cfg.feedback.name}; model {cfg.model.name}",
           flush=True)
 
+    if cfg.model.get("gpu") is not None:   # what runs where, and its peak memory per GPU
+        from sia.engine.memory_plan import format_plan
+
+        print(format_plan(cfg.model, cfg.lora), flush=True)
     started = time.monotonic()
     engine = build(cfg.model.engine, model_cfg=cfg.model, cache_dir=cfg.cache_dir)
     tracker = Tracker(cfg, run_dir.path, state.wandb_id, resume=resuming)

@@ -81,6 +81,10 @@ def config_problems(cfg: DictConfig) -> list[str]:
     _check_choice(p, cfg, "logger.mode", LOGGER_MODES)
     p += resume_problems(_get(cfg, "resume"))
     p += llm_problems(cfg)
+    if _get(cfg, "model.gpu") is not None:   # a GPU plan: it must fit before any work starts
+        from sia.engine.memory_plan import plan_problems
+
+        p += plan_problems(cfg.model, cfg.lora)
     return p
 
 

