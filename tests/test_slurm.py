@@ -53,7 +53,7 @@ def test_sweep_is_one_array_job_and_every_variant_finishes(work_dir):
 
 
 def test_requeued_job_resumes_in_its_run_dir_without_losing_or_repeating_a_generation(work_dir):
-    slow = ["seed=0", "model.engine.delay_s=0.2"]
+    slow = ["seed=0", "model.engine.delay_s=0.3"]
     sweep_dir = work_dir / "sweep"
     launcher = start_sia(work_dir / "sweep.log", *slow, *LAUNCHER, f"hydra.sweep.dir={sweep_dir}")
     try:
@@ -88,11 +88,12 @@ def test_requeued_job_resumes_in_its_run_dir_without_losing_or_repeating_a_gener
 
 
 def test_job_hitting_its_time_limit_is_resubmitted_and_finishes(work_dir):
-    # ~2 min of work (9 generations of up to ~30 s) against a 2-minute limit. SLURM sends USR2
-    # once at most signal_delay_s + 30 s (its check interval) remain: 60-90 s into each attempt,
-    # never during start-up. submitit's checkpoint hook requeues the job; it resumes.
+    # ~2 min of work (9 generations, ~150 model requests of 0.7 s) against a 2-minute limit.
+    # SLURM sends USR2 once at most signal_delay_s + 30 s (its check interval) remain: 60-90 s
+    # into each attempt, never during start-up. submitit's checkpoint hook requeues the job, and
+    # the job resumes.
     sweep_dir = work_dir / "sweep"
-    out = run_sia("seed=1", "budget.generations=8", "model.engine.delay_s=1.2", *LAUNCHER,
+    out = run_sia("seed=1", "budget.generations=8", "model.engine.delay_s=0.7", *LAUNCHER,
                   "hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=30",
                   "hydra.launcher.max_num_timeout=4", f"hydra.sweep.dir={sweep_dir}", "quiet=true", timeout=560)
     folder = job_folders(sweep_dir)[0]

@@ -7,8 +7,8 @@ seconds. It answers legal_charge prompts like a tiny nearest-neighbour model:
 - a charge name picked by hashing the prompt, in the ``[罪名]...<eoa>`` format.
 
 So harness edits (few-shot) and weight updates both change scores, as with a real model, and the
-same prompt always gets the same answer. ``delay_s`` (``model.engine.delay_s=...``) sleeps per
-generate call to stretch a run for the requeue and time-limit tests.
+same prompt always gets the same answer. ``delay_s`` (``model.engine.delay_s=...``) sleeps that
+long per request, to stretch a run for the requeue and time-limit tests.
 """
 from __future__ import annotations
 
@@ -91,8 +91,8 @@ class EchoEngine:
         if adapter is not None and adapter not in self.adapters:
             raise KeyError(f"adapter {adapter!r} was never added; known: {sorted(self.adapters)}")
         started = time.perf_counter()
-        if self.delay_s:
-            time.sleep(self.delay_s)
+        if self.delay_s:      # per request, so a run's length does not depend on how calls are batched
+            time.sleep(self.delay_s * len(requests))
         results = []
         for request in requests:
             text = self._answer(request, adapter)
