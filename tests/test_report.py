@@ -69,3 +69,31 @@ def test_report_refuses_a_folder_without_runs(tmp_path, capsys):
     assert "no runs under" in capsys.readouterr().err
     assert main([str(tmp_path / "missing")]) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_job_fates_read_from_submitit_logs_alone(tmp_path):
+    """Without sacct (another machine, accounting purged) the logs still tell each job's end."""
+    from sia.report.jobs import read_jobs
+
+    logs = {
+        "7_0": "slurmstepd-vm: error: *** JOB 7_0 ON vm CANCELLED AT 2026-12-01T10:00:00 ***\n",
+        "7_1": "sia: invalid configuration:\n  - lora.rank=0 must be an integer >= 1; use e.g. lora.rank=8\n"
+               "srun: error: vm: task 0: Exited with exit code 2\n",
+        "7_2": "slurmstepd-vm: error: *** STEP 7_2.0 ON vm CANCELLED AT 2026-12-01T10:00:00 DUE TO TIME LIMIT ***\n",
+        "7_3": "gen 0 val:  50%|#####     | 4/8\rgen 0 val: 100%|##########| 8/8\n"
+               "Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\n"
+               "RuntimeError: the first harness does not load in the sandbox\n"
+               "srun: error: vm: task 0: Exited with exit code 1\n",
+    }
+    for job, err in logs.items():
+        folder = tmp_path / ".submitit" / job
+        folder.mkdir(parents=True)
+        (folder / f"{job}_submitted.pkl").write_bytes(b"not a pickle")
+        (folder / f"{job}_0_log.err").write_text(err)
+    jobs = {j.job_id: j for j in read_jobs(tmp_path, use_sacct=False)}
+    assert [jobs[j].index for j in sorted(jobs)] == [0, 1, 2, 3]
+    assert jobs["7_0"].status == "cancelled"
+    assert jobs["7_1"].status == "failed" and "lora.rank=0 must be an integer >= 1" in jobs["7_1"].detail
+    assert jobs["7_2"].status == "timeout"
+    assert jobs["7_3"].status == "failed"
+    assert jobs["7_3"].detail == "RuntimeError: the first harness does not load in the sandbox"
