@@ -3,6 +3,7 @@ from their ``_target_`` nodes, run the loop, report (summary.json, a table, a pl
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -52,7 +53,15 @@ def _checked(cfg: DictConfig):
     return cfg, run_dir, resuming, task
 
 
+def _stop_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 def run(cfg: DictConfig) -> int:
+    # A scheduler's SIGTERM (SLURM requeue, preemption, scancel) ends the run at once: every step
+    # is on disk atomically, so a requeued job resumes. Carrying on (submitit ignores SIGTERM)
+    # would record generations whose harness workers the same signal killed.
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     _setup_logging(cfg.quiet)
     try:
         cfg, run_dir, resuming, task = _checked(cfg)

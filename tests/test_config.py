@@ -53,7 +53,7 @@ def test_bad_values_name_the_key_and_the_fix(compose_cfg, override, key, fix):
     ("agent.strict_sandbox=maybe", "agent.strict_sandbox='maybe' has the wrong type: use true or false"),
     ("budget.generation=3", "budget.generation is not a setting of budget"),
     ("task.data.pth=x.json", "task.data.pth is not a setting of task.data"),
-    ("feedback=bogus", "Available options in 'feedback': alternate harness_only rules weights_only"),
+    ("feedback=bogus", "Available options in 'feedback': alternate harness_only llm rules weights_only"),
 ])
 def test_schema_errors_at_compose_time_name_key_value_and_fix(override, expected):
     """Types and unknown keys fail when the config is composed (structured schemas), before any work."""
