@@ -399,3 +399,11 @@ def test_real_steps_continue_the_init_adapter_and_save_a_loadable_one(algorithm,
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([[1, 2, 3]])).logits
     assert torch.isfinite(logits).all()
+
+
+def test_the_config_thresholds_are_the_choice_keywords():
+    thresholds = OmegaConf.load(REPO / "conf" / "lora" / "default.yaml").thresholds
+    stats = reward_stats(groups_of(8, [0] * 7 + [1.0, 1.0, 1.0]))  # 70% zero: not sparse at 0.8
+    assert choose_algorithm(stats, has_gold=False, format_rate=0, prior_shape="graded", **thresholds)[0] == "grpo"
+    lower = {**thresholds, "sparse_zero_share": 0.6}
+    assert choose_algorithm(stats, has_gold=False, format_rate=0, prior_shape="graded", **lower)[0] == "eaw"

@@ -21,19 +21,20 @@ MIN_PER_GROUP = 2          # fewer samples per group: too small to read the shap
 
 
 def choose_algorithm(stats: RewardStats, *, has_gold: bool, format_rate: float, prior_shape: str,
-                     format_threshold: float = FORMAT_FAILURE_SFT, min_groups: int = MIN_GROUPS
-                     ) -> tuple[str | None, str]:
+                     format_failure_sft: float = FORMAT_FAILURE_SFT, sparse_zero_share: float = SPARSE_ZERO_SHARE,
+                     min_groups: int = MIN_GROUPS) -> tuple[str | None, str]:
     """(algorithm or None for "do not train", rationale quoting the statistics).
 
     ``format_rate`` is the share of answers the evaluator could not read (as
-    ``sia.agents.digest.Digest.format_rate``): high means poor format-following."""
+    ``sia.agents.digest.Digest.format_rate``): high means poor format-following. The keyword
+    thresholds are ``lora.thresholds`` (pass ``**cfg.lora.thresholds``)."""
     if prior_shape not in SHAPES:
         raise ValueError(f"prior_shape must be one of {SHAPES}, got {prior_shape!r} (TaskMeta.reward_shape)")
     if not 0.0 <= format_rate <= 1.0:
         raise ValueError(f"format_rate is a share of answers in [0, 1], got {format_rate}")
     figures = stats.describe() if stats.n else "no scored rollout samples"
-    if has_gold and format_rate >= format_threshold:
-        return "sft", (f"{format_rate:.0%} of answers unreadable (>= {format_threshold:.0%}) and the task has "
+    if has_gold and format_rate >= format_failure_sft:
+        return "sft", (f"{format_rate:.0%} of answers unreadable (>= {format_failure_sft:.0%}) and the task has "
                        f"gold targets: gold SFT teaches the format first; rollout: {figures}")
     if stats.n_positive == 0:
         if has_gold:
@@ -46,7 +47,7 @@ def choose_algorithm(stats: RewardStats, *, has_gold: bool, format_rate: float, 
         how = (f"rollout too small to read the reward's shape ({stats.groups} groups < {min_groups} or "
                f"{stats.per_group:.1f} samples/group < {MIN_PER_GROUP}): task prior '{prior_shape}'")
     else:
-        shape = _observed_shape(stats)
+        shape = _observed_shape(stats, sparse_zero_share)
         how = f"observed shape '{shape}'"
 
     if shape == "sparse":
@@ -64,7 +65,7 @@ def choose_algorithm(stats: RewardStats, *, has_gold: bool, format_rate: float, 
     return name, f"{name}: {how}; {why}; {figures}"
 
 
-def _observed_shape(stats: RewardStats) -> str:
-    if stats.zero_share > SPARSE_ZERO_SHARE:
+def _observed_shape(stats: RewardStats, sparse_zero_share: float) -> str:
+    if stats.zero_share > sparse_zero_share:
         return "sparse"
     return "binary" if stats.binary else "graded"

@@ -57,6 +57,7 @@ def quiet_lightning():
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=".*number of training batches.*smaller than the logging interval.*")
+            warnings.filterwarnings("ignore", message=".*`srun` command is available.*")  # not a SLURM job step
             warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning vs newer torch, harmless
             yield
     finally:
