@@ -132,7 +132,7 @@ def child(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default 8; 24 with --gold-update)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=128, help="tokens per sequence (lora.max_seq_len)")
     parser.add_argument("--completion", type=int, default=32, help="completion tokens per sequence")
@@ -146,7 +146,8 @@ def main() -> None:
     parser.add_argument("--cache-dir", default=os.environ.get("SIA_CACHE_DIR", str(Path.home() / ".cache" / "sia")))
     args = parser.parse_args()
     if args.gold_update:
-        args.steps, args.examples, args.seq = 24, 160, 384
+        args.examples, args.seq = 160, 384
+    args.steps = args.steps or (24 if args.gold_update else 8)
     if args.side:
         return child(args)
 

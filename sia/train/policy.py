@@ -37,6 +37,10 @@ def load_lora_model(model_cfg, lora_cfg, model_dir, init_adapter=None):
                 target_modules=list(lora_cfg.target_modules),
                 task_type="CAUSAL_LM",
             ))
+    if lora_cfg.get("activation_checkpointing", False):
+        # Keep only each layer's input and recompute the rest in backward: far less memory for
+        # long sequences, about a third more compute.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     # from_pretrained returns eval mode and Lightning keeps each module's mode: without this
     # LoRA dropout would never be active.
     return model.train()

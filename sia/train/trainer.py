@@ -52,7 +52,7 @@ class TrainResult:
     adapter_dir: str = ""
     step_s: float = 0.0       # mean seconds per optimizer step
     note: str = ""            # what the algorithm selected (e.g. groups with reward spread)
-    metrics: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)  # the last step's logged figures (clip_frac, kl...)
 
     @property
     def n_examples(self) -> int:  # the name the first SFT trainer used
@@ -119,6 +119,7 @@ def train_adapter(model_cfg, lora_cfg, cache_dir, samples: list[Sample], *, algo
                 use_distributed_sampler=False, callbacks=[recorder],
             )
             trainer.fit(module, train_dataloaders=loader)
+        last_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         out_dir = Path(out_dir)
         save_adapter(model, out_dir, {"algorithm": algorithm, "steps": steps, "losses": recorder.losses,
                                       "n_examples": len(examples), "note": note},
@@ -129,7 +130,7 @@ def train_adapter(model_cfg, lora_cfg, cache_dir, samples: list[Sample], *, algo
     return TrainResult(losses=recorder.losses, wall_s=time.perf_counter() - started, steps=steps,
                        examples=len(examples), algorithm=algorithm, tokens_per_s=recorder.tokens / fit_s,
                        peak_rss_mb=rss.peak_mb, adapter_dir=str(out_dir), step_s=fit_s / max(len(recorder.losses), 1),
-                       note=note)
+                       note=note, metrics=last_metrics)
 
 
 def _encode(tokenizer, chosen: list[tuple[Sample, dict]], max_seq_len: int) -> list[dict]:
