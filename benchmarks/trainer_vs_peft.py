@@ -8,7 +8,7 @@ completion-only loss, each side in its own fresh process (so peak RSS is that si
     python benchmarks/trainer_vs_peft.py --pairs gen_001/sft_pairs.json --steps 24 --seq 384
 
 Prints, for each side: tokens/s (non-padding tokens through forward+backward per second of
-the training loop), seconds per step, peak RSS of the process, wall time of the whole call
+the training loop, the first, warm-up step left out), seconds per step, peak RSS of the process, wall time of the whole call
 (loading and saving included), and the trainer/bare tokens/s ratio (target >= 0.9). The bare
 loop is what a plain PEFT script does: ``model(input_ids, labels=...)`` with prompt labels set
 to -100, which makes 49k-vocab logits for every position.
@@ -78,6 +78,7 @@ def run_bare(args, model_cfg, lora_cfg, samples) -> dict:
     from sia.engine.model_cache import resolve_model_dir
     from sia.train.batching import BucketBatchSampler, collate, encode_sample
     from sia.train.resources import PeakRSS
+    from sia.train.trainer import steady_rate
 
     with PeakRSS() as rss:
         model_dir = resolve_model_dir(model_cfg, args.cache_dir)
@@ -93,8 +94,8 @@ def run_bare(args, model_cfg, lora_cfg, samples) -> dict:
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=float(lora_cfg.lr))
         sampler = BucketBatchSampler([len(e["input_ids"]) for e in examples], int(lora_cfg.batch_size), 0)
         autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=str(lora_cfg.precision).startswith("bf16"))
-        losses, tokens, steps = [], 0, 0
-        started = time.perf_counter()
+        losses, step_tokens, step_s, steps = [], [], [], 0
+        last = time.perf_counter()
         while steps < args.steps:
             for indices in sampler:
                 rows = [examples[i] for i in indices]
@@ -108,20 +109,27 @@ def run_bare(args, model_cfg, lora_cfg, samples) -> dict:
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 losses.append(float(loss))
-                tokens += int(batch["attention_mask"].sum())
+                step_tokens.append(int(batch["attention_mask"].sum()))
+                now = time.perf_counter()
+                step_s.append(now - last)
+                last = now
                 steps += 1
                 if steps == args.steps:
                     break
-        loop_s = time.perf_counter() - started
         with tempfile.TemporaryDirectory() as tmp:
             model.save_pretrained(tmp)
-    return {"tokens_per_s": tokens / loop_s, "step_s": loop_s / steps, "losses": losses, "train_peak_rss_mb": rss.peak_mb}
+    tokens_per_s, per_step = steady_rate(step_tokens, step_s)  # the same measure as the trainer's
+    return {"tokens_per_s": tokens_per_s, "step_s": per_step, "first_step_s": step_s[0], "losses": losses,
+            "train_peak_rss_mb": rss.peak_mb}
 
 
 def child(args) -> None:
     model_cfg = OmegaConf.load(REPO / "conf" / "model" / "smollm2_135m.yaml")
     lora_cfg = OmegaConf.merge(OmegaConf.load(REPO / "conf" / "lora" / "default.yaml"),
-                               {"batch_size": args.batch, "max_seq_len": args.seq, "precision": args.precision})
+                               {"batch_size": args.batch, "max_seq_len": args.seq, "precision": args.precision,
+                                "activation_checkpointing": args.checkpointing})
+    if args.dropout is not None:
+        lora_cfg.dropout = args.dropout
     samples = make_samples(args)
     started = time.perf_counter()
     out = (run_trainer if args.side == "trainer" else run_bare)(args, model_cfg, lora_cfg, samples)
@@ -141,6 +149,8 @@ def main() -> None:
     parser.add_argument("--gold-update", action="store_true",
                         help="the default run's update: 160 legal-charge-like pairs, 24 steps, 384 tokens")
     parser.add_argument("--pairs", help="replay a run's sft_pairs.json instead of synthetic samples")
+    parser.add_argument("--checkpointing", action="store_true", help="lora.activation_checkpointing=true (trainer)")
+    parser.add_argument("--dropout", type=float, default=None, help="override lora.dropout (both sides)")
     parser.add_argument("--sides", default="trainer,bare")
     parser.add_argument("--side", help=argparse.SUPPRESS)
     parser.add_argument("--cache-dir", default=os.environ.get("SIA_CACHE_DIR", str(Path.home() / ".cache" / "sia")))
@@ -157,6 +167,8 @@ def main() -> None:
                "--seq", str(args.seq), "--completion", str(args.completion), "--examples", str(args.examples),
                "--precision", args.precision, "--cache-dir", args.cache_dir]
         cmd += ["--gold-update"] if args.gold_update else []
+        cmd += ["--checkpointing"] if args.checkpointing else []
+        cmd += ["--dropout", str(args.dropout)] if args.dropout is not None else []
         cmd += ["--pairs", args.pairs] if args.pairs else []
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -165,7 +177,9 @@ def main() -> None:
         results[side] = json.loads(lines[-1][len("RESULT "):])
 
     mode = "gold update" if args.gold_update else f"{args.batch} x {args.seq} tokens"
-    print(f"{mode}, {args.steps} steps, precision {args.precision}")
+    print(f"{mode}, {args.steps} steps, precision {args.precision}"
+          + (", activation checkpointing (trainer)" if args.checkpointing else "")
+          + (f", dropout {args.dropout}" if args.dropout is not None else ""))
     print(f"{'side':8} {'tokens/s':>9} {'s/step':>7} {'wall s':>7} {'peak RSS MB':>12} {'train RSS MB':>12}  first/last loss")
     for side, r in results.items():
         print(f"{side:8} {r['tokens_per_s']:9.1f} {r['step_s']:7.2f} {r['wall_s']:7.1f} {r['peak_rss_mb']:12.0f} "

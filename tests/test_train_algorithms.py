@@ -407,3 +407,28 @@ def test_the_config_thresholds_are_the_choice_keywords():
     assert choose_algorithm(stats, has_gold=False, format_rate=0, prior_shape="graded", **thresholds)[0] == "grpo"
     lower = {**thresholds, "sparse_zero_share": 0.6}
     assert choose_algorithm(stats, has_gold=False, format_rate=0, prior_shape="graded", **lower)[0] == "eaw"
+
+
+def test_activation_checkpointing_leaves_the_completion_gradient_unchanged():
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(1)
+    cfg = LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, use_cache=False)
+    model = get_peft_model(LlamaForCausalLM(cfg), LoraConfig(r=2, target_modules=["q_proj", "down_proj"],
+                                                             init_lora_weights=False)).train()
+    batch = collate([{"input_ids": [3, 4, 5, 6], "n_prompt": 2}, {"input_ids": [7, 8, 9], "n_prompt": 1}], pad_id=0)
+
+    def grads():
+        model.zero_grad()
+        logp, _ = completion_forward(model, batch)
+        sft_loss(logp, batch["completion_mask"]).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    plain = grads()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert model.get_base_model().model.gradient_checkpointing
+    checkpointed = grads()
+    assert plain.keys() == checkpointed.keys()
+    assert all(torch.allclose(plain[n], checkpointed[n], atol=1e-6) for n in plain)

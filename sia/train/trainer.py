@@ -47,10 +47,10 @@ class TrainResult:
     steps: int
     examples: int             # samples actually trained on (selected, and fitting max_seq_len)
     algorithm: str
-    tokens_per_s: float       # non-padding tokens through forward+backward per second of training
+    tokens_per_s: float       # non-padding tokens trained per second, after the first (warm-up) step
     peak_rss_mb: float        # peak resident memory of this process during the call
     adapter_dir: str = ""
-    step_s: float = 0.0       # mean seconds per optimizer step
+    step_s: float = 0.0       # mean seconds per optimizer step after the first
     note: str = ""            # what the algorithm selected (e.g. groups with reward spread)
     metrics: dict = field(default_factory=dict)  # the last step's logged figures (clip_frac, kl...)
 
@@ -126,10 +126,10 @@ def train_adapter(model_cfg, lora_cfg, cache_dir, samples: list[Sample], *, algo
                      module.extra_state())
         del trainer, module, model, loader
         release_memory()
-    fit_s = max(recorder.fit_s, 1e-9)
+    tokens_per_s, step_s = steady_rate(recorder.step_tokens, recorder.step_s)
     return TrainResult(losses=recorder.losses, wall_s=time.perf_counter() - started, steps=steps,
-                       examples=len(examples), algorithm=algorithm, tokens_per_s=recorder.tokens / fit_s,
-                       peak_rss_mb=rss.peak_mb, adapter_dir=str(out_dir), step_s=fit_s / max(len(recorder.losses), 1),
+                       examples=len(examples), algorithm=algorithm, tokens_per_s=tokens_per_s,
+                       peak_rss_mb=rss.peak_mb, adapter_dir=str(out_dir), step_s=step_s,
                        note=note, metrics=last_metrics)
 
 
@@ -167,23 +167,31 @@ def _precompute(module, examples: list[dict], batch_size: int, pad_id: int, prec
 
 
 class _Recorder(pl.Callback):
-    """Loss per step, tokens trained on and training time (excluding set-up and saving)."""
+    """Loss, tokens and wall time of every step (data loading included; set-up and saving not)."""
 
     def __init__(self):
         self.losses: list[float] = []
-        self.tokens = 0
-        self.fit_s = 0.0
-        self._t0 = None
+        self.step_tokens: list[int] = []
+        self.step_s: list[float] = []
+        self._last = 0.0
 
     def on_train_start(self, trainer, pl_module):
-        self._t0 = time.perf_counter()
+        self._last = time.perf_counter()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.tokens += batch_tokens(batch)
+        self.step_tokens.append(batch_tokens(batch))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         self.losses.append(float(loss.detach()))
+        now = time.perf_counter()
+        self.step_s.append(now - self._last)
+        self._last = now
 
-    def on_train_end(self, trainer, pl_module):
-        self.fit_s = time.perf_counter() - self._t0
+
+def steady_rate(step_tokens: list[int], step_s: list[float]) -> tuple[float, float]:
+    """(tokens/s, s/step) leaving out the first step when there are more: it pays one-time
+    costs (weights paged in from the memory-mapped checkpoint, kernel and allocator warm-up)."""
+    skip = 1 if len(step_s) > 1 else 0
+    seconds = max(sum(step_s[skip:]), 1e-9)
+    return sum(step_tokens[skip:]) / seconds, seconds / max(len(step_s) - skip, 1)
