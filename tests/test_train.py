@@ -3,6 +3,7 @@ and serving the trained adapter through the engine."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,8 @@ from sia.engine import build_engine
 from sia.engine.base import GenRequest
 from sia.engine.hf import encode_text, load_tokenizer
 from sia.engine.model_cache import resolve_model_dir
-from sia.train import train_sft
-from sia.train.sft import IGNORE_INDEX, collate, encode_pair
+from sia.train import Sample, train_sft
+from sia.train.batching import collate, encode_sample
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL_CFG = OmegaConf.load(REPO / "conf" / "model" / "smollm2_135m.yaml")
@@ -32,11 +33,27 @@ def test_empty_pairs_are_rejected(tmp_path):
         train_sft(MODEL_CFG, LORA_CFG, tmp_path, [], steps=3, out_dir=tmp_path / "a")
 
 
-def test_collate_pads_right_and_masks_padding():
-    batch = collate([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8], "labels": [8]}], pad_id=0)
-    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
-    assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
+def test_bad_pairs_name_the_expected_shape(tmp_path):
+    with pytest.raises(ValueError, match=r"SFT pair 1 must be .*got \['completion', 'prompt'\]"):
+        train_sft(MODEL_CFG, LORA_CFG, tmp_path, [PAIRS[0], {"prompt": "x", "completion": "y"}], steps=1,
+                  out_dir=tmp_path / "a")
+    with pytest.raises(ValueError, match="steps >= 1"):
+        train_sft(MODEL_CFG, LORA_CFG, tmp_path, PAIRS, steps=0, out_dir=tmp_path / "a")
+
+
+def test_collate_pads_right_and_scores_completion_tokens_only():
+    batch = collate([{"input_ids": [5, 6, 7], "n_prompt": 1}, {"input_ids": [8, 9], "n_prompt": 1}], pad_id=0)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 9, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert batch["targets"].tolist() == [[6, 7], [9, 0]]
+    assert batch["completion_mask"].tolist() == [[True, True], [True, False]]
+
+
+@pytest.fixture(scope="module")
+def model_cache_dir(tmp_path_factory):
+    """The shared converted model when SIA_CACHE_DIR names one, else a fresh conversion."""
+    shared = os.environ.get("SIA_CACHE_DIR")
+    return Path(shared) if shared else tmp_path_factory.mktemp("sia_cache")
 
 
 @pytest.fixture(scope="module")
@@ -45,30 +62,32 @@ def tokenizer(model_cache_dir):
 
 
 @pytest.mark.slow
-def test_encode_pair_matches_inference_prompt_and_learns_to_stop(tokenizer):
+def test_encode_sample_matches_inference_prompt_and_learns_to_stop(tokenizer):
     pair = PAIRS[0]
-    prompt_ids = encode_text(tokenizer, tokenizer.apply_chat_template(
-        pair["messages"], add_generation_prompt=True, tokenize=False))
-    example = encode_pair(tokenizer, pair, max_seq_len=384)
+    text = tokenizer.apply_chat_template(pair["messages"], add_generation_prompt=True, tokenize=False)
+    prompt_ids = encode_text(tokenizer, text)
+    example = encode_sample(tokenizer, Sample(prompt=pair["messages"], completion=ANSWER), max_seq_len=384)
     n = len(prompt_ids)
-    assert example["input_ids"][:n] == prompt_ids
-    assert example["labels"][:n] == [IGNORE_INDEX] * n
+    assert example["input_ids"][:n] == prompt_ids and example["n_prompt"] == n
     completion = example["input_ids"][n:]
-    assert example["labels"][n:] == completion
     assert completion[-1] == tokenizer.eos_token_id and tokenizer.eos_token == "<|im_end|>"
     assert tokenizer.decode(completion[:-1]) == ANSWER
+    # The engine's prompt text gives the same ids as the chat; a reply cut at its length limit
+    # did not end the turn, so no end-of-turn token is trained.
+    as_text = encode_sample(tokenizer, Sample(prompt=text, completion=ANSWER, eos=False), max_seq_len=384)
+    assert as_text["input_ids"] == example["input_ids"][:-1]
 
 
 @pytest.mark.slow
-def test_encode_pair_truncates_the_prompt_from_the_left(tokenizer):
-    pair = {"messages": [{"role": "user", "content": "blah " * 200 + "END"}], "completion": ANSWER}
-    full = encode_pair(tokenizer, pair, max_seq_len=10_000)
-    cut = encode_pair(tokenizer, pair, max_seq_len=64)
+def test_encode_sample_truncates_the_prompt_from_the_left(tokenizer):
+    sample = Sample(prompt=[{"role": "user", "content": "blah " * 200 + "END"}], completion=ANSWER)
+    full = encode_sample(tokenizer, sample, max_seq_len=10_000)
+    cut = encode_sample(tokenizer, sample, max_seq_len=64)
     assert len(cut["input_ids"]) == 64
     assert cut["input_ids"] == full["input_ids"][-64:]  # the completion and the prompt's end survive
-    assert cut["labels"] == full["labels"][-64:]
-    too_long = {"messages": [{"role": "user", "content": "?"}], "completion": "word " * 100}
-    assert encode_pair(tokenizer, too_long, max_seq_len=20) is None
+    assert len(cut["input_ids"]) - cut["n_prompt"] == len(full["input_ids"]) - full["n_prompt"]
+    too_long = Sample(prompt=[{"role": "user", "content": "?"}], completion="word " * 100)
+    assert encode_sample(tokenizer, too_long, max_seq_len=20) is None
 
 
 @pytest.fixture(scope="module")

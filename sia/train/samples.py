@@ -1,0 +1,114 @@
+"""Training samples (gold SFT pairs and scored rollouts) and the reward statistics the weights
+decision reads."""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class Sample:
+    """One prompt/completion pair to train on.
+
+    ``prompt`` is either the exact prompt text the engine fed the model (``Engine.chat_template``,
+    ending where the reply starts) or a chat (a list of messages), rendered the same way.
+    ``reward`` is None for gold SFT targets. ``group`` ties the K samples drawn for one prompt
+    (group-relative algorithms compare rewards inside it). ``sampling_temperature`` is what the
+    engine sampled with (None or 0: greedy). ``eos``: the completion ended the turn (the model
+    emitted end-of-turn), so the end-of-turn token is trained too."""
+    prompt: str | list[dict]
+    completion: str
+    reward: float | None = None
+    group: str = ""
+    sampling_temperature: float | None = None
+    eos: bool = True
+    example_id: str = ""
+    seed: int | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.completion, str):
+            raise ValueError(f"Sample.completion must be a str, got {type(self.completion).__name__}")
+        if isinstance(self.prompt, list):
+            if not all(isinstance(m, dict) and "role" in m and "content" in m for m in self.prompt):
+                raise ValueError("Sample.prompt as a chat must be a list of {'role', 'content'} messages")
+        elif not isinstance(self.prompt, str):
+            raise ValueError(f"Sample.prompt must be prompt text or a list of messages, got {type(self.prompt).__name__}")
+        if self.reward is not None:
+            self.reward = float(self.reward)
+            if not math.isfinite(self.reward):
+                raise ValueError(f"Sample.reward must be finite, got {self.reward} (group {self.group!r})")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Sample":
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)
+
+
+@dataclass
+class RewardStats:
+    n: int                    # scored samples
+    groups: int
+    per_group: float          # mean samples per group
+    mean: float
+    zero_share: float         # samples whose reward is exactly 0
+    positive_share: float     # samples above the caller's threshold
+    n_positive: int
+    group_variance: float     # mean within-group variance of the reward
+    spread_share: float       # groups whose samples do not all share one reward
+    binary: bool              # at most two distinct reward values
+    threshold: float
+
+    def describe(self) -> str:
+        """The figures a rationale quotes."""
+        return (f"{self.n} samples in {self.groups} groups ({self.per_group:.1f}/group), mean reward "
+                f"{self.mean:.3f}, {self.zero_share:.0%} at zero, {self.n_positive} positive "
+                f"({self.positive_share:.0%}, reward > {self.threshold:g}), within-group variance "
+                f"{self.group_variance:.4f}, {self.spread_share:.0%} of groups with spread, "
+                f"{'binary' if self.binary else 'graded'} reward")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def reward_stats(samples: list[Sample], threshold: float = 0.0) -> RewardStats:
+    """Statistics of the scored samples (gold samples without a reward are left out).
+    ``threshold`` is the task's notion of positive: reward strictly above it (e.g. the
+    incumbent's mean; for kernels the reward of a correct kernel as fast as the incumbent)."""
+    scored = [s for s in samples if s.reward is not None]
+    by_group: dict[str, list[float]] = defaultdict(list)
+    for s in scored:
+        by_group[s.group].append(s.reward)
+    n = len(scored)
+    rewards = [s.reward for s in scored]
+    variances = [_variance(v) for v in by_group.values()]
+    positive = sum(r > threshold for r in rewards)
+    return RewardStats(
+        n=n,
+        groups=len(by_group),
+        per_group=n / len(by_group) if by_group else 0.0,
+        mean=sum(rewards) / n if n else 0.0,
+        zero_share=sum(r == 0.0 for r in rewards) / n if n else 0.0,
+        positive_share=positive / n if n else 0.0,
+        n_positive=positive,
+        group_variance=sum(variances) / len(variances) if variances else 0.0,
+        spread_share=sum(v > 0 for v in variances) / len(variances) if variances else 0.0,
+        binary=len(set(rewards)) <= 2,
+        threshold=float(threshold),
+    )
+
+
+def _variance(values: list[float]) -> float:
+    mean = sum(values) / len(values)
+    return sum((v - mean) ** 2 for v in values) / len(values)
+
+
+def group_by(samples: list[Sample]) -> dict[str, list[int]]:
+    """Sample indices per group, groups in first-seen order."""
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(samples):
+        groups.setdefault(s.group, []).append(i)
+    return groups

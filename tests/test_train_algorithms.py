@@ -1,0 +1,434 @@
+"""The reward-driven trainers: each loss on a hand-computed toy batch, the algorithm choice by
+reward shape, the shared batching path, the completion-only LM head (on a tiny random model),
+rollouts.jsonl durability, trajectory credit, and 1-2 real steps of every algorithm."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from sia.engine.model_cache import resolve_model_dir
+from sia.train import Sample, choose_algorithm, reward_stats, train_adapter
+from sia.train.batching import BucketBatchSampler, collate
+from sia.train.eaw import entropic_weights
+from sia.train.eaw import prepare as eaw_prepare
+from sia.train.grpo import clipped_surrogate, group_advantages, grpo_loss, kl_to_reference
+from sia.train.grpo import prepare as grpo_prepare
+from sia.train.policy import completion_forward
+from sia.train.ppo import gae, outcome_rewards, ppo_loss
+from sia.train.rollouts import (RolloutWriter, credited_calls, drawn_keys, read_rollouts, samples_from_events,
+                                samples_from_trajectories)
+from sia.train.rs_sft import select_best
+from sia.train.sft import sft_loss
+
+REPO = Path(__file__).resolve().parent.parent
+approx = pytest.approx
+
+
+def chat(text):
+    return [{"role": "user", "content": text}]
+
+
+def scored(rewards_by_group: dict[str, list[float]]) -> list[Sample]:
+    return [Sample(prompt=chat(g), completion=f"{g}-{i}", reward=r, group=g, sampling_temperature=0.7)
+            for g, rewards in rewards_by_group.items() for i, r in enumerate(rewards)]
+
+
+# ---- losses on toy batches ---------------------------------------------------------------
+
+def test_group_advantages_are_reward_minus_group_mean_over_group_std():
+    adv = group_advantages([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 3.0, 1.0], list("aaaabbcc"))
+    assert adv[:4] == approx([1, -1, -1, 1], abs=1e-5)   # mean 0.5, std 0.5
+    assert adv[4:6] == [0.0, 0.0]                        # equal rewards: no advantage
+    assert adv[6:] == approx([1, -1], abs=1e-5)
+
+
+def test_clipped_surrogate_takes_the_pessimistic_branch():
+    old = torch.zeros(4)
+    logp = torch.log(torch.tensor([1.5, 0.5, 0.5, 1.5]))  # ratios
+    adv = torch.tensor([1.0, 1.0, -1.0, -1.0])
+    loss, clipped = clipped_surrogate(logp, old, adv, clip=0.2)
+    # min(1.5, 1.2) = 1.2; min(0.5, 0.8) = 0.5; min(-0.5, -0.8) = -0.8; min(-1.5, -1.2) = -1.5
+    assert loss.tolist() == approx([-1.2, -0.5, 0.8, 1.5])
+    assert clipped.tolist() == [True, False, True, False]
+
+
+def test_kl_estimator_is_zero_at_equality_and_matches_k3():
+    logp = torch.tensor([-1.0, -2.0])
+    assert kl_to_reference(logp, logp).tolist() == [0.0, 0.0]
+    d = -0.5 - (-1.0)  # ref - logp for the first token
+    assert float(kl_to_reference(torch.tensor([-1.0]), torch.tensor([-0.5]))) == approx(math.exp(d) - d - 1)
+
+
+def test_grpo_loss_averages_tokens_per_row_then_rows_and_ignores_padding():
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    old = torch.tensor([[-1.0, -1.0, 0.0], [-2.0, 0.0, 0.0]])
+    logp = old + torch.log(torch.tensor([[1.0, 1.5, 7.0], [0.5, 9.0, 9.0]]))  # padding ratios are junk
+    adv = torch.tensor([2.0, -1.0])
+    loss, metrics = grpo_loss(logp, old, adv, mask, clip=0.2)
+    row0 = (-2.0 + -2.4) / 2          # ratio 1 -> -2; ratio 1.5 clipped to 1.2 -> -2.4
+    row1 = 0.8                        # ratio 0.5, A=-1: min(-0.5, -0.8) -> +0.8
+    assert float(loss) == approx((row0 + row1) / 2)
+    assert float(metrics["clip_frac"]) == approx((0.5 + 1.0) / 2)
+
+    ref = old - 0.3
+    with_kl, m = grpo_loss(logp, old, adv, mask, clip=0.2, kl_coef=0.1, ref_logp=ref)
+    kl = kl_to_reference(logp, ref)
+    kl_rows = [(kl[0, 0] + kl[0, 1]) / 2, kl[1, 0]]
+    assert float(with_kl) == approx((row0 + row1) / 2 + 0.1 * float(sum(kl_rows)) / 2, rel=1e-5)
+    assert float(m["kl"]) == approx(float(sum(kl_rows)) / 2, rel=1e-5)
+
+
+def test_grpo_gradient_at_ratio_one_is_minus_advantage_per_token():
+    logp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
+    loss, _ = grpo_loss(logp, logp.detach(), torch.tensor([3.0]), torch.tensor([[True, True]]), clip=0.2)
+    loss.backward()
+    assert logp.grad.tolist() == [approx([-1.5, -1.5])]  # -A / tokens in the row
+
+
+def test_grpo_prepare_drops_groups_without_spread_and_keeps_the_temperature():
+    kept, note = grpo_prepare(scored({"a": [1, 0], "b": [1, 1]}), {"threshold": 0.0})
+    assert [(s.group, f["advantage"], f["temperature"]) for s, f in kept] == [("a", approx(1, abs=1e-5), 0.7),
+                                                                           ("a", approx(-1, abs=1e-5), 0.7)]
+    assert "1 of 2 groups" in note
+    with pytest.raises(ValueError, match="share one reward"):
+        grpo_prepare(scored({"b": [1, 1]}), {})
+    with pytest.raises(ValueError, match="algorithm=sft"):
+        grpo_prepare([Sample(prompt=chat("x"), completion="y")], {})
+
+
+def test_entropic_weights_are_exp_beta_reward_normalised_within_each_group():
+    w = entropic_weights([0, 0, 0, 1, 5, 5], list("aaaabb"), beta=math.log(3))
+    # exp(beta * r) = 1, 1, 1, 3 -> n * e / sum = 4 * [1, 1, 1, 3] / 6
+    assert w[:4] == approx([2 / 3, 2 / 3, 2 / 3, 2])
+    assert w[4:] == approx([1, 1])
+    assert sum(entropic_weights([0.0, 800.0], ["a", "a"], beta=10.0)) == approx(2)  # no overflow
+    kept, _ = eaw_prepare(scored({"a": [0, 1], "b": [0, 0]}), {"beta": 1.0})
+    assert [s.group for s, _ in kept] == ["a", "a"]  # a uniform group states no preference
+
+
+def test_weighted_sft_loss_is_the_batch_mean_of_weight_times_row_nll():
+    logp = torch.tensor([[-1.0, -3.0], [-2.0, 0.0]])
+    mask = torch.tensor([[True, True], [True, False]])
+    assert float(sft_loss(logp, mask)) == approx(6 / 3)  # token mean over the batch
+    assert float(sft_loss(logp, mask, torch.tensor([0.5, 1.5]))) == approx((0.5 * 2 + 1.5 * 2) / 2)
+
+
+def test_rs_sft_keeps_the_best_distinct_samples_above_the_threshold():
+    samples = scored({"a": [0.2, 0.9, 0.9, 0.5], "b": [0.1, 0.0], "c": [1.0]})
+    samples[2].completion = samples[1].completion  # a duplicate of the best
+    assert [s.completion for s in select_best(samples, threshold=0.3)] == ["a-1", "c-0"]
+    assert [s.completion for s in select_best(samples, threshold=0.3, top_k=2)] == ["a-1", "a-3", "c-0"]
+
+
+def test_gae_matches_hand_computed_values():
+    values = torch.tensor([[0.5, 0.2, 0.1], [0.3, 0.4, 9.0]])
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    rewards = outcome_rewards(torch.tensor([1.0, 2.0]), mask)
+    assert rewards.tolist() == [[0, 0, 1], [0, 2, 0]]
+    adv, ret = gae(rewards, values, mask, gamma=0.9, lam=0.5)
+    # row 0: d2 = 1 - 0.1 = 0.9; d1 = 0.9*0.1 - 0.2 = -0.11, A1 = -0.11 + 0.45*0.9 = 0.295;
+    #        d0 = 0.9*0.2 - 0.5 = -0.32, A0 = -0.32 + 0.45*0.295 = -0.18725
+    assert adv[0].tolist() == approx([-0.18725, 0.295, 0.9])
+    assert ret[0].tolist() == approx([0.31275, 0.495, 1.0])
+    # row 1 ends at t=1 (the padded value 9.0 must not leak in): d1 = 2 - 0.4 = 1.6;
+    #        d0 = 0.9*0.4 - 0.3 = 0.06, A0 = 0.06 + 0.45*1.6 = 0.78
+    assert adv[1].tolist() == approx([0.78, 1.6, 0.0])
+    adv1, _ = gae(rewards, torch.zeros(2, 3), mask, gamma=1.0, lam=1.0)
+    assert adv1.tolist() == [[1, 1, 1], [2, 2, 0]]  # zero values: every token gets the outcome
+
+
+def test_ppo_loss_adds_the_value_error():
+    mask = torch.tensor([[True, True]])
+    logp = torch.zeros(1, 2)
+    loss, m = ppo_loss(logp, logp, values=torch.tensor([[1.0, 2.0]]), returns=torch.zeros(1, 2),
+                       advantages=torch.tensor([[1.0, -1.0]]), mask=mask, clip=0.2, vf_coef=0.5)
+    assert float(m["policy_loss"]) == approx(0.0)       # (-1 + 1) / 2 at ratio 1
+    assert float(m["value_loss"]) == approx(0.5 * (1 + 4) / 2)
+    assert float(loss) == approx(0.5 * 1.25)
+
+
+# ---- reward statistics and the choice of algorithm --------------------------------------
+
+def groups_of(n_groups: int, rewards: list[float]) -> list[Sample]:
+    return scored({f"g{i}": list(rewards) for i in range(n_groups)})
+
+
+def test_reward_stats_quote_mean_zero_share_and_group_variance():
+    st = reward_stats(scored({"a": [0, 1], "b": [0, 0], "c": [1, 1]}) + [Sample(prompt="p", completion="gold")],
+                      threshold=0.5)
+    assert (st.n, st.groups, st.per_group, st.n_positive, st.binary) == (6, 3, 2.0, 3, True)
+    assert st.mean == approx(0.5) and st.zero_share == approx(0.5) and st.positive_share == approx(0.5)
+    assert st.group_variance == approx(0.25 / 3) and st.spread_share == approx(1 / 3)
+
+
+@pytest.mark.parametrize("rewards,want", [
+    ([0, 1, 0, 1], "grpo"),                      # binary, groups spread
+    ([0.1, 0.5, 0.3, 0.9], "grpo"),              # graded, groups spread
+    ([0] * 9 + [3.0], "eaw"),                    # 90% zero, a few wins
+])
+def test_choice_follows_the_observed_reward_shape(rewards, want):
+    name, why = choose_algorithm(reward_stats(groups_of(8, rewards)), has_gold=False, format_rate=0.0,
+                                 prior_shape="graded")
+    assert name == want
+    assert "mean reward" in why and "at zero" in why and "variance" in why and "observed shape" in why
+
+
+def test_choice_without_spread_inside_groups():
+    uniform = [Sample(prompt=chat(str(i)), completion="c", reward=float(i % 2), group=str(i)) for i in range(16)]
+    uniform += [Sample(prompt=chat(str(i)), completion="d", reward=float(i % 2), group=str(i)) for i in range(16)]
+    assert choose_algorithm(reward_stats(uniform), has_gold=False, format_rate=0, prior_shape="graded")[0] == "rs_sft"
+    graded = [Sample(prompt="p", completion=c, reward=0.1 * (i % 4), group=str(i)) for i in range(16) for c in "xy"]
+    assert choose_algorithm(reward_stats(graded), has_gold=False, format_rate=0, prior_shape="binary")[0] == "ppo"
+
+
+def test_no_positive_sample_means_no_training_and_says_so():
+    stats = reward_stats(groups_of(8, [0.0, 0.0, 0.0]))
+    name, why = choose_algorithm(stats, has_gold=False, format_rate=0.0, prior_shape="sparse")
+    assert name is None and "no positive sample" in why and "24 samples" in why
+    assert choose_algorithm(stats, has_gold=True, format_rate=0.0, prior_shape="sparse")[0] == "sft"
+    # "positive" is the caller's: correct but not faster than the incumbent (reward 1.0) is not.
+    kernels = reward_stats(groups_of(8, [0.0, 1.0, 0.9]), threshold=1.0)
+    assert choose_algorithm(kernels, has_gold=False, format_rate=0.0, prior_shape="sparse")[0] is None
+
+
+def test_gold_and_poor_format_following_choose_sft():
+    name, why = choose_algorithm(reward_stats(groups_of(8, [0, 1])), has_gold=True, format_rate=0.5,
+                                 prior_shape="binary")
+    assert name == "sft" and "50% of answers unreadable" in why
+
+
+def test_prior_shape_decides_only_when_the_rollout_is_too_small():
+    small = reward_stats(scored({"a": [0.0, 0.2], "b": [0.0, 0.4]}))  # 2 groups < 8
+    assert choose_algorithm(small, has_gold=False, format_rate=0, prior_shape="sparse")[0] == "eaw"
+    name, why = choose_algorithm(small, has_gold=False, format_rate=0, prior_shape="graded")
+    assert name == "grpo" and "task prior 'graded'" in why
+    with pytest.raises(ValueError, match="prior_shape"):
+        choose_algorithm(small, has_gold=False, format_rate=0, prior_shape="dense")
+
+
+# ---- the shared data path and the completion-only head ----------------------------------
+
+def test_collate_gives_completion_targets_positions_and_per_sample_fields():
+    batch = collate([{"input_ids": [5, 6, 7, 8], "n_prompt": 2, "advantage": 0.5, "old_logp": [-1.0, -2.0]},
+                     {"input_ids": [9, 10], "n_prompt": 1, "advantage": -1.0, "old_logp": [-3.0]}], pad_id=0)
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8], [9, 10, 0, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
+    assert batch["targets"].tolist() == [[7, 8], [10, 0]]
+    assert batch["completion_mask"].tolist() == [[True, True], [True, False]]
+    assert batch["positions"].tolist() == [[1, 2], [0, 0]]  # hidden state t predicts token t+1
+    assert batch["advantage"].tolist() == [0.5, -1.0]
+    assert batch["old_logp"].tolist() == [[-1.0, -2.0], [-3.0, 0.0]]
+
+
+def test_bucket_sampler_groups_similar_lengths_and_reshuffles_each_epoch():
+    lengths = [10, 200, 12, 190, 14, 205, 11, 195]
+    sampler = BucketBatchSampler(lengths, batch_size=2, seed=3)
+    first, second = list(sampler), list(sampler)
+    assert sorted(i for b in first for i in b) == list(range(8))
+    for batch in first:
+        assert len({lengths[i] > 100 for i in batch}) == 1  # short rows never pad up to long ones
+    assert first != second
+    assert list(BucketBatchSampler(lengths, 2, seed=3)) == first  # seeded
+
+
+@pytest.fixture(scope="module")
+def tiny_peft():
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
+    model = get_peft_model(LlamaForCausalLM(cfg), LoraConfig(r=2, target_modules=["q_proj", "v_proj"],
+                                                             init_lora_weights=False))
+    return model.eval()
+
+
+def test_completion_head_equals_full_logits_at_completion_positions(tiny_peft):
+    rows = [{"input_ids": [3, 4, 5, 6, 7], "n_prompt": 3}, {"input_ids": [8, 9, 10], "n_prompt": 1}]
+    batch = collate(rows, pad_id=0)
+    with torch.no_grad():
+        logp, hidden = completion_forward(tiny_peft, batch, temperature=torch.tensor([1.0, 0.5]))
+        full = tiny_peft(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert hidden.shape == (2, 2, 16)
+    want0 = torch.log_softmax(full[0, 2:4], -1)[[0, 1], [6, 7]]
+    want1 = torch.log_softmax(full[1, 0:2] / 0.5, -1)[[0, 1], [9, 10]]
+    assert torch.allclose(logp[0], want0, atol=1e-5) and torch.allclose(logp[1], want1, atol=1e-5)
+
+
+# ---- rollouts.jsonl and trajectory credit -----------------------------------------------
+
+def test_rollouts_round_trip_and_a_torn_last_line_is_dropped_then_overwritten(tmp_path):
+    path = tmp_path / "gen" / "rollouts.jsonl"
+    samples = scored({"a": [0.0, 1.0]}) + [Sample(prompt="<|im_start|>user\nq", completion="z", group="b", seed=7)]
+    with RolloutWriter(path) as w:
+        for s in samples:
+            w.append(s)
+    assert read_rollouts(path) == samples
+    with open(path, "a") as f:
+        f.write('{"group": "b", "prompt": "half')  # what a kill -9 mid-write leaves
+    assert read_rollouts(path) == samples
+    with RolloutWriter(path) as w:
+        w.append(samples[0])
+    assert read_rollouts(path) == samples + samples[:1]
+    assert drawn_keys(read_rollouts(path)) == {("", None), ("", 7)}
+    path.write_text(path.read_text().replace('"group": "a"', '"group": broken', 1))
+    with pytest.raises(ValueError, match=r"rollouts.jsonl:1: .*corrupt"):
+        read_rollouts(path)
+    assert read_rollouts(tmp_path / "missing.jsonl") == []
+
+
+def test_kill_9_during_sampling_keeps_every_finished_sample(tmp_path):
+    path = tmp_path / "rollouts.jsonl"
+    script = (f"import time, sys\nsys.path.insert(0, {str(REPO)!r})\n"
+              "from sia.train.rollouts import RolloutWriter\nfrom sia.train.samples import Sample\n"
+              f"w = RolloutWriter({str(path)!r})\n"
+              "for i in range(10000):\n"
+              "    w.append(Sample(prompt='p' * 5000, completion=str(i), reward=1.0, group=str(i // 4), seed=i))\n"
+              "    time.sleep(0.002)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.time() + 60
+    while time.time() < deadline and (not path.exists() or path.read_text().count("\n") < 5):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    kept = read_rollouts(path)
+    assert len(kept) >= 5
+    assert [s.completion for s in kept] == [str(i) for i in range(len(kept))]  # every finished one, in order
+
+
+def test_credit_goes_to_used_calls_else_the_last_unrejected_one():
+    def call(text, **extra):
+        return {"type": "llm_call", "messages": chat("q"), "completion": text, "finish_reason": "stop", **extra}
+    assert [c["completion"] for c in credited_calls([call("a"), {"type": "tool"}, call("b")])] == ["b"]
+    assert [c["completion"] for c in credited_calls([call("a", used=True), call("b")])] == ["a"]
+    assert [c["completion"] for c in credited_calls([call("a"), call("fallback", used=False)])] == ["a"]
+    assert credited_calls([{"type": "tool"}]) == []
+
+    events = [call("draft"), call("final", finish_reason="length")]
+    [s] = samples_from_events(events, 0.5, group="ex1", example_id="ex1", temperature=0.8, seed=3)
+    assert (s.completion, s.reward, s.eos, s.sampling_temperature, s.seed) == ("final", 0.5, False, 0.8, 3)
+    assert samples_from_events(events, 0.5, group="g", served=[call("something else")]) == []  # forged
+    trajs = [{"id": "e1", "events": [call("x")], "score": 1.0}, {"id": "e1", "events": [call("y")], "score": 0.0}]
+    got = samples_from_trajectories(trajs, rewards=[0.2, 0.4], temperature=1.0)
+    assert [(s.group, s.completion, s.reward) for s in got] == [("e1", "x", 0.2), ("e1", "y", 0.4)]
+    with pytest.raises(ValueError, match="one per trajectory"):
+        samples_from_trajectories(trajs, rewards=[1.0])
+
+
+def test_bad_inputs_name_what_is_wrong(tmp_path):
+    with pytest.raises(ValueError, match="finite"):
+        Sample(prompt="p", completion="c", reward=float("nan"))
+    with pytest.raises(ValueError, match="list of messages"):
+        Sample(prompt=3, completion="c")
+    lora = OmegaConf.load(REPO / "conf" / "lora" / "default.yaml")
+    with pytest.raises(ValueError, match="unknown training algorithm 'dpo'"):
+        train_adapter(None, lora, tmp_path, scored({"a": [1, 0]}), algorithm="dpo", steps=1, out_dir=tmp_path)
+    bad = OmegaConf.merge(lora, {"grpo": {"cliip": 0.1}})
+    with pytest.raises(ValueError, match="lora.grpo.cliip"):
+        train_adapter(None, bad, tmp_path, scored({"a": [1, 0]}), algorithm="grpo", steps=1, out_dir=tmp_path)
+
+
+# ---- real steps on the embedded model ----------------------------------------------------
+
+MODEL_CFG = OmegaConf.load(REPO / "conf" / "model" / "smollm2_135m.yaml")
+LORA_CFG = OmegaConf.merge(OmegaConf.load(REPO / "conf" / "lora" / "default.yaml"),
+                           {"batch_size": 4, "max_seq_len": 96, "grpo": {"kl": 0.05}})
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    shared = os.environ.get("SIA_CACHE_DIR")
+    return Path(shared) if shared else tmp_path_factory.mktemp("sia_cache")
+
+
+@pytest.fixture(scope="module")
+def rollout():
+    """Two prompts, four samples each, binary-ish rewards with spread in both groups."""
+    out = []
+    for g, question in enumerate(["Name a colour.", "Name a fruit."]):
+        for k, answer in enumerate(["Blue.", "Red, I think.", "Apple.", "I do not know."]):
+            out.append(Sample(prompt=chat(question), completion=answer, reward=float((g + k) % 2) + 0.5 * k,
+                              group=question, sampling_temperature=0.8, example_id=str(g), seed=k))
+    return out
+
+
+@pytest.fixture(scope="module")
+def init_adapter(cache_dir, rollout, tmp_path_factory):
+    out = tmp_path_factory.mktemp("init") / "adapter"
+    train_adapter(MODEL_CFG, LORA_CFG, cache_dir, rollout, algorithm="sft", steps=1, out_dir=out)
+    return out
+
+
+def adapter_tensors(path: Path) -> dict:
+    from safetensors.torch import load_file
+    return load_file(str(path / "adapter_model.safetensors"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ["sft", "rs_sft", "grpo", "eaw", "ppo"])
+def test_real_steps_continue_the_init_adapter_and_save_a_loadable_one(algorithm, cache_dir, rollout,
+                                                                      init_adapter, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / algorithm
+    result = train_adapter(MODEL_CFG, LORA_CFG, cache_dir, rollout, algorithm=algorithm, steps=2, out_dir=out,
+                           init_adapter=init_adapter, threshold=0.6)
+    assert result.algorithm == algorithm and result.steps == 2 and len(result.losses) == 2
+    assert all(math.isfinite(x) for x in result.losses)
+    assert result.tokens_per_s > 0 and result.peak_rss_mb > 0
+    assert json.loads((out / "COMPLETE").read_text())["algorithm"] == algorithm
+    before, after = adapter_tensors(init_adapter), adapter_tensors(out)
+    assert before.keys() == after.keys()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # it trained from the init adapter
+    if algorithm == "ppo":
+        assert (out / "extra_state.pt").is_file()  # the value head continues next time
+    base = AutoModelForCausalLM.from_pretrained(resolve_model_dir(MODEL_CFG, cache_dir))
+    model = PeftModel.from_pretrained(base, str(out))
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([[1, 2, 3]])).logits
+    assert torch.isfinite(logits).all()
+
+
+def test_the_config_thresholds_are_the_choice_keywords():
+    thresholds = OmegaConf.load(REPO / "conf" / "lora" / "default.yaml").thresholds
+    stats = reward_stats(groups_of(8, [0] * 7 + [1.0, 1.0, 1.0]))  # 70% zero: not sparse at 0.8
+    assert choose_algorithm(stats, has_gold=False, format_rate=0, prior_shape="graded", **thresholds)[0] == "grpo"
+    lower = {**thresholds, "sparse_zero_share": 0.6}
+    assert choose_algorithm(stats, has_gold=False, format_rate=0, prior_shape="graded", **lower)[0] == "eaw"
+
+
+def test_activation_checkpointing_leaves_the_completion_gradient_unchanged():
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(1)
+    cfg = LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, use_cache=False)
+    model = get_peft_model(LlamaForCausalLM(cfg), LoraConfig(r=2, target_modules=["q_proj", "down_proj"],
+                                                             init_lora_weights=False)).train()
+    batch = collate([{"input_ids": [3, 4, 5, 6], "n_prompt": 2}, {"input_ids": [7, 8, 9], "n_prompt": 1}], pad_id=0)
+
+    def grads():
+        model.zero_grad()
+        logp, _ = completion_forward(model, batch)
+        sft_loss(logp, batch["completion_mask"]).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    plain = grads()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert model.get_base_model().model.gradient_checkpointing
+    checkpointed = grads()
+    assert plain.keys() == checkpointed.keys()
+    assert all(torch.allclose(plain[n], checkpointed[n], atol=1e-6) for n in plain)
