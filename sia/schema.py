@@ -40,6 +40,13 @@ class ModelConfig:
 
 
 @dataclass
+class ChoiceThresholds:
+    format_failure_sft: float = MISSING
+    sparse_zero_share: float = MISSING
+    min_groups: int = MISSING
+
+
+@dataclass
 class LoraConfig:
     algorithm: str = "???"
     rank: int = MISSING
@@ -50,6 +57,14 @@ class LoraConfig:
     batch_size: int = MISSING
     max_seq_len: int = MISSING
     precision: str = "???"
+    samples_per_prompt: int = MISSING       # K samples per train example in a rollout (one group)
+    rollout_temperature: float = MISSING
+    positive_threshold: Optional[float] = None
+    thresholds: ChoiceThresholds = field(default_factory=ChoiceThresholds)
+    rs_sft: Any = None                # per-algorithm settings (sia/train/<name>.py DEFAULTS)
+    grpo: Any = None
+    eaw: Any = None
+    ppo: Any = None
 
 
 @dataclass

@@ -54,7 +54,7 @@ def test_sampling_overrides_temperature_and_gives_each_call_its_own_seed(tmp_pat
     for result in results:
         calls = [e for e in result.events if e["type"] == "llm_call"]
         assert [e["temperature"] for e in calls] == [0.7] * 4
-        assert [e["used"] for e in calls] == [False, False, False, True]
+        assert [e["used"] for e in calls] == [None, None, None, True]   # None: not marked
         assert result.answer == f"t0.7-s{calls[-1]['seed']}"
     again, _ = run(tmp_path, {"temperature": 0.7, "seed": 3})
     assert sorted(r.seed for r in again.requests) == sorted(seeds)   # reproducible from the run seed

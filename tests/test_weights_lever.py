@@ -10,22 +10,14 @@ from omegaconf import OmegaConf
 from sia.agents.decision import Decision
 from sia.harness.contract import JobResult
 from sia.levers.lora import LoraLever
-from sia.levers.rollouts import RolloutPlan, collect, credited_calls, job_id, read_rollouts
+from sia.levers.rollouts import RolloutPlan, collect, job_id, read_rollouts
 from sia.run import RunDir
 from sia.tasks import EvalReport, Example, ExampleScore, Task, TaskMeta, load_task
 
 
-def _call(completion, used=False, **kw):
+def _call(completion, used=None, **kw):
     return {"type": "llm_call", "messages": [{"role": "user", "content": "q"}], "completion": completion,
             "finish_reason": "stop", "used": used, **kw}
-
-
-def test_reward_goes_to_the_calls_whose_output_became_the_answer():
-    events = [_call("draft"), {"type": "tool_call"}, _call("final")]
-    assert [c["completion"] for c in credited_calls(events)] == ["final"]          # last call by default
-    events = [_call("kept", used=True), _call("thrown away")]
-    assert [c["completion"] for c in credited_calls(events)] == ["kept"]           # marked by the harness
-    assert credited_calls([{"type": "retry"}]) == []                               # no model call: no sample
 
 
 class CountingBench:
@@ -37,7 +29,8 @@ class CountingBench:
     def run(self, harness, jobs, adapter, desc, sampling=None):
         assert sampling == {"temperature": 0.9, "seed": 7}
         self.jobs += [j.id for j in jobs]
-        return [JobResult(id=j.id, answer=j.id, events=[_call(j.id, temperature=0.9, seed=1)]) for j in jobs]
+        return [JobResult(id=j.id, answer=j.id, events=[_call(j.id, temperature=0.9, seed=1)],
+                          served=[_call(j.id, temperature=0.9, seed=1)]) for j in jobs]
 
 
 class RewardByK(Task):
@@ -60,6 +53,7 @@ def test_rollouts_survive_a_kill_and_are_never_drawn_twice(tmp_path):
     rows = collect(RewardByK({}, tmp_path), first, tmp_path / "h.py", None, plan, path, "r")
     assert len(rows) == 6 and len(first.jobs) == 6
     assert {r["job"]: r["reward"] for r in rows}[job_id(examples[0], 1)] == 1.0
+    assert rows[0]["samples"][0]["completion"] == rows[0]["job"]     # the served call is the sample
     # a kill -9 mid-append: the last line is torn, the rest survives
     text = path.read_text()
     path.write_text(text[: text.rindex("\n", 0, len(text) - 1) + 1] + '{"job": "e2~1", "rew')
@@ -72,7 +66,9 @@ def test_rollouts_survive_a_kill_and_are_never_drawn_twice(tmp_path):
 
 def _lever(tmp_path, task, train):
     cfg = OmegaConf.create({"budget": {"train_steps": 2, "train_examples": 4},
-                            "lora": {"samples_per_prompt": 4, "rollout_temperature": 0.9},
+                            "lora": {"samples_per_prompt": 4, "rollout_temperature": 0.9, "positive_threshold": None,
+                                     "thresholds": {"format_failure_sft": 0.3, "sparse_zero_share": 0.8,
+                                                    "min_groups": 8}},
                             "seed": 0, "model": {}, "cache_dir": str(tmp_path)})
 
     class NoBench:
@@ -88,10 +84,12 @@ def _record(lever, generation, rewards):
     rows = []
     for i, e in enumerate(lever.train_examples):
         for k in range(4):
-            rows.append({"job": job_id(e, k), "example_id": e.id, "group": e.id, "k": k,
-                         "reward": rewards[i * 4 + k], "failure": None if rewards[i * 4 + k] else "wrong",
-                         "calls": [{"messages": [{"role": "user", "content": "x"}], "completion": "y",
-                                    "finish_reason": "stop", "temperature": 0.9, "seed": k}]})
+            reward = rewards[i * 4 + k]
+            rows.append({"job": job_id(e, k), "example_id": e.id, "k": k, "reward": reward,
+                         "failure": None if reward else "wrong",
+                         "samples": [{"group": e.id, "example_id": e.id, "seed": k, "temperature": 0.9,
+                                      "prompt": [{"role": "user", "content": "x"}], "completion": "y",
+                                      "reward": reward, "eos": True}]})
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 

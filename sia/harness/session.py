@@ -120,7 +120,7 @@ class Session:
         llm_s = w.llm_s + (now - w.wait_start if w.state == "waiting" else 0.0)
         # A job that died in its worker keeps the trajectory the parent saw: its model calls.
         events = events if events is not None else w.served
-        result = JobResult(id=self.jobs[index].id, answer=answer, error=error, events=events,
+        result = JobResult(id=self.jobs[index].id, answer=answer, error=error, events=events, served=list(w.served),
                            wall_s=now - w.job_start, llm_s=llm_s, prompt_tokens=w.prompt_tokens,
                            completion_tokens=w.completion_tokens)
         self.finished.append((index, result))

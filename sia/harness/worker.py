@@ -96,14 +96,14 @@ class LLM:
         self._lock = threading.Lock()   # one request in flight: harness threads must not interleave frames
 
     def chat(self, messages, max_tokens=None, temperature=0.0, top_p=1.0, stop=None, seed=None,
-             used=False) -> Completion:
+             used=None) -> Completion:
         return self._generate(messages, 1, max_tokens, temperature, top_p, stop, seed, used)[0]
 
     def sample(self, messages, n, temperature=0.8, top_p=1.0, max_tokens=None, stop=None, seed=None,
-               used=False) -> list[Completion]:
+               used=None) -> list[Completion]:
         return self._generate(messages, n, max_tokens, temperature, top_p, stop, seed, used)
 
-    def _generate(self, messages, n, max_tokens, temperature, top_p, stop, seed, used=False) -> list[Completion]:
+    def _generate(self, messages, n, max_tokens, temperature, top_p, stop, seed, used=None) -> list[Completion]:
         messages = _check_messages(messages)
         if not isinstance(n, int) or n < 1:
             raise ValueError("n must be a positive int")
@@ -143,7 +143,8 @@ class LLM:
                                  "latency_s": round(latency, 6), "logprobs": c.logprobs,
                                  "finish_reason": c.finish_reason,
                                  "temperature": r.get("temperature", request["temperature"]),
-                                 "seed": r.get("seed", request["seed"]), "used": bool(used)})
+                                 "seed": r.get("seed", request["seed"]),
+                                 "used": None if used is None else bool(used)})   # None: not marked
             completions.append(c)
         return completions
 

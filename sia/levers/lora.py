@@ -82,24 +82,28 @@ class LoraLever:
     # ---- steps -----------------------------------------------------------------------
     def _choose(self, generation: int, decision: Decision, harness: Path, adapter: str | None,
                 examples: int) -> tuple[str | None, str, list, dict | None]:
-        from sia.train.choose import FORMAT_FAILURE_SFT, choose_algorithm
+        from sia.train.choose import choose_algorithm
         from sia.train.samples import reward_stats
 
+        lora = self.cfg.lora
+        thresholds = {k: lora.thresholds[k] for k in ("format_failure_sft", "sparse_zero_share", "min_groups")}
         forced = (decision.training or {}).get("algorithm")
         has_gold = self.task.supports_gold_sft()
         format_rate = float((decision.stats or {}).get("format_rate", 0.0))
-        if forced == "sft" or forced in (AUTO, None) and has_gold and format_rate >= FORMAT_FAILURE_SFT:
+        if forced == "sft" or forced in (AUTO, None) and has_gold and format_rate >= thresholds["format_failure_sft"]:
             return "sft", (f"gold SFT: {format_rate:.0%} of val answers unreadable" if forced != "sft"
                            else "gold SFT (asked for)"), [], None
         rows = self._rollouts(generation, harness, adapter, examples)
         samples = _samples(rows)
         mean = sum(r["reward"] for r in rows) / len(rows) if rows else 0.0
-        threshold = 0.0 if self.task.meta.reward_shape == "binary" else mean   # positive: beats the incumbent
+        threshold = lora.get("positive_threshold")
+        if threshold is None:   # the task's positive: a success (binary), else better than the incumbent's mean
+            threshold = 0.0 if self.task.meta.reward_shape == "binary" else mean
         stats = reward_stats(samples, threshold=threshold)
         if forced not in (AUTO, None):
             return forced, f"{forced} (asked for); rollout: {stats.describe()}", samples, stats.to_json()
         name, why = choose_algorithm(stats, has_gold=has_gold, format_rate=format_rate,
-                                     prior_shape=self.task.meta.reward_shape)
+                                     prior_shape=self.task.meta.reward_shape, **thresholds)
         return name, why, samples, stats.to_json()
 
     def _rollouts(self, generation: int, harness: Path, adapter: str | None, examples: int) -> list[dict]:
@@ -136,9 +140,6 @@ class LoraLever:
 
 def _samples(rows: list[dict]) -> list:
     """Trainer samples of the credited model calls of every rollout job."""
-    from sia.train.samples import Sample
+    from sia.train.rollouts import record_sample
 
-    return [Sample(prompt=c["messages"], completion=c["completion"], reward=r["reward"], group=r["group"],
-                   sampling_temperature=c.get("temperature"), eos=c.get("finish_reason") == "stop",
-                   example_id=r["example_id"], seed=c.get("seed"))
-            for r in rows for c in r["calls"]]
+    return [record_sample(x) for r in rows for x in r["samples"]]

@@ -3,12 +3,14 @@ samples each, every sample scored by the task's trusted evaluator on the train s
 
 Sampling is the trusted side's: the pool overrides the harness's own decoding settings with
 the rollout's temperature and a distinct seed per call, and records what it used. The reward
-of an example is credited to the model calls whose output became the answer: those the harness
-marked ``used`` (``ctx.llm.chat(..., used=True)``), else the last call before the answer. A job
-whose answer came without a model call gives no sample.
+of an example is credited to the model calls whose output became the answer
+(``sia.train.rollouts.credited_calls``: those marked ``used=True``, else the last call), and
+only to calls the pool itself served: a harness cannot put text of its own into the training
+data. A job whose answer came without a model call gives no sample.
 
-Finished samples are appended to ``rollouts.jsonl`` chunk by chunk (fsync'd), so a kill -9
-during sampling redraws only the unfinished jobs, and one during training redraws nothing.
+One line per finished job (its reward and its samples) is appended to ``rollouts.jsonl``
+chunk by chunk (fsync'd), so a kill -9 during sampling redraws only the unfinished jobs, and
+one during training redraws nothing.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from pathlib import Path
 from sia.evaluation import Workbench
 from sia.harness.contract import Job
 from sia.tasks import Example, Task
+from sia.train.rollouts import cut_torn_tail, sample_record, samples_from_events
 
 CHUNK = 16      # jobs per pool run between two appends to rollouts.jsonl
 
@@ -36,13 +39,6 @@ def job_id(example: Example, k: int) -> str:
     return f"{example.id}~{k}"
 
 
-def credited_calls(events: list[dict]) -> list[dict]:
-    """The model calls whose output became the answer."""
-    calls = [e for e in events if e.get("type") == "llm_call"]
-    marked = [e for e in calls if e.get("used")]
-    return marked or calls[-1:]
-
-
 def read_rollouts(path: Path) -> list[dict]:
     """Rows of a rollouts file; a torn last line (kill -9 mid-write) is dropped."""
     if not path.is_file():
@@ -54,17 +50,6 @@ def read_rollouts(path: Path) -> list[dict]:
         except ValueError:
             break       # only the last line can be torn
     return rows
-
-
-def _drop_torn_tail(path: Path) -> None:
-    """A kill -9 mid-append leaves a last line without its newline: cut it, so the next append
-    starts on a line of its own (that job is simply drawn again)."""
-    if not path.is_file():
-        return
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        with open(path, "r+b") as f:
-            f.truncate(data.rfind(b"\n") + 1)
 
 
 def append_rollouts(path: Path, rows: list[dict]) -> None:
@@ -80,7 +65,7 @@ def collect(task: Task, bench: Workbench, harness: Path, adapter: str | None, pl
             path: Path, desc: str) -> list[dict]:
     """Every sample of the plan (one row per job: example id, group, reward, credited calls),
     drawing only the jobs ``path`` does not hold yet."""
-    _drop_torn_tail(path)
+    cut_torn_tail(path)
     rows = read_rollouts(path)
     done = {r["job"] for r in rows}
     todo = [(e, k) for k in range(plan.samples_per_prompt) for e in plan.examples if job_id(e, k) not in done]
@@ -93,12 +78,11 @@ def collect(task: Task, bench: Workbench, harness: Path, adapter: str | None, pl
         report = task.evaluate([e for e, _ in chunk], answers, "train")
         new = []
         for (example, k), result, scored in zip(chunk, results, report.per_example):
-            calls = credited_calls(result.events) if result.error is None else []
-            new.append({"job": job_id(example, k), "example_id": example.id, "group": example.id, "k": k,
-                        "reward": float(scored.score), "failure": "error" if result.error else scored.failure,
-                        "calls": [{"messages": c["messages"], "completion": c["completion"],
-                                   "finish_reason": c.get("finish_reason"), "temperature": c.get("temperature"),
-                                   "seed": c.get("seed")} for c in calls]})
+            samples = [] if result.error else samples_from_events(
+                result.events, float(scored.score), group=example.id, example_id=example.id, served=result.served)
+            new.append({"job": job_id(example, k), "example_id": example.id, "k": k, "reward": float(scored.score),
+                        "failure": "error" if result.error else scored.failure,
+                        "samples": [sample_record(x) for x in samples]})
         append_rollouts(path, new)
         rows += new
     return rows
