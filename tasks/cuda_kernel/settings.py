@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from sia.tasks import plain_config
+
 from .cases import Case, case_problems, parse_case
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -18,15 +20,6 @@ PRIMARY_METRICS = ("speedup", "score")
 SPLITS = ("train", "val", "test")
 TIMING_SPLITS = ("val", "test")   # train is timed like val
 TIMEOUT_KEYS = ("start_s", "call_s", "total_s")
-
-
-def plain(cfg: Any) -> Any:
-    """DictConfig/ListConfig (or plain containers) -> plain dicts and lists."""
-    if hasattr(cfg, "items"):
-        return {str(k): plain(v) for k, v in cfg.items()}
-    if isinstance(cfg, (list, tuple)) or type(cfg).__name__ == "ListConfig":
-        return [plain(v) for v in cfg]
-    return cfg
 
 
 def cuda_available() -> bool:
@@ -50,7 +43,7 @@ def _positive_number(value: Any) -> bool:
 
 
 def problems(raw_cfg: Any) -> list[str]:
-    cfg = plain(raw_cfg) or {}
+    cfg = plain_config(raw_cfg) or {}
     out: list[str] = []
     device = cfg.get("device", "auto")
     if device not in DEVICES:
@@ -141,7 +134,7 @@ class Settings:
 
     @classmethod
     def from_cfg(cls, raw_cfg: Any) -> "Settings":
-        cfg = plain(raw_cfg)
+        cfg = plain_config(raw_cfg)
         device = resolve_device(cfg.get("device", "auto"))
         shapes = cfg["shapes"][device]
         timing = cfg["timing"]

@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from sia.tasks import EvalReport, Example, ExampleScore, HarnessEdit, Splits, Task, TaskMeta
+from sia.tasks import EvalReport, Example, ExampleScore, HarnessEdit, Splits, Task, TaskMeta, plain_config
 
 from . import settings as config
 from .edits import harness_edits
@@ -71,7 +71,7 @@ class TaskImpl(Task):
 
     def __init__(self, cfg: Any, root: Path):
         super().__init__(cfg, root)
-        metric = (config.plain(cfg) or {}).get("primary_metric", "speedup")
+        metric = plain_config(cfg).get("primary_metric", "speedup")
         if metric in config.PRIMARY_METRICS:
             self.meta = TaskMeta(primary_metric=metric, direction="max", reward_shape="sparse", metrics=METRICS)
         self._settings: config.Settings | None = None
