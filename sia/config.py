@@ -135,8 +135,8 @@ def composition_problem(exc: BaseException) -> str:
     value = re.search(r"Value '([^']*)'", text)
     if "not in" in text and "Key '" in text:
         group = key.rsplit(".", 1)[0] if "." in key else "the top level"
-        return (f"{key} is not a setting of {group}; check the spelling against conf/ (sia/schema.py lists every "
-                f"key and its type), or drop the override")
+        return (f"{key} is not a setting of {group}; check the spelling against conf/ (sia/schema.py and "
+                f"tasks/<name>/config_schema.py list every key and its type), or drop the override")
     if value:
         kind = next((t for t in _TYPE_FIXES if t in text), None)
         fix = _TYPE_FIXES[kind].format(key=key) if kind else "see sia/schema.py for the expected type"
