@@ -127,6 +127,7 @@ class Loop:
                 if trained.info.get("rationale"):
                     record.rationale += f" | weights lever: {trained.info['rationale']}"
                 record.train_loss_first, record.train_loss_last = losses[0], losses[-1]
+                record.train_losses = list(trained.info.get("losses") or [])
                 record.train_s = float(trained.info.get("wall_s", 0.0))
                 if trained.info.get("skipped"):      # e.g. no positive reward: nothing to train on
                     record.failed = trained.info["skipped"]

@@ -50,6 +50,7 @@ class GenerationRecord:
     tokens: int = 0                 # policy-model tokens spent on the val evaluation
     train_loss_first: float | None = None
     train_loss_last: float | None = None
+    train_losses: list[float] = field(default_factory=list)   # every optimizer step of this update
     train_s: float = 0.0
     agent_tokens: int = 0           # meta/feedback agent tokens spent deciding this generation
     agent_dollars: float = 0.0

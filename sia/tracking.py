@@ -51,7 +51,10 @@ class Tracker:
                 config=OmegaConf.to_container(cfg, resolve=True),
                 tags=[cfg.task.name, cfg.feedback.name, f"seed{cfg.seed}"],
             )
+            # two step axes: per generation, and per optimizer step of the weight updates
             self.wandb.define_metric("generation")
+            self.wandb.define_metric("train/step")
+            self.wandb.define_metric("train/*", step_metric="train/step")
             self.wandb.define_metric("*", step_metric="generation")
             self.run_id = self.wandb.id
 
@@ -59,6 +62,9 @@ class Tracker:
         # metrics.jsonl is rewritten from the state's history, so a crash never duplicates a row
         write_jsonl_atomic(self.metrics_file, [h.to_json() for h in history])
         if self.wandb is not None:
+            step = sum(len(h.train_losses) for h in history if h.generation < record.generation)
+            for i, loss in enumerate(record.train_losses):   # training loss on its own axis
+                self.wandb.log({"train/step": step + i + 1, "train/loss": loss, "train/generation": record.generation})
             self.wandb.log(wandb_row(record))
 
     def finish(self, history: list[GenerationRecord], summary: dict) -> None:

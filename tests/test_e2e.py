@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
+from test_parts import wandb_history
 
 pytestmark = pytest.mark.slow
 
@@ -41,12 +42,19 @@ def test_smoke_run_uses_both_levers(tmp_path, model_cache_dir):
     assert (gen_dir / "adapter" / "COMPLETE").is_file()
     assert (gen_dir / "adapter" / "adapter_model.safetensors").is_file()
     decision = json.loads((gen_dir / "decision.json").read_text())
-    assert decision["rationale"] and decision["training"]["algorithm"] == "sft"
+    assert decision["rationale"] and decision["training"]["algorithm"] == "auto"   # the lever chooses
+    assert weights_gen["algorithm"] in ("sft", "rs_sft", "grpo", "eaw", "ppo")
+    if weights_gen["algorithm"] != "sft":      # reward-driven: trained on the saved rollouts
+        assert (gen_dir / "rollouts.jsonl").is_file() and "weights lever:" in weights_gen["rationale"]
     # every model call is in the trajectory with tokens and log-probs
     rows = [json.loads(line) for line in (run_dir / "gen_000" / "trajectories_val.jsonl").read_text().splitlines()]
     calls = [e for r in rows for e in r["events"] if e["type"] == "llm_call"]
     assert calls and all(c["completion_tokens"] == len(c["logprobs"]) for c in calls)
     summary = json.loads((run_dir / "summary.json").read_text())
+    rows = wandb_history(run_dir)   # per-step training loss on its own axis, one row per generation
+    steps = [r["train/step"] for r in rows if "train/loss" in r]
+    assert steps and steps == list(range(1, len(weights_gen["train_losses"]) + 1))
+    assert [r["decision"] for r in rows if "decision" in r] == summary["decisions"]
     assert "synthetic" in summary["data"] and summary["first"]["test"] is not None
     assert (run_dir / "progress.png").stat().st_size > 1000
     assert list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))

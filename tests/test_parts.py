@@ -50,17 +50,20 @@ def _wandb_records(path):
             yield parts
 
 
-def _wandb_decisions(run_dir) -> list[str]:
-    """The `decision` of every logged generation row, read back from the offline .wandb file."""
+def wandb_history(run_dir) -> list[dict]:
+    """Every history row logged to the offline .wandb file of a run, decoded."""
     from wandb.proto import wandb_internal_pb2
 
     (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
-    decisions = []
+    rows = []
     for raw in _wandb_records(path):
         record = wandb_internal_pb2.Record()
         record.ParseFromString(raw)
         if record.WhichOneof("record_type") == "history":
-            items = {i.key or "/".join(i.nested_key): i.value_json for i in record.history.item}
-            if "decision" in items:
-                decisions.append(json.loads(items["decision"]))
-    return decisions
+            rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item})
+    return rows
+
+
+def _wandb_decisions(run_dir) -> list[str]:
+    """The `decision` of every logged generation row."""
+    return [row["decision"] for row in wandb_history(run_dir) if "decision" in row]
