@@ -13,8 +13,11 @@ import argparse
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+
+import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 LAWBENCH = REPO.parent / "shared" / "data" / "lawbench" / "charge_3-3_dev.json"
@@ -28,12 +31,54 @@ SUITES = {
 }
 
 
+class PeakTreeRSS(threading.Thread):
+    """Peak resident memory summed over a process and all its descendants (loop, harness
+    workers, evaluator children), sampled every 0.5 s."""
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.root, self.peak_mb, self._done = psutil.Process(pid), 0.0, threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(0.5):
+            try:
+                procs = [self.root, *self.root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                return
+            total = 0
+            for p in procs:
+                try:
+                    total += p.memory_info().rss
+                except psutil.NoSuchProcess:
+                    pass
+            self.peak_mb = max(self.peak_mb, total / 2**20)
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+
+def first_gain_s(history: list[dict]) -> float | None:
+    """Wall seconds from the start until the first generation that was kept with a better val."""
+    elapsed, first = 0.0, history[0]["val"] if history else None
+    for h in history:
+        elapsed += h.get("wall_s", 0.0)
+        if h["generation"] > 0 and h.get("kept") and h.get("val") is not None and h["val"] != first:
+            return elapsed
+    return None
+
+
 def run_once(overrides: list[str], out_root: Path) -> dict:
     run_dir = out_root / "_".join(o.split("=")[0].split(".")[-1] + "-" + Path(o.split("=")[-1]).stem
                                   for o in overrides)[:120]
     cmd = [sys.executable, "-m", "sia", "quiet=true", "logger=none", f"hydra.run.dir={run_dir}", *overrides]
     started = time.monotonic()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = PeakTreeRSS(proc.pid)
+    peak.start()
+    out, err = proc.communicate()
+    peak.stop()
+    proc.stdout, proc.stderr = out, err
     wall = time.monotonic() - started
     if proc.returncode != 0:
         print(proc.stdout[-3000:], proc.stderr[-3000:], sep="\n")
@@ -41,6 +86,8 @@ def run_once(overrides: list[str], out_root: Path) -> dict:
     print(proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else "")
     summary = json.loads((run_dir / "summary.json").read_text())
     summary["process_wall_s"] = wall
+    summary["peak_rss_mb"] = peak.peak_mb
+    summary["first_gain_s"] = first_gain_s(json.loads((run_dir / "state.json").read_text())["history"])
     summary["overrides"] = overrides
     summary["run_dir"] = str(run_dir)
     return summary
@@ -60,6 +107,11 @@ def show(s: dict) -> None:
         if metrics:
             print(f"   {name} test metrics: " + ", ".join(f"{k} {pct(v)}" for k, v in metrics.items()))
     print(f"   decisions: {', '.join(s['decisions'])}")
+    gain = s.get("first_gain_s")
+    print(f"   first kept gain after {'-' if gain is None else f'{gain / 60:.1f} min'}; peak memory of the loop "
+          f"and all its workers {s['peak_rss_mb'] / 1024:.2f} GiB")
+    for name, row in (s.get("baselines") or {}).items():
+        print(f"   baseline {name}: val {pct(row.get('val'))} test {pct(row.get('test'))}")
 
 
 def main() -> None:

@@ -4,7 +4,9 @@
     .venv/bin/python benchmarks/scrna_baselines.py --path my.h5ad --split val
 
 Prints, per method: normalised MSE, normalised Poisson, their mean (the headline score),
-the raw losses, the seconds the method took on all cells and the seconds of one evaluation.
+the raw losses, the seconds the method took on all cells and the seconds of one evaluation,
+and the perfect control. ``benchmarks/baselines.py scrna_denoise`` scores the same methods
+(the task's ``baselines()``) on val and test, as for every other task.
 """
 from __future__ import annotations
 

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+import sia.schema  # noqa: F401  (registers the config schemas)
+from sia.resources import conf_dir
 
 
 def _run_dir(resume, default):
@@ -18,7 +18,7 @@ def _run_dir(resume, default):
 OmegaConf.register_new_resolver("sia_run_dir", _run_dir, replace=True)
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
 def main(cfg: DictConfig) -> None:
     from sia.app import run
 
@@ -27,5 +27,18 @@ def main(cfg: DictConfig) -> None:
         sys.exit(code)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``sia`` console script and ``python -m sia``."""
+    from sia.build import normalise_overrides
+    from sia.config import ConfigError, precheck_overrides
+
+    sys.argv[1:] = normalise_overrides(sys.argv[1:])
+    problems = precheck_overrides(sys.argv[1:])
+    if problems:
+        print(f"sia: {ConfigError(problems)}", file=sys.stderr)
+        sys.exit(2)
     main()
+
+
+if __name__ == "__main__":
+    cli()

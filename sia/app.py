@@ -1,15 +1,16 @@
-"""Build a run from a composed config and go: validate, prepare the run dir, run the loop,
-report (summary.json, a table, a plot)."""
+"""Build a run from a composed config and go: validate, prepare the run dir, build the parts
+from their ``_target_`` nodes, run the loop, report (summary.json, a table, a plot)."""
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from sia.config import ConfigError, validate
+from sia.config import ConfigError, resume_problems, validate
 from sia.run import RunDir, new_state, write_json_atomic, write_text_atomic
 from sia.tasks import UnknownTaskError, load_task
 
@@ -30,6 +31,9 @@ def resolve_run(cfg: DictConfig) -> tuple[DictConfig, RunDir, bool]:
     """The config and run dir to use; a run dir that already holds state is resumed (this is
     also what a SLURM requeue of the same job does)."""
     if cfg.resume:
+        problems = resume_problems(cfg.resume)
+        if problems:
+            raise ConfigError(problems)
         run = RunDir(Path(cfg.resume))
         saved = OmegaConf.load(run.path / "config.yaml")
         saved.quiet = cfg.quiet
@@ -39,55 +43,44 @@ def resolve_run(cfg: DictConfig) -> tuple[DictConfig, RunDir, bool]:
     return cfg, run, run.has_state()
 
 
-def summarise(cfg: DictConfig, task, state: dict, engine_stats) -> dict:
-    history = [h for h in state["history"] if h.get("val") is not None]
-    first = history[0] if history else {}
-    inc = state["incumbent"] or {}
-    timing = state.get("timing", {})
-    elapsed = state["elapsed_s"] or 1e-9
-    model_s = timing.get("generate_s", 0.0) + timing.get("train_s", 0.0)
-    return {
-        "task": task.name, "data": task.data_label, "feedback": cfg.feedback.name, "model": cfg.model.name,
-        "metric": task.meta.primary_metric, "direction": task.meta.direction,
-        "first": {"val": first.get("val"), "test": first.get("test"),
-                  "val_metrics": first.get("val_metrics"), "test_metrics": first.get("test_metrics")},
-        "best": {"generation": inc.get("generation"), "val": inc.get("val"), "test": inc.get("test"),
-                 "adapter": inc.get("adapter"), "harness": inc.get("harness")},
-        "best_test_metrics": next((h.get("test_metrics") for h in state["history"]
-                                   if h["generation"] == inc.get("generation")), None),
-        "generations": len(state["history"]),
-        "decisions": [h["action"] + (f":{h['edit']}" if h.get("edit") else "") for h in state["history"]],
-        "wall_s": state["elapsed_s"],
-        "generate_s": timing.get("generate_s", 0.0), "train_s": timing.get("train_s", 0.0),
-        "overhead_share": max(0.0, 1 - model_s / elapsed),
-        "engine_tokens": {"prompt": engine_stats.prompt_tokens, "completion": engine_stats.completion_tokens},
-    }
+def _checked(cfg: DictConfig):
+    cfg, run_dir, resuming = resolve_run(cfg)
+    try:
+        task = load_task(cfg.task.name, cfg.task)
+    except UnknownTaskError as exc:
+        raise ConfigError([f"task.name: {exc}"]) from None
+    validate(cfg, task.config_problems())
+    return cfg, run_dir, resuming, task
+
+
+def _stop_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 def run(cfg: DictConfig) -> int:
+    # A scheduler's SIGTERM (SLURM requeue, preemption, scancel) ends the run at once: every step
+    # is on disk atomically, so a requeued job resumes. Carrying on (submitit ignores SIGTERM)
+    # would record generations whose harness workers the same signal killed.
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     _setup_logging(cfg.quiet)
     try:
-        cfg, run_dir, resuming = resolve_run(cfg)
-        try:
-            task = load_task(cfg.task.name, cfg.task)
-        except UnknownTaskError as exc:
-            raise ConfigError([f"task.name: {exc}"]) from None
-        validate(cfg, task.config_problems())
+        cfg, run_dir, resuming, task = _checked(cfg)
     except ConfigError as exc:
         print(f"sia: {exc}", file=sys.stderr)
         return 2
 
-    from sia.engine import build_engine
+    from sia.assemble import assemble
+    from sia.build import build
     from sia.harness.pool import HarnessPool
-    from sia.loop import Loop
-    from sia.tracking import Tracker, plot_progress, print_table
+    from sia.summary import report
+    from sia.tracking import Tracker
 
     if resuming:
         state = run_dir.load_state()
-        if state["status"] == "done":
+        if state.status == "done":
             print(f"sia: run {run_dir.path} is already finished; see {run_dir.path / 'summary.json'}")
             return 0
-        log.info("resuming %s at generation %d", run_dir.path, state["next_generation"])
+        log.info("resuming %s at generation %d", run_dir.path, state.next_generation)
     else:
         write_text_atomic(run_dir.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         state = new_state()
@@ -96,10 +89,14 @@ def run(cfg: DictConfig) -> int:
     print(f"sia: task {task.name} on {task.data_label}; policy {cfg.feedback.name}; model {cfg.model.name}",
           flush=True)
 
+    if cfg.model.get("gpu") is not None:   # what runs where, and its peak memory per GPU
+        from sia.engine.memory_plan import format_plan
+
+        print(format_plan(cfg.model, cfg.lora), flush=True)
     started = time.monotonic()
-    engine = build_engine(cfg.model, cfg.cache_dir)
-    tracker = Tracker(cfg, run_dir.path, state.get("wandb_id"), resume=resuming)
-    state["wandb_id"] = tracker.run_id
+    engine = build(cfg.model.engine, model_cfg=cfg.model, cache_dir=cfg.cache_dir)
+    tracker = Tracker(cfg, run_dir.path, state.wandb_id, resume=resuming)
+    state.wandb_id = tracker.run_id
     run_dir.save_state(state)
     agent = cfg.agent
     with HarnessPool(engine, workers=agent.workers, example_timeout_s=agent.example_timeout_s,
@@ -107,21 +104,11 @@ def run(cfg: DictConfig) -> int:
                      max_new_tokens=agent.max_new_tokens, strict=agent.strict_sandbox,
                      scratch_root=str(run_dir.path / "scratch"),
                      deny_paths=[str(p) for p in task.private_paths()]) as pool:
-        state = Loop(cfg, run_dir, task, engine, pool, tracker, state).run_all()
+        loop = assemble(cfg, run_dir, task, engine, pool, tracker, state)
+        state = loop.run_all()
 
-    summary = summarise(cfg, task, state, engine.stats)
+    summary = report(cfg, task, state, engine.stats, loop.baselines, run_dir.path)
     summary["this_attempt_s"] = time.monotonic() - started
     write_json_atomic(run_dir.path / "summary.json", summary)
-    metric = f"{task.meta.primary_metric} ({'higher' if task.meta.direction == 'max' else 'lower'} is better)"
-    plot_progress(state["history"], task.meta.primary_metric, run_dir.path / "progress.png",
-                  f"{task.name} on {task.data_label} - {cfg.feedback.name} - {cfg.model.name}")
-    print_table(state["history"], metric, task.data_label)
-    print(f"sia: first val {_f(summary['first']['val'])} test {_f(summary['first']['test'])}; "
-          f"best (gen {summary['best']['generation']}) val {_f(summary['best']['val'])} "
-          f"test {_f(summary['best']['test'])}; {summary['wall_s']:.0f}s; summary {run_dir.path / 'summary.json'}")
-    tracker.finish(state["history"], summary)
+    tracker.finish(state.history, summary)
     return 0
-
-
-def _f(v) -> str:
-    return "-" if v is None else f"{v:.3f}"

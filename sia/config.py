@@ -2,14 +2,14 @@
 naming the key, the bad value and the fix."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-FEEDBACK_POLICIES = ("rules", "harness_only", "weights_only", "alternate")
-META_AGENTS = ("seed",)
-ENGINES = ("hf", "vllm")
+ALGORITHMS = ("auto", "sft", "rs_sft", "grpo", "eaw", "ppo")
+DEVICES = ("auto", "cpu", "cuda")
 MODEL_SOURCES = ("embedded", "path")
 LOGGER_MODES = ("offline", "online", "disabled")
 
@@ -50,6 +50,7 @@ def _check_choice(problems: list[str], cfg: DictConfig, key: str, choices: tuple
 def config_problems(cfg: DictConfig) -> list[str]:
     """Framework-level checks (the task adds its own through Task.config_problems)."""
     p: list[str] = []
+    _check_int(p, cfg, "seed", 0, "use an integer, e.g. seed=0")
     _check_int(p, cfg, "lora.rank", 1, "use e.g. lora.rank=8 (the paper used 32)")
     _check_number(p, cfg, "lora.alpha", 0, None, "use e.g. lora.alpha=16")
     _check_number(p, cfg, "lora.dropout", 0, 0.99, "use e.g. lora.dropout=0.05", low_inclusive=True)
@@ -63,27 +64,103 @@ def config_problems(cfg: DictConfig) -> list[str]:
     _check_int(p, cfg, "budget.train_steps", 1, "e.g. budget.train_steps=30")
     _check_int(p, cfg, "budget.probe_train_examples", 0, "e.g. budget.probe_train_examples=16")
     _check_number(p, cfg, "budget.wall_clock_minutes", 0, None, "e.g. budget.wall_clock_minutes=30")
-    _check_choice(p, cfg, "feedback.policy", FEEDBACK_POLICIES)
-    _check_choice(p, cfg, "agent.meta", META_AGENTS)
+    _check_choice(p, cfg, "lora.algorithm", ALGORITHMS)
     _check_int(p, cfg, "agent.workers", 1, "e.g. agent.workers=8")
     _check_number(p, cfg, "agent.example_timeout_s", 0, None, "e.g. agent.example_timeout_s=60")
     _check_int(p, cfg, "agent.memory_mb", 256, "e.g. agent.memory_mb=2048")
     _check_int(p, cfg, "agent.max_llm_calls", 1, "e.g. agent.max_llm_calls=8")
     _check_int(p, cfg, "agent.max_new_tokens", 1, "e.g. agent.max_new_tokens=48")
-    _check_choice(p, cfg, "model.engine", ENGINES)
     _check_choice(p, cfg, "model.source", MODEL_SOURCES)
+    _check_choice(p, cfg, "model.device", DEVICES)
+    if _get(cfg, "model.device") == "cuda" and not _cuda_available():
+        p.append("model.device='cuda' but this machine has no usable CUDA device (torch.cuda.is_available() is "
+                 "False); set model.device=auto (or cpu), or run on a GPU machine")
     _check_int(p, cfg, "model.max_batch_size", 1, "e.g. model.max_batch_size=16")
     if _get(cfg, "model.source") == "path" and not _get(cfg, "model.path"):
         p.append("model.path is empty but model.source=path; set model.path=<local HF model dir>")
     _check_choice(p, cfg, "logger.mode", LOGGER_MODES)
-    resume = _get(cfg, "resume")
-    if resume is not None and not (Path(str(resume)) / "state.json").is_file():
-        p.append(f"resume={resume!r} has no state.json; pass the run directory printed at the start of the run "
-                 f"(outputs/<date>/<time>_<task>_<policy>)")
+    p += resume_problems(_get(cfg, "resume"))
+    p += llm_problems(cfg)
+    if _get(cfg, "model.gpu") is not None:   # a GPU plan: it must fit before any work starts
+        from sia.engine.memory_plan import plan_problems
+
+        p += plan_problems(cfg.model, cfg.lora)
     return p
+
+
+def llm_problems(cfg: DictConfig) -> list[str]:
+    """When an LLM agent is chosen: its ``llm`` block and its key, checked before any work."""
+    if "llm" not in (_get(cfg, "agent.meta.name"), _get(cfg, "feedback.name")):
+        return []
+    from sia.agents.llm.config import key_problems, settings_problems
+
+    return settings_problems(cfg.llm) + key_problems(cfg.llm)
+
+
+def resume_problems(resume: Any) -> list[str]:
+    """A folder to resume must be a run dir: its state.json and config.yaml both there."""
+    if resume in (None, ""):
+        return []
+    folder = Path(str(resume))
+    missing = [name for name in ("state.json", "config.yaml") if not (folder / name).is_file()]
+    if not missing:
+        return []
+    return [f"resume={str(resume)!r} is not a SIA run directory (no {' or '.join(missing)} there); pass the run "
+            f"directory printed at the start of the run (outputs/<date>/<time>_<task>_<policy>)"]
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def validate(cfg: DictConfig, task_problems: list[str] | None = None) -> None:
     problems = config_problems(cfg) + list(task_problems or [])
     if problems:
         raise ConfigError(problems)
+
+
+# Hydra's own type errors name the key and the value but not the fix: add one.
+_TYPE_FIXES = {"Integer": "an integer, e.g. {key}=1", "Float": "a number, e.g. {key}=0.5",
+               "bool": "true or false, e.g. {key}=true", "Boolean": "true or false, e.g. {key}=true"}
+
+
+def composition_problem(exc: BaseException) -> str:
+    """One line naming the key, the bad value and the fix for a config that does not compose."""
+    cause = exc.__cause__ or exc
+    text = str(cause)
+    key = re.search(r"full_key: ([\w.]+)", text)
+    key = key.group(1) if key else "?"
+    value = re.search(r"Value '([^']*)'", text)
+    if "not in" in text and "Key '" in text:
+        group = key.rsplit(".", 1)[0] if "." in key else "the top level"
+        return (f"{key} is not a setting of {group}; check the spelling against conf/ (sia/schema.py and "
+                f"tasks/<name>/config_schema.py list every key and its type), or drop the override")
+    if value:
+        kind = next((t for t in _TYPE_FIXES if t in text), None)
+        fix = _TYPE_FIXES[kind].format(key=key) if kind else "see sia/schema.py for the expected type"
+        return f"{key}={value.group(1)!r} has the wrong type: use {fix}"
+    lines = str(exc).strip().split("Config search path")[0].splitlines()
+    return " ".join(line.strip() for line in lines if line.strip())
+
+
+def precheck_overrides(overrides: list[str]) -> list[str]:
+    """Compose once before Hydra runs, so a bad override stops with key, value and fix (exit 2)
+    instead of a Hydra traceback. Multirun and Hydra's own flags are left to Hydra."""
+    if any(o.startswith("-") for o in overrides):
+        return []
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from sia.resources import conf_dir
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir())):
+            compose(config_name="config", overrides=overrides)
+    except Exception as exc:   # every composition failure is a bad config, reported in words
+        return [composition_problem(exc)]
+    finally:
+        GlobalHydra.instance().clear()
+    return []

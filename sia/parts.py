@@ -80,5 +80,18 @@ class TrainedAdapter:
 class WeightsLever(Protocol):
     def offer(self, task: Task, harness_code: str) -> LeverOffer: ...
 
-    def train(self, generation: int, decision: Decision, harness: Path,
-              incumbent_adapter: Path | None) -> TrainedAdapter: ...
+    def train(self, generation: int, decision: Decision, harness: Path, adapter: str | None,
+              adapter_dir: Path | None) -> TrainedAdapter:
+        """Train from the incumbent (``harness`` with the adapter served as ``adapter``, saved in
+        ``adapter_dir``; None: base weights). ``info["skipped"]`` says why nothing was trained."""
+
+
+@dataclass
+class Parts:
+    """What the loop is made of (``sia.assemble`` builds it from the config)."""
+
+    meta: MetaAgent
+    policy: FeedbackPolicy
+    lever: WeightsLever
+    evaluator: Any                       # sia.evaluation.SplitEvaluator: evaluate(), trajectories(), bench
+    env: AgentEnv                        # what agents see; env.checker checks candidates

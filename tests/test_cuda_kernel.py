@@ -16,6 +16,7 @@ import yaml
 
 from sia.harness.options import read_options
 from sia.harness.sandbox import probe
+from security_layers import check_present, needs
 from sia.tasks import TASKS_DIR, load_task
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,9 +31,7 @@ from sia_tasks.cuda_kernel.judge import REFERENCE_SOURCE, Judge  # noqa: E402
 from sia_tasks.cuda_kernel.settings import Settings, problems  # noqa: E402
 
 LAYERS = probe()
-needs_sandbox = pytest.mark.skipif(
-    not (LAYERS.get("landlock") and LAYERS.get("netns") and LAYERS.get("seccomp")),
-    reason=f"the evaluator's child needs the full sandbox, unavailable here: {LAYERS.get('errors')}")
+needs_sandbox = needs(LAYERS)   # skipped where layers are missing, except under CI=true (they fail there)
 
 NORMAL = {"n": 8, "b": 1, "c": 16, "h": 8, "mask": "none", "dist": "normal"}
 MASKED = {"n": 9, "b": 2, "c": 16, "h": 8, "mask": "random", "dist": "normal"}
@@ -68,6 +67,10 @@ def random_data(case: Case, seed: int = 0):
     x, mask, weights = inputs.generate_bulk(case, seed, "cpu")
     weights.update(inputs.generate_run_time_weights(case, seed + 1))
     return x, mask, weights
+
+
+def test_the_evaluator_sandbox_is_complete_under_ci():
+    check_present(LAYERS)
 
 
 # ---- operator ------------------------------------------------------------------------------
@@ -244,7 +247,8 @@ def test_wrong_values_name_the_case_the_count_and_the_worst_element():
     assert verdict.kind == "wrong"
     assert verdict.reason.startswith(f"wrong result: on {Case(**NORMAL).label}, ")
     assert re.search(r"\d+ of 1024 checked values differ", verdict.reason)
-    assert re.search(r"worst at \[b=0, i=\d+, j=\d+, c=\d+\]: expected -?[\d.e+-]+, got -?[\d.e+-]+", verdict.reason)
+    assert re.search(r"worst at \[b=0, i=\d+, j=\d+, c=\d+\], where it returned -?[\d.e+-]+$", verdict.reason)
+    assert "expected" not in verdict.reason   # no reference value reaches the feedback side
 
 
 @needs_sandbox
@@ -296,7 +300,7 @@ def test_helper_processes_do_not_outlive_the_judgement():
 def test_hostile_calling_or_scanning_for_the_reference_is_rejected():
     verdict = judge(submission("call_reference.py"))
     assert (verdict.ok, verdict.kind) == (False, "wrong"), verdict.reason
-    assert "got 0" in verdict.reason      # every route to the reference failed: it fell back to zeros
+    assert "returned 0" in verdict.reason      # every route to the reference failed: it fell back to zeros
 
 
 @needs_sandbox
@@ -319,7 +323,7 @@ def test_hostile_reading_evaluator_files_or_environment_finds_nothing(monkeypatc
     monkeypatch.setenv("SIA_EXPECTED_SEED", "1234")
     verdict = judge(submission("read_evaluator.py"))
     assert "leaked" not in verdict.reason, verdict.reason
-    assert verdict.kind == "wrong" and "got 0" in verdict.reason
+    assert verdict.kind == "wrong" and "returned 0" in verdict.reason
 
 
 @needs_sandbox
@@ -460,7 +464,14 @@ def test_evaluate_scores_recorded_completions_and_reports_every_reason():
     assert by_name["hack"].score == 0 and by_name["hack"].reason.startswith("wrong result:")
     assert by_name["none"].score == 0 and by_name["none"].reason.startswith("no submission")
     slow, fast = by_name["slow_correct"], by_name["fast_correct"]
-    assert slow.reason == fast.reason == "" and 0 < slow.score < fast.score < 1
+    assert 0 < slow.score < fast.score < 1
+    assert fast.reason == "" if fast.details["speedup"] > 1 else fast.reason.startswith("correct but not faster")
+    assert slow.reason.startswith("correct but not faster than the reference (")
+    # Failure kinds: unreadable -> format; ran but wrong, or right but not faster -> wrong.
+    # (fast beats the reference on an idle CPU; on a loaded one its margin is within noise)
+    fast_kind = None if fast.details["speedup"] > 1 else "wrong"
+    assert [by_name[n].failure for n in ("broken", "none", "hack", "slow_correct", "fast_correct")] == \
+        ["format", "format", "wrong", "wrong", fast_kind]
     assert fast.details["speedup"] > 1.5 * slow.details["speedup"]
     assert report.per_example[4].details == fast.details      # identical answers judged once
     assert report.metrics["correct"] == pytest.approx(3 / 6)
@@ -470,3 +481,16 @@ def test_evaluate_scores_recorded_completions_and_reports_every_reason():
     assert report.notes["verdicts"] == {"compile": 1, "ok": 3, "wrong": 1, "no_submission": 1}
     print(f"\nCPU recorded policy: slow {slow.details['speedup']:.2f}x, fast {fast.details['speedup']:.2f}x "
           f"the reference; evaluate took {report.metrics['eval_seconds']:.1f} s")
+
+
+def test_failure_kinds_follow_the_verdict_and_the_speedup():
+    from sia_tasks.cuda_kernel.judge import PREFIX, Verdict
+    from sia_tasks.cuda_kernel.task import failure_kind, score_reason
+
+    unreadable = {"no_submission", "compile", "contract", "sandbox", "setup", "evaluator"}
+    for kind in PREFIX:
+        expected = "format" if kind in unreadable else "wrong"
+        assert failure_kind(Verdict(False, kind, f"{PREFIX[kind]}: x"), 0.0) == expected, kind
+    ok = Verdict(True, "ok", "")
+    assert failure_kind(ok, 0.8) == "wrong" and score_reason(ok, 0.8) == "correct but not faster than the reference (0.80x its speed)"
+    assert failure_kind(ok, 1.3) is None and score_reason(ok, 1.3) == ""

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 
-from sia.agents import feedback
 from sia.agents.decision import Decision
+from sia.assemble import assemble
 from sia.engine.base import EngineStats, GenResult
 from sia.harness.pool import HarnessPool
-from sia.loop import Loop
 from sia.run import RunDir, new_state
 from sia.tasks import load_task
 from sia.tracking import Tracker
@@ -38,29 +37,33 @@ class RecordedModel:
 
 
 @needs_sandbox
-def test_recorded_policy_accepts_only_the_faster_correct_kernel(compose_cfg, tmp_path, monkeypatch):
+def test_recorded_policy_accepts_only_the_faster_correct_kernel(compose_cfg, tmp_path):
     cfg = compose_cfg("task=cuda_kernel", "feedback=harness_only", "logger=none", "quiet=true",
                       "budget.generations=3", "budget.val_examples=1", "budget.test_examples=1")
     task = load_task("cuda_kernel", small_cfg(correctness=(MASKED, CAUCHY), benchmark=(BENCH,), repeats=3))
     model = RecordedModel()
     seed = task.seed_harness()
 
-    def recorded_decision(policy, ctx):
-        model.current = SCRIPT[ctx.generation]
-        # A new harness file per generation (same code), so each candidate is evaluated afresh.
-        return Decision(action="harness", rationale=f"recorded: {model.current}",
-                        harness_code=seed + f"\n# recorded completion: {model.current}\n", edit=model.current)
+    class RecordedPolicy:
+        name = "recorded"
 
-    monkeypatch.setattr(feedback, "decide", recorded_decision)
+        def decide(self, ctx):
+            model.current = SCRIPT[ctx.generation]
+            # A new harness file per generation (same code), so each candidate is evaluated afresh.
+            return Decision(action="harness", rationale=f"recorded: {model.current}",
+                            harness_code=seed + f"\n# recorded completion: {model.current}\n", edit=model.current)
+
     run = RunDir(tmp_path / "run")
     with HarnessPool(model, workers=2, example_timeout_s=60, memory_mb=1024, scratch_root=str(tmp_path / "s")) as pool:
-        final = Loop(cfg, run, task, model, pool, Tracker(cfg, run.path, None, False), new_state()).run_all()
+        loop = assemble(cfg, run, task, model, pool, Tracker(cfg, run.path, None, False), new_state(),
+                        policy=RecordedPolicy())
+        final = loop.run_all()
 
-    history = final["history"]
-    assert [h["kept"] for h in history] == [True, False, False, True]
-    assert final["incumbent"]["generation"] == 3
+    history = final.history
+    assert [h.kept for h in history] == [True, False, False, True]
+    assert final.incumbent.generation == 3
     reasons = {g: json.loads((run.path / f"gen_{g:03d}" / "scores_val.json").read_text())["rows"][0]["reason"]
                for g in (1, 2)}
     assert reasons[1].startswith("compile error") and reasons[2].startswith("wrong result")
-    assert history[3]["val"] > history[0]["val"] > 0
-    assert history[3]["test"] is not None
+    assert history[3].val > history[0].val > 0
+    assert history[3].test is not None

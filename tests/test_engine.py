@@ -18,6 +18,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 def _model_cfg(**overrides):
     cfg = OmegaConf.load(REPO / "conf" / "model" / "smollm2_135m.yaml")
+    cfg.pop("defaults")   # what Hydra composes from model/engine/hf.yaml
+    cfg.engine = OmegaConf.load(REPO / "conf" / "model" / "engine" / "hf.yaml")
     return OmegaConf.merge(cfg, overrides)
 
 
@@ -49,7 +51,7 @@ def test_plan_batches_groups_by_sampling_settings_and_caps_size():
 
 
 def test_build_engine_names_a_bad_engine(tmp_path):
-    with pytest.raises(ValueError, match="'tgi'"):
+    with pytest.raises(ValueError, match="'tgi'.*_target_"):
         build_engine(_model_cfg(engine="tgi"), tmp_path)
 
 
@@ -60,7 +62,7 @@ def test_vllm_engine_without_vllm_says_what_is_missing(tmp_path):
     except ImportError:
         pass
     with pytest.raises(ImportError, match="pip install vllm"):
-        build_engine(_model_cfg(engine="vllm"), tmp_path)
+        build_engine(_model_cfg(engine=OmegaConf.load(REPO / "conf" / "model" / "engine" / "vllm.yaml")), tmp_path)
 
 
 def test_missing_model_package_says_how_to_install(tmp_path):

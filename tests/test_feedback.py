@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import pytest
-from omegaconf import OmegaConf
 
 from sia.agents.decision import Decision, InvalidDecision
+from sia.agents.context import FeedbackContext
 from sia.agents.digest import digest
-from sia.agents.feedback import FeedbackContext, decide
+from sia.agents.policies import AlternatePolicy, HarnessOnlyPolicy, RulesPolicy, WeightsOnlyPolicy
 from sia.harness.options import read_options, with_options
+from sia.parts import LeverOffer
+from sia.records import GenerationRecord
 from sia.tasks import HarnessEdit
 
 HARNESS = '''"""A harness."""
@@ -22,33 +24,60 @@ def solve(inputs, ctx):
 def sft_pair(inputs, target, ctx):
     return {"messages": [], "completion": target}
 '''
-SETTINGS = OmegaConf.create({"abstain_threshold": 0.15, "error_threshold": 0.1, "underfit_gap": 0.1})
+POLICIES = {cls.__name__: cls for cls in (RulesPolicy, HarnessOnlyPolicy, WeightsOnlyPolicy, AlternatePolicy)}
+NAMES = {"rules": "RulesPolicy", "harness_only": "HarnessOnlyPolicy", "weights_only": "WeightsOnlyPolicy",
+         "alternate": "AlternatePolicy"}
+
+
+def decide(name, ctx):
+    policy = POLICIES[NAMES[name]](name=name, abstain_threshold=0.15, error_threshold=0.1, underfit_gap=0.1)
+    return policy.decide(ctx).validate(ctx.offer.algorithms)
 EDITS = [
     HarnessEdit("label_list", "format", "list labels", lambda s: with_options(s, labels=True)),
     HarnessEdit("few_shot", "accuracy", "add examples", lambda s: with_options(s, few_shot=3)),
 ]
 
 
-def _rows(n_ok=0, n_wrong=0, n_format=0, n_error=0):
-    rows = [{"id": f"ok{i}", "score": 1.0, "reason": ""} for i in range(n_ok)]
-    rows += [{"id": f"w{i}", "score": 0.0, "reason": "predicted 盗窃 but gold is 抢劫"} for i in range(n_wrong)]
-    rows += [{"id": f"f{i}", "score": 0.0, "reason": "no valid charge name (abstention)"} for i in range(n_format)]
-    rows += [{"id": f"e{i}", "score": 0.0, "reason": "x", "error": {"kind": "timeout", "message": "t"}}
-             for i in range(n_error)]
+def _rows(n_ok=0, n_wrong=0, n_format=0, n_error=0, n_partial=0):
+    rows = [{"id": f"ok{i}", "score": 1.0, "failure": None, "reason": ""} for i in range(n_ok)]
+    rows += [{"id": f"w{i}", "score": 0.0, "failure": "wrong", "reason": "a wrong charge"} for i in range(n_wrong)]
+    rows += [{"id": f"p{i}", "score": 0.5, "failure": "wrong", "reason": "one of two charges (missing one)"}
+             for i in range(n_partial)]
+    rows += [{"id": f"f{i}", "score": 0.0, "failure": "format", "reason": "no valid charge name"}
+             for i in range(n_format)]
+    rows += [{"id": f"e{i}", "score": 0.0, "failure": "error", "reason": "x",
+              "error": {"kind": "timeout", "message": "t"}} for i in range(n_error)]
     return rows
 
 
+def _history(*items):
+    return [GenerationRecord(generation=i, **item) for i, item in enumerate(items)]
+
+
 def _ctx(rows, history=(), train_rows=None, weights=True, code=HARNESS):
-    return FeedbackContext(generation=1, harness_code=code, digest=digest(rows, {}, train_rows),
-                           history=list(history), edits=EDITS, weights_available=weights,
-                           train_steps=5, train_examples=10, settings=SETTINGS)
+    offer = LeverOffer(True, "", algorithms=("sft",), max_steps=5, max_examples=10) if weights \
+        else LeverOffer(False, "no gold targets")
+    return FeedbackContext(generation=1, harness_code=code, digest=digest(rows, train_rows),
+                           history=list(history), offer=offer, edits=EDITS)
 
 
-def test_digest_counts_symptoms():
-    d = digest(_rows(n_ok=2, n_wrong=4, n_format=2, n_error=2), {})
+def test_digest_counts_failure_kinds_not_words():
+    d = digest(_rows(n_ok=2, n_wrong=4, n_format=2, n_error=2))
     assert d.n == 10 and d.error_rate == pytest.approx(0.2) and d.format_rate == pytest.approx(0.2)
+    assert d.wrong_rate == pytest.approx(0.4)
     assert d.wellformed_accuracy == pytest.approx(2 / 6) and d.error_kinds == {"timeout": 2}
-    assert digest(_rows(n_ok=1), {"abstention": 0.5}).format_rate == 0.5   # the task's own measure wins
+
+
+def test_partly_right_answers_are_readable_and_the_rationale_states_true_fractions():
+    """A partly right answer whose reason says "missing" is readable, not unreadable."""
+    rows = _rows(n_ok=1, n_partial=9)
+    d = digest(rows)
+    assert d.format_rate == 0 and d.wrong_rate == pytest.approx(0.9)
+    assert d.wellformed_accuracy == pytest.approx((1 + 9 * 0.5) / 10)
+    decision = decide("rules", _ctx(rows))
+    assert decision.action == "weights"
+    assert "100% of val answers are readable" in decision.rationale
+    assert "score 55% on average (90% below full credit)" in decision.rationale
 
 
 def test_rules_treats_unreadable_answers_with_a_format_edit():
@@ -60,16 +89,16 @@ def test_rules_treats_unreadable_answers_with_a_format_edit():
 
 def test_rules_trains_weights_when_answers_are_readable_but_wrong():
     decision = decide("rules", _ctx(_rows(n_ok=2, n_wrong=8)))
-    assert decision.action == "weights" and decision.training["algorithm"] == "sft"
+    assert decision.action == "weights" and decision.training["algorithm"] == "auto"
     assert decision.training["steps"] == 5
 
 
 def test_rules_escalates_to_weights_when_a_format_edit_was_rejected():
     rows = _rows(n_ok=1, n_format=9)
-    rejected = [{"action": "seed", "kept": True}, {"action": "harness", "edit": "label_list", "kept": False}]
+    rejected = _history({"action": "seed", "kept": True}, {"action": "harness", "edit": "label_list", "kept": False})
     cheap_first = decide("rules", _ctx(rows, history=rejected))
     assert cheap_first.action == "harness" and cheap_first.edit == "few_shot"
-    rejected.append({"action": "harness", "edit": "few_shot", "kept": False})
+    rejected.append(GenerationRecord(generation=2, action="harness", edit="few_shot", kept=False))
     decision = decide("rules", _ctx(rows, history=rejected))
     assert decision.action == "weights" and "did not help" in decision.rationale
     assert decide("rules", _ctx(rows, history=rejected, weights=False)).action == "stop"
@@ -77,16 +106,16 @@ def test_rules_escalates_to_weights_when_a_format_edit_was_rejected():
 
 def test_rules_tries_a_cheap_accuracy_edit_after_kept_weights():
     rows = _rows(n_ok=5, n_wrong=5)
-    history = [{"action": "seed", "kept": True}, {"action": "weights", "kept": True}]
+    history = _history({"action": "seed", "kept": True}, {"action": "weights", "kept": True})
     decision = decide("rules", _ctx(rows, history=history))
     assert decision.action == "harness" and decision.edit == "few_shot"
-    history.append({"action": "harness", "edit": "few_shot", "kept": True})
+    history.append(GenerationRecord(generation=2, action="harness", edit="few_shot", kept=True))
     assert decide("rules", _ctx(rows, history=history)).action == "weights"
 
 
 def test_rules_prefers_a_harness_edit_when_the_model_overfits_train():
-    train = [{"id": "t", "score": 1.0, "reason": ""}] * 4
-    history = [{"action": "seed", "kept": True}, {"action": "weights", "kept": False}]
+    train = [{"id": "t", "score": 1.0, "failure": None, "reason": ""}] * 4
+    history = _history({"action": "seed", "kept": True}, {"action": "weights", "kept": False})
     decision = decide("rules", _ctx(_rows(n_ok=2, n_wrong=8), history=history, train_rows=train))
     assert decision.action == "harness" and decision.edit == "few_shot"
     assert "overfitting" in decision.rationale
@@ -94,9 +123,9 @@ def test_rules_prefers_a_harness_edit_when_the_model_overfits_train():
 
 
 def test_rules_does_not_repeat_a_tried_edit_and_stops_when_nothing_is_left():
-    history = [{"action": "harness", "edit": "label_list", "kept": False},
-               {"action": "harness", "edit": "few_shot", "kept": False},
-               {"action": "weights", "kept": False}, {"action": "weights", "kept": False}]
+    history = _history({"action": "harness", "edit": "label_list", "kept": False},
+                       {"action": "harness", "edit": "few_shot", "kept": False},
+                       {"action": "weights", "kept": False}, {"action": "weights", "kept": False})
     assert decide("rules", _ctx(_rows(n_format=10), history=history)).action == "stop"
     assert decide("rules", _ctx(_rows(n_format=10), history=history[:2])).action == "weights"
 
@@ -107,7 +136,8 @@ def test_ablations():
     assert decide("weights_only", _ctx(rows)).action == "weights"
     assert decide("weights_only", _ctx(rows, weights=False)).action == "stop"
     assert decide("alternate", _ctx(rows)).action == "harness"
-    assert decide("alternate", _ctx(rows, history=[{"action": "harness", "edit": "few_shot"}])).action == "weights"
+    assert decide("alternate", _ctx(rows, history=_history({"action": "harness", "edit": "few_shot"}))).action \
+        == "weights"
 
 
 def test_decisions_are_validated():
@@ -117,6 +147,9 @@ def test_decisions_are_validated():
         Decision(action="harness", rationale="x", harness_code="print(1)").validate()
     with pytest.raises(InvalidDecision):
         Decision(action="weights", rationale="x", training={"algorithm": "sft", "steps": 0, "examples": 3}).validate()
+    with pytest.raises(InvalidDecision, match="offers now"):
+        Decision(action="weights", rationale="x", training={"algorithm": "grpo", "steps": 2, "examples": 3}) \
+            .validate(("sft",))
     ok = Decision(action="weights", rationale="x", training={"algorithm": "sft", "steps": 2, "examples": 3})
     assert Decision.from_json(ok.validate().to_json()) == ok
 

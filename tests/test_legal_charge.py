@@ -109,19 +109,25 @@ def test_gold_parsing_and_normalisation():
         "盗窃", "故意伤害", "诈骗"]
 
 
-def test_evaluate_reports_reasons():
+def test_evaluate_reports_reasons_and_failure_kinds():
     task = make_task()
     examples = [Example(f"e{i}", {"fact": "事实:x"}, [gold]) for i, gold in enumerate(["抢劫"] * 3)]
     examples.append(Example("e3", {"fact": "事实:x"}, ["合同诈骗"]))
-    answers = ["[罪名]抢劫<eoa>", "[罪名]盗窃<eoa>", "被告人的行为构成犯罪，应当依法惩处" * 3, "合同诈骗"]
+    examples.append(Example("e4", {"fact": "事实:x"}, ["抢劫"]))
+    answers = ["[罪名]抢劫<eoa>", "[罪名]盗窃<eoa>", "被告人的行为构成犯罪，应当依法惩处" * 3, "合同诈骗", None]
     report = task.evaluate(examples, answers, "val")
-    assert [round(e.score, 3) for e in report.per_example] == [1.0, 0.0, 0.0, 0.667]
-    assert report.per_example[0].reason == ""
-    assert report.per_example[1].reason == "predicted 盗窃 but gold is 抢劫"
-    assert report.per_example[2].reason.startswith("no valid charge name in the output (abstention)")
-    assert "被告人的行为构成犯罪" in report.per_example[2].reason
-    assert "extra 诈骗" in report.per_example[3].reason
-    assert report.metrics["abstention"] == pytest.approx(0.25)
+    assert [round(e.score, 3) for e in report.per_example] == [1.0, 0.0, 0.0, 0.667, 0.0]
+    assert [e.failure for e in report.per_example] == [None, "wrong", "format", "wrong", "format"]
+    reasons = [e.reason for e in report.per_example]
+    assert reasons[0] == ""
+    assert reasons[1] == "wrong charges: named 1 valid charge, none of them a gold charge"
+    assert reasons[2].startswith("no valid charge name in the output (abstention)")
+    assert "被告人的行为构成犯罪" in reasons[2]
+    # 合同诈骗 also predicts 诈骗 (LawBench's substring rule): one right, one extra
+    assert reasons[3] == "partly right: named 2 valid charges, 1 right, 1 extra"
+    assert reasons[4] == "the harness produced no answer"
+    assert report.per_example[3].details["gold"] == ["合同诈骗"]   # gold stays in trusted details
+    assert report.metrics["abstention"] == pytest.approx(0.4)
     assert set(report.metrics) == {"f1", "exact", "abstention"}
 
 

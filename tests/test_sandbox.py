@@ -20,12 +20,11 @@ from sia.harness import protocol
 from sia.harness.contract import Job
 from sia.harness.pool import HarnessPool
 from sia.harness.sandbox import probe, scrubbed_env
+from security_layers import check_present, needs
 
 LAYERS = probe()
-pytestmark = pytest.mark.skipif(
-    not (LAYERS.get("landlock") and LAYERS.get("netns")),
-    reason=f"this machine cannot apply the sandbox: {LAYERS.get('errors')}",
-)
+# Skipped on a machine without the layers, except under CI=true: there they run and fail.
+pytestmark = needs(LAYERS)
 SECRET = "sk-ant-test-secret-value"
 
 
@@ -206,7 +205,8 @@ def test_parent_proc_signals_system_secrets_and_repo_are_off_limits(shared):
     r = shared["results"]["parent"]
     assert r.error is None, r.error
     assert r.answer["environ"].startswith("PermissionError")
-    assert r.answer["signal"].startswith("PermissionError")    # Landlock signal scoping
+    # Landlock signal scoping, or (in its own PID namespace) the parent is not even visible
+    assert r.answer["signal"].startswith(("PermissionError", "ProcessLookupError"))
     if os.path.exists("/etc/shadow"):
         assert r.answer["shadow"].startswith("PermissionError")
     assert r.answer["repo_file"].startswith("PermissionError")  # only sia/ of the repo is readable
@@ -423,3 +423,7 @@ def test_deny_paths_carve_a_file_out_of_an_allowed_dir(tmp_path):
                             progress=False)
     assert result.error is None, result.error
     assert result.answer == {"data/other.txt": "public", "mod.py": "X = 1", "data/labels.h5ad": "PermissionError"}
+
+
+def test_every_layer_is_present_under_ci():
+    check_present(LAYERS)

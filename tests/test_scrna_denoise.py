@@ -157,7 +157,7 @@ def test_splits_partition_the_cells(task):
     splits = task.load()
     cells = [c for name in ("train", "val", "test") for e in splits[name] for c in e.inputs["cells"]]
     assert sorted(cells) == list(range(700))
-    assert len(splits.val) == 4 and len(splits.test) == 4 and len(splits.train) == 2
+    assert len(splits.val) == 4 and len(splits.test) == 4 and len(splits.train) == 10
 
 
 # ---- what a harness can read ------------------------------------------------------------
@@ -191,9 +191,10 @@ def test_invalid_answers_are_scored_as_no_denoising_with_a_reason(task):
     report = task.evaluate(val, [bad_shape, negative, nan, None], "val")
     reasons = [s.reason for s in report.per_example]
     assert all(r.startswith("not a valid prediction") for r in reasons)
+    assert all(s.failure == "format" for s in report.per_example)
     assert "shape (" in reasons[0] and "700)" in reasons[0] and "765)" in reasons[0]
     assert "negative" in reasons[1] and "NaN" in reasons[2] and "no answer" in reasons[3]
-    assert report.metrics["abstention"] == 1.0
+    assert report.metrics["unreadable"] == 1.0
     assert report.metrics["score"] == pytest.approx(0.0, abs=1e-12)
 
 
@@ -205,7 +206,7 @@ def test_baselines_scored_by_the_evaluator(task):
     for name in ("knn_smoothing", "magic"):
         assert 0.05 < score[name] < 1.0, score
         assert reports[name].metrics["poisson_norm"] > 0.3
-    assert all(r.metrics["abstention"] == 0.0 for r in reports.values())
+    assert all(r.metrics["unreadable"] == 0.0 for r in reports.values())
 
 
 # ---- the seed harness ---------------------------------------------------------------------
@@ -250,7 +251,7 @@ def test_seed_harness_runs_the_models_tool_call(task, public):
     assert answers[0].dtype == np.float32 and answers[0].shape == (len(val[0].inputs["cells"]), 765)
     assert "knn(k)" in ctx.llm.calls[0][-1]["content"] and len(ctx.llm.calls) == 1
     report = task.evaluate(val[:1], answers, "val")
-    assert report.metrics["abstention"] == 0.0 and report.metrics["score"] > 0.1
+    assert report.metrics["unreadable"] == 0.0 and report.metrics["score"] > 0.1
 
 
 def test_seed_harness_falls_back_and_logs_it(task, public):
@@ -271,7 +272,7 @@ def test_clip_edit_turns_an_invalid_lowrank_answer_valid(task, public):
     assert task.evaluate(val, [raw], "val").per_example[0].reason.startswith("not a valid")
     clipped_source = edits["clip_negative_output"].apply(seed)
     clipped = load_harness(clipped_source).solve(val[0].inputs, make_ctx(files, resources, "lowrank(20)"))
-    assert task.evaluate(val, [clipped], "val").metrics["abstention"] == 0.0
+    assert task.evaluate(val, [clipped], "val").metrics["unreadable"] == 0.0
 
 
 def test_edit_library_rewrites_options(task):
@@ -348,18 +349,54 @@ def test_hydra_config_composes_and_validates(compose_cfg):
     assert task._mcv.train.shape[0] == 500 and "pbmc68k_reduced" in task.data_label
 
 
-def test_reasons_separate_format_failures_from_partial_credit(task):
-    from sia.agents.digest import digest
-
+def test_failure_kinds_separate_unreadable_from_below_the_right_level(task, modules):
     val = task.load().val
     train = [task._mcv.train[e.inputs["cells"]].toarray() for e in val]
-    answers = [train[0] + 0.5, train[1], -train[2], None]   # smoothed-ish, unchanged, negative, missing
-    report = task.evaluate(val, answers, "val")
-    rows = [{"id": s.id, "score": s.score, "reason": s.reason, "error": None,
-             "answer_missing": a is None} for s, a in zip(report.per_example, answers)]
-    d = digest(rows, report.metrics)
-    assert d.format_rate == pytest.approx(0.5) and report.metrics["abstention"] == pytest.approx(0.5)
-    assert all(s.reason for s in report.per_example)   # nothing here is perfect
+    knn = modules.denoise.knn_smooth(task._mcv.train.toarray().astype(np.float64), k=10)
+    answers = [train[0] + 0.5, train[1], -train[2], None, knn[val[0].inputs["cells"]]]
+    report = task.evaluate(val + val[:1], answers, "val")
+    kinds = [s.failure for s in report.per_example]
+    assert kinds == ["wrong", "wrong", "format", "format", None], [(s.score, s.reason) for s in report.per_example]
+    assert report.per_example[4].score >= task_module(task).RIGHT_SCORE and report.per_example[4].reason == ""
+    assert all(s.reason for s in report.per_example[:4])
+    assert report.metrics["unreadable"] == pytest.approx(0.4) and "abstention" not in report.metrics
+
+
+def task_module(task):
+    import sys
+
+    return sys.modules[type(task).__module__]
+
+
+def test_train_split_has_enough_examples_for_training_groups(task):
+    splits = task.load()
+    assert len(splits.train) >= 8
+    assert all(len(e.inputs["cells"]) <= 14 for e in splits.train)
+    assert all(len(e.inputs["cells"]) == 70 for e in splits.val + splits.test)   # unchanged
+    assert len(splits.val) == 4 and len(splits.test) == 4
+
+
+def test_primary_metrics_a_trivial_answer_wins_are_refused():
+    for metric in ("mse_norm", "poisson_norm"):
+        [problem] = load_task("scrna_denoise", {**CFG, "primary_metric": metric}).config_problems()
+        assert problem.startswith(f"task.primary_metric: {metric!r} cannot be the primary metric")
+        assert "task.primary_metric=score" in problem and "still reported" in problem
+
+
+def test_all_zero_and_zeroed_small_counts_lose_on_the_primary_metric(task):
+    """The constant that won mse_norm (issue 8 item 7), and its cousin, lose on score: below
+    no denoising and below every real baseline, and marked wrong."""
+    val = task.load().val
+    train = [task._mcv.train[e.inputs["cells"]].toarray().astype(np.float64) for e in val]
+    baselines = task.baseline_reports("val")
+    best_real = max(r.primary(task.meta) for n, r in baselines.items() if n not in ("perfect", "no_denoising"))
+    for name, answers in (("all-zero", [np.zeros_like(t) for t in train]),
+                          ("zero counts <= 1", [np.where(t <= 1, 0.0, t) for t in train]),
+                          ("zero counts <= 2", [np.where(t <= 2, 0.0, t) for t in train])):
+        report = task.evaluate(val, answers, "val")
+        assert report.primary(task.meta) < 0 < best_real, (name, report.metrics)
+        assert report.metrics["mse_norm"] > 0 or name != "all-zero"   # the hole it would have used
+        assert all(s.failure == "wrong" and s.score == 0.0 for s in report.per_example), name
 
 
 def test_private_paths_name_the_file_holding_both_halves(task, tmp_path):

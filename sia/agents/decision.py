@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 ACTIONS = ("harness", "weights", "stop")
-ALGORITHMS = ("sft",)
+AUTO = "auto"     # the weights lever picks the algorithm from the rollout's reward statistics
 
 
 class InvalidDecision(ValueError):
@@ -21,7 +21,9 @@ class Decision:
     training: dict[str, Any] | None = None   # action=weights: {"algorithm", "data", "steps", "examples"}
     stats: dict[str, Any] = field(default_factory=dict)  # the digest the decision was made on
 
-    def validate(self) -> "Decision":
+    def validate(self, algorithms: tuple[str, ...] | None = None) -> "Decision":
+        """Raise InvalidDecision unless well-formed; ``algorithms``: what the weights lever
+        offers now (None: any name)."""
         if self.action not in ACTIONS:
             raise InvalidDecision(f"action {self.action!r} is not one of {ACTIONS}")
         if not self.rationale or not self.rationale.strip():
@@ -31,8 +33,11 @@ class Decision:
                 raise InvalidDecision("action=harness needs harness_code: a whole harness file defining solve()")
         if self.action == "weights":
             t = self.training or {}
-            if t.get("algorithm") not in ALGORITHMS:
-                raise InvalidDecision(f"training.algorithm {t.get('algorithm')!r} is not one of {ALGORITHMS}")
+            name = t.get("algorithm")
+            allowed = None if algorithms is None else (AUTO, *algorithms)
+            if not isinstance(name, str) or not name or (allowed is not None and name not in allowed):
+                raise InvalidDecision(f"training.algorithm {name!r} is not one the weights lever offers now "
+                                      f"({', '.join(allowed or ('any name',))})")
             for key in ("steps", "examples"):
                 if not isinstance(t.get(key), int) or t[key] < 1:
                     raise InvalidDecision(f"training.{key} must be a positive integer, got {t.get(key)!r}")

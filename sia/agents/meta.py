@@ -1,14 +1,14 @@
-"""The Meta-Agent writes the first harness from the task description.
+"""The offline Meta-Agent (``agent.meta=seed``): the task's seed harness is generation 0.
 
-Offline (``agent.meta=seed``) it returns the task's seed harness. An LLM Meta-Agent plugs in
-here with the same signature: it reads ``task.description()`` and returns a harness file.
+LLM Meta-Agents implement the same ``sia.parts.MetaAgent`` interface (``agent.meta=llm``).
 """
 from __future__ import annotations
 
-from sia.tasks import Task
+from sia.parts import AgentEnv, MetaOutcome
 
 
-def first_harness(kind: str, task: Task) -> str:
-    if kind == "seed":
-        return task.seed_harness()
-    raise ValueError(f"agent.meta={kind!r} is not available; use agent.meta=seed")
+class SeedMetaAgent:
+    name = "seed"
+
+    def first_harness(self, env: AgentEnv) -> MetaOutcome:
+        return MetaOutcome(code=env.task.seed_harness(), info={"agent": "seed", "source": "task seed harness"})

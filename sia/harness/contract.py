@@ -23,11 +23,20 @@ Optional, edited by the offline rules policy::
 
     OPTIONS = {...}   # a dict literal of knobs the harness reads; see sia.harness.options
 
+Processes or threads a harness leaves running after ``solve`` returns are stopped (its
+worker is replaced; the trajectory records ``leftovers_stopped``). A result of more than
+1,000,000 decoded objects or an answer over 64 MB fails that example ("answer too large").
+
 ``ctx`` offers:
 
-- ``ctx.llm.chat(messages, max_tokens=None, temperature=0.0, top_p=1.0, stop=None, seed=None)``
+- ``ctx.llm.chat(messages, max_tokens=None, temperature=0.0, top_p=1.0, stop=None, seed=None, used=None)``
   -> ``Completion``; ``ctx.llm.sample(messages, n, temperature=0.8, ...)`` -> list of them.
-  Every call is logged in the trajectory (messages, completion, tokens, latency, log-probs).
+  Every call is logged in the trajectory (messages, completion, tokens, latency, log-probs, and
+  the ``temperature`` and ``seed`` the engine used: in a rollout for the weights lever
+  (``HarnessPool.run(sampling=...)``) the pool replaces the harness's own decoding settings).
+  Pass ``used=True`` on the call whose output became the answer: a rollout's reward is credited
+  to those calls (by default to the last call before the answer); mark a call whose output the
+  harness threw away (a fallback template replaced it) ``used=False``: it gets no credit.
 - ``ctx.resources``: the task's public resources (``Task.public_resources``), e.g. the label
   list and train examples with targets for few-shot.
 - ``ctx.files``: name -> path of public files the harness may read (e.g. a read-only database).
@@ -68,7 +77,8 @@ class JobResult:
     id: str
     answer: Any = None
     error: dict | None = None       # {"kind": ErrorKind, "message": str} when the job failed
-    events: list[dict] = field(default_factory=list)  # trajectory steps, in order
+    events: list[dict] = field(default_factory=list)  # trajectory steps, in order (as the worker tells them)
+    served: list[dict] = field(default_factory=list)  # the model calls the trusted parent answered
     wall_s: float = 0.0             # wall time of the job
     llm_s: float = 0.0              # part of wall_s spent waiting for the engine
     prompt_tokens: int = 0

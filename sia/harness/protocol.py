@@ -13,6 +13,7 @@ import base64
 import io
 import json
 import os
+import re
 import struct
 from typing import Any
 
@@ -23,6 +24,22 @@ _NDARRAY_KEY = "__ndarray__"
 
 class ProtocolError(Exception):
     """The peer broke the framing (oversized, truncated or undecodable message)."""
+
+
+class TooManyObjects(ProtocolError):
+    """A well-framed message that would decode into more objects than the reader allows."""
+
+
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)   # unrolled: long strings scan fast
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def count_objects(payload: bytes) -> int:
+    """An upper bound on the Python objects ``decode(payload)`` would build, found without
+    building them: containers, commas and colons outside strings (every value but the first
+    of a container follows a comma; every key a colon), plus one."""
+    bare = _STRING.sub(b'""', payload)
+    return 1 + sum(bare.count(c) for c in (b"[", b"{", b",", b":"))
 
 
 # -- JSON with numpy arrays --------------------------------------------------------------
@@ -52,8 +69,13 @@ def _to_jsonable(obj: Any, lenient: bool) -> Any:
 
 def encode(obj: Any, *, lenient: bool = False) -> bytes:
     """JSON bytes of ``obj``. Strict mode raises TypeError/ValueError on anything that is not
-    JSON data or a numpy array; lenient mode (for logs) writes such values as their repr."""
-    return json.dumps(obj, default=lambda o: _to_jsonable(o, lenient), ensure_ascii=False).encode("utf-8")
+    JSON data or a numpy array; lenient mode (for logs) writes such values as their repr, and
+    a lone surrogate (no UTF-8 for it) as the text of its escape, e.g. ``\\udcff``."""
+    text = json.dumps(obj, default=lambda o: _to_jsonable(o, lenient), ensure_ascii=False)
+    if lenient:
+        # Escaped backslash: the peer decodes the six characters, not the surrogate again.
+        text = _SURROGATE.sub(lambda m: f"\\\\u{ord(m.group()):04x}", text)
+    return text.encode("utf-8")
 
 
 def _decode_ndarray(b64: str):
@@ -145,8 +167,10 @@ def recv(fd: int, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
 class FrameReader:
     """Incremental decoder for a non-blocking reader: ``feed`` bytes, get whole messages."""
 
-    def __init__(self, max_bytes: int = MAX_MESSAGE_BYTES):
+    def __init__(self, max_bytes: int = MAX_MESSAGE_BYTES, max_objects: int | None = None):
         self.max_bytes = max_bytes
+        self.max_objects = max_objects   # refuse a message that would decode into more objects
+        self.last_objects = 0            # the bound for the last message decoded
         self._buf = bytearray()
 
     def feed(self, data: bytes) -> list[Any]:
@@ -161,5 +185,10 @@ class FrameReader:
                 break
             payload = bytes(self._buf[_HEADER.size:end])
             del self._buf[:end]
+            if self.max_objects is not None:
+                self.last_objects = count_objects(payload)
+                if self.last_objects > self.max_objects:
+                    raise TooManyObjects(f"the result would decode into about {self.last_objects} objects, "
+                                         f"more than the limit of {self.max_objects} per example")
             messages.append(decode(payload))
         return messages

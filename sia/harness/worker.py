@@ -8,9 +8,12 @@ It speaks the ``sia.harness.protocol`` on stdin/stdout with its parent (``Harnes
     parent -> worker   {"type": "job", id, kind, inputs, target}
     worker -> parent   {"type": "llm", requests: [GenRequest fields]}     (0..n times per job)
     parent -> worker   {"type": "llm_reply", results: [...]} | {"type": "llm_reply", error: {kind, message}}
+                       (each result also says the temperature and seed the engine used: a rollout's
+                       sampling override replaces what the harness asked for)
     worker -> parent   {"type": "result", id, answer, error, events}
 
-The protocol fds are moved to private descriptors before any harness code runs, and fd 1
+Each ``llm_call`` event records the temperature and seed used and ``used`` (the harness
+passed ``used=True``: this output became its answer). The protocol fds are moved to private descriptors before any harness code runs, and fd 1
 points at stderr, so the harness's prints cannot corrupt the channel.
 """
 from __future__ import annotations
@@ -92,13 +95,15 @@ class LLM:
         self._max_new_tokens = max_new_tokens
         self._lock = threading.Lock()   # one request in flight: harness threads must not interleave frames
 
-    def chat(self, messages, max_tokens=None, temperature=0.0, top_p=1.0, stop=None, seed=None) -> Completion:
-        return self._generate(messages, 1, max_tokens, temperature, top_p, stop, seed)[0]
+    def chat(self, messages, max_tokens=None, temperature=0.0, top_p=1.0, stop=None, seed=None,
+             used=None) -> Completion:
+        return self._generate(messages, 1, max_tokens, temperature, top_p, stop, seed, used)[0]
 
-    def sample(self, messages, n, temperature=0.8, top_p=1.0, max_tokens=None, stop=None, seed=None) -> list[Completion]:
-        return self._generate(messages, n, max_tokens, temperature, top_p, stop, seed)
+    def sample(self, messages, n, temperature=0.8, top_p=1.0, max_tokens=None, stop=None, seed=None,
+               used=None) -> list[Completion]:
+        return self._generate(messages, n, max_tokens, temperature, top_p, stop, seed, used)
 
-    def _generate(self, messages, n, max_tokens, temperature, top_p, stop, seed) -> list[Completion]:
+    def _generate(self, messages, n, max_tokens, temperature, top_p, stop, seed, used=None) -> list[Completion]:
         messages = _check_messages(messages)
         if not isinstance(n, int) or n < 1:
             raise ValueError("n must be a positive int")
@@ -131,10 +136,15 @@ class LLM:
         for r in reply["results"]:
             c = Completion(text=r["text"], prompt_tokens=r["prompt_tokens"], completion_tokens=r["completion_tokens"],
                            logprobs=list(r.get("logprobs") or []), finish_reason=r.get("finish_reason", "length"))
+            # temperature/seed: what the engine used (a rollout's override), not what was asked;
+            # used: the harness says this output became its answer.
             state.events.append({"type": "llm_call", "messages": messages, "completion": c.text,
                                  "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
                                  "latency_s": round(latency, 6), "logprobs": c.logprobs,
-                                 "finish_reason": c.finish_reason})
+                                 "finish_reason": c.finish_reason,
+                                 "temperature": r.get("temperature", request["temperature"]),
+                                 "seed": r.get("seed", request["seed"]),
+                                 "used": None if used is None else bool(used)})   # None: not marked
             completions.append(c)
         return completions
 
@@ -216,7 +226,8 @@ def run_job(job: dict, module, channel: Channel, config: dict) -> dict:
 
 
 def encode_result(result: dict) -> bytes:
-    """A frame for the result; drops events, then the answer, rather than exceed the size limit."""
+    """A frame for the result; drops events, then the answer, rather than exceed the size
+    limit, and says which it was when even that fails."""
     try:
         return protocol.frame(protocol.encode(result, lenient=True))
     except (protocol.ProtocolError, RecursionError, ValueError):
@@ -224,8 +235,12 @@ def encode_result(result: dict) -> bytes:
     result = dict(result, events=[{"type": "events_dropped", "reason": "trajectory too large to send"}])
     try:
         return protocol.frame(protocol.encode(result, lenient=True))
-    except (protocol.ProtocolError, RecursionError, ValueError):
-        result.update(answer=None, error={"kind": "bad_answer", "message": "answer too large to send"})
+    except (protocol.ProtocolError, RecursionError, ValueError) as e:
+        if isinstance(e, protocol.ProtocolError):
+            why = f"answer too large to send ({e})"
+        else:
+            why = f"result cannot be sent: {type(e).__name__}: {e}"
+        result.update(answer=None, error={"kind": "bad_answer", "message": why[:MESSAGE_CHARS]})
         return protocol.frame(protocol.encode(result, lenient=True))
 
 

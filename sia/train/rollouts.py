@@ -38,7 +38,7 @@ class RolloutWriter:
     def __init__(self, path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        _cut_torn_tail(self.path)
+        cut_torn_tail(self.path)
         self._file = open(self.path, "a", encoding="utf-8")
 
     def append(self, sample: Sample) -> None:
@@ -84,7 +84,7 @@ def drawn_keys(samples: list[Sample]) -> set[tuple[str, int | None]]:
     return {(s.example_id, s.seed) for s in samples}
 
 
-def _cut_torn_tail(path: Path) -> None:
+def cut_torn_tail(path: Path) -> None:
     """Truncate the file after its last newline, so the next append starts a fresh line."""
     if not path.is_file():
         return

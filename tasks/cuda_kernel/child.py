@@ -2,8 +2,11 @@
 
 The parent owns the clock: ``request`` measures from the first byte of a command written to
 the last byte of the reply read, with ``time.perf_counter`` in this process. Every read and
-write has a deadline; a child that misses one is killed with its whole process group (the
-sandbox forbids it to leave the group).
+write has a deadline; a child that misses one is killed with everything it started: the
+child is a ``sia.harness.supervisor`` child, pid 1 of its own PID namespace. Its output
+goes to a log the parent made outside the child's scratch folder and reads back through
+a descriptor opened before the child started, so no file the child can write is ever
+opened by name on the trusted side.
 """
 from __future__ import annotations
 
@@ -12,7 +15,6 @@ import json
 import os
 import select
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -21,27 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from sia.harness import protocol
-from sia.harness.sandbox import scrubbed_env
+from sia.harness.sandbox import SandboxUnavailable, scrubbed_env
+from sia.harness.supervisor import Child
 
 TASKS_DIR = Path(__file__).resolve().parent.parent
 SIA_PARENT = Path(protocol.__file__).resolve().parents[2]
 LOG_TAIL_BYTES = 1500
-
-
-def session_members(sid: int) -> list[int]:
-    """Pids of the processes in session ``sid`` (from /proc/<pid>/stat)."""
-    members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if len(fields) > 3 and int(fields[3]) == sid:   # state, ppid, pgrp, session
-            members.append(int(entry))
-    return members
 
 
 class ChildFailure(Exception):
@@ -59,10 +46,9 @@ class ChildProcess:
         self.scratch = Path(tempfile.mkdtemp(prefix="sia-cuda-kernel-", dir=scratch_root))
         self.submission = self.scratch / "submission.py"
         self.submission.write_text(source, encoding="utf-8")
-        self.log_path = self.scratch / "child.log"
         self.reader = protocol.FrameReader()
         self.pending: list[Any] = []
-        self.proc: subprocess.Popen | None = None
+        self.proc: Child | None = None
         policy = {**policy, "write_paths": [*policy.get("write_paths", []), str(self.scratch)]}
         self.sandbox: dict = {}
         self._to_child = self._from_child = -1
@@ -93,18 +79,19 @@ class ChildProcess:
                "--in-fd", str(to_child_r), "--out-fd", str(from_child_w),
                "--submission", str(self.submission), "--device", device,
                "--policy", json.dumps(policy), "--hide", str(TASKS_DIR)]
+        strict = bool(policy.get("strict", True))
         try:
-            with open(self.log_path, "wb") as log:
-                self.proc = subprocess.Popen(cmd, cwd=self.scratch, env=env, stdin=subprocess.DEVNULL,
-                                             stdout=log, stderr=subprocess.STDOUT,
-                                             pass_fds=(to_child_r, from_child_w), start_new_session=True)
+            self.proc = Child(cmd, cwd=str(self.scratch), env=env, stdin=subprocess.DEVNULL,
+                              pass_fds=(to_child_r, from_child_w), log=True, strict=strict)
+        except SandboxUnavailable as e:
+            raise ChildFailure("sandbox", str(e)) from None
         finally:
             os.close(to_child_r)     # the child's ends: only the child keeps them open
             os.close(from_child_w)
 
     def close(self) -> None:
         if self.proc is not None:
-            self._kill()   # its whole process group, helpers included; reaps the child
+            self.proc.close()   # everything it started dies with it; reaps the child
         for fd in (self._to_child, self._from_child):
             if fd >= 0:
                 try:
@@ -115,24 +102,10 @@ class ChildProcess:
         shutil.rmtree(self.scratch, ignore_errors=True)
 
     def _kill(self) -> None:
-        # The child leads a new session (and group) whose id is its pid. Build tools such as
-        # ninja move their jobs to other groups of the same session, so kill the session.
-        for pid in [self.proc.pid, *session_members(self.proc.pid)]:
-            for kill in (os.killpg, os.kill):
-                try:
-                    kill(pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-        self.proc.wait()
+        self.proc.kill()
 
     def log_tail(self) -> str:
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - LOG_TAIL_BYTES))
-                text = f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
+        text = self.proc.log_tail(LOG_TAIL_BYTES) if self.proc is not None else ""
         lines = [line for line in text.splitlines() if line.strip()]
         return " | ".join(lines[-4:])[-400:]
 
@@ -195,15 +168,8 @@ class ChildProcess:
                 raise self._crashed(phase) from None
 
     def _crashed(self, phase: str) -> ChildFailure:
-        try:
-            code = self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
+        if self.proc.wait(timeout=5) is None:
             self._kill()
-            code = self.proc.returncode
-        if code is not None and code < 0:
-            how = f"was killed by signal {signal.Signals(-code).name}"
-        else:
-            how = f"exited with status {code}"
         tail = self.log_tail()
-        return ChildFailure("crash", f"the submission's process {how} while {phase}"
+        return ChildFailure("crash", f"the submission's process {self.proc.exit_reason()} while {phase}"
                                      + (f"; its last output: {tail}" if tail else ""))

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from sia.harness import protocol
-from sia.harness.sandbox import SandboxPolicy, SandboxUnavailable, apply_sandbox
+from sia.harness.sandbox import SandboxPolicy, SandboxUnavailable, apply_sandbox, forbid_process_groups
 
 from .cases import Case
 from .checksum import digest
@@ -192,6 +192,12 @@ def main(argv: list[str] | None = None) -> int:
         reply({"type": "error", "kind": "contract",
                "message": "the submission defines no callable custom_kernel(data)"})
         return 4
+    try:
+        forbid_process_groups()   # the compile step (import) is over
+    except OSError as e:
+        if json.loads(args.policy).get("strict", True):
+            reply({"type": "error", "kind": "sandbox", "message": _short(f"cannot forbid setpgid: {e}")})
+            return 3
     runner = Runner(module, device, source_path)
     reply({"type": "ready", "sandbox": layers})
 

@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from sia.tasks import EvalReport, Example, ExampleScore, HarnessEdit, Splits, Task, TaskMeta
+from sia.tasks import EvalReport, Example, ExampleScore, HarnessEdit, Splits, Task, TaskMeta, plain_config
 
 from . import settings as config
 from .edits import harness_edits
@@ -37,6 +37,25 @@ def reward(speedup: float) -> float:
     return speedup / (1.0 + speedup) if speedup > 0 else 0.0
 
 
+# Verdict kinds the evaluator could not read or run as a submission (ExampleScore.failure
+# "format"): nothing to import, no entry point, a compile error, or a child that could not
+# even be set up to run it. Every other failing kind ran and fell short: "wrong".
+FORMAT_KINDS = {"no_submission", "compile", "contract", "sandbox", "setup", "evaluator"}
+
+
+def failure_kind(verdict: Verdict, speedup: float) -> str | None:
+    """None only for full credit: correct and faster than the reference."""
+    if not verdict.ok:
+        return "format" if verdict.kind in FORMAT_KINDS else "wrong"
+    return None if speedup > 1.0 else "wrong"
+
+
+def score_reason(verdict: Verdict, speedup: float) -> str:
+    if verdict.ok and speedup <= 1.0:
+        return f"correct but not faster than the reference ({speedup:.2f}x its speed)"
+    return verdict.reason
+
+
 def figures_note(device: str) -> str:
     if device == "cpu":
         return ("CPU figures: scaled-down shapes, wall-clock µs of this machine (Triton through "
@@ -52,7 +71,7 @@ class TaskImpl(Task):
 
     def __init__(self, cfg: Any, root: Path):
         super().__init__(cfg, root)
-        metric = (config.plain(cfg) or {}).get("primary_metric", "speedup")
+        metric = plain_config(cfg).get("primary_metric", "speedup")
         if metric in config.PRIMARY_METRICS:
             self.meta = TaskMeta(primary_metric=metric, direction="max", reward_shape="sparse", metrics=METRICS)
         self._settings: config.Settings | None = None
@@ -118,7 +137,8 @@ class TaskImpl(Task):
             speedup = self._speedup(verdict, reference)
             speedups.append(speedup)
             per_example.append(ExampleScore(
-                id=example.id, score=reward(speedup), reason=verdict.reason,
+                id=example.id, score=reward(speedup), reason=score_reason(verdict, speedup),
+                failure=failure_kind(verdict, speedup),
                 details={"verdict": verdict.kind, "device": s.device, "speedup": speedup,
                          "runtime_us": verdict.runtime_us, "case_us": verdict.case_us,
                          "child_us": verdict.child_us, "eval_s": round(verdict.eval_s, 2)}))
@@ -150,6 +170,11 @@ class TaskImpl(Task):
     # ---- levers ------------------------------------------------------------------------------
     def harness_edits(self) -> list[HarnessEdit]:
         return harness_edits()
+
+    def baselines(self) -> list:
+        from .baselines import baselines
+
+        return baselines()
 
     def supports_gold_sft(self) -> bool:
         return False   # no gold kernels: the weights lever learns from the policy's own successes

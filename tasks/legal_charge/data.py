@@ -22,6 +22,24 @@ LAWBENCH_INSTRUCTION = (
     "例如[罪名]盗窃;诈骗<eoa>。请你严格按照这个格式回答。"
 )
 LAWBENCH_URL = "https://raw.githubusercontent.com/open-compass/LawBench/main/data/zero_shot/3-3.json"
+UTF8_FIX = "re-save it as UTF-8 (e.g. iconv -f GBK -t UTF-8 old.json > new.json)"
+
+
+class DataError(ValueError):
+    """A data file that cannot be used. The message continues "<key>=<path>" with what is
+    wrong and the fix, so the task can prefix the config key it came from."""
+
+
+def _undecodable(err: UnicodeDecodeError, where: str = "") -> DataError:
+    return DataError(f"is not UTF-8 text (byte 0x{err.object[err.start]:02x} at byte {err.start}"
+                     f"{where}): {UTF8_FIX}")
+
+
+def read_text(path: Path) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise _undecodable(err) from None
 
 
 def normalise_charge(name: str) -> str:
@@ -56,11 +74,14 @@ def as_fact(text: str) -> str:
 # ---- formats ----------------------------------------------------------------------------
 def detect_format(path: Path) -> str | None:
     """'lawbench' for a JSON list, 'cail' for JSON lines with a ``fact``; None otherwise."""
-    with open(path, encoding="utf-8") as handle:
+    with open(path, "rb") as handle:
         first = handle.readline()
         while first and not first.strip():
             first = handle.readline()
-    first = first.lstrip("\ufeff").strip()
+    try:
+        first = first.decode("utf-8").lstrip("\ufeff").strip()
+    except UnicodeDecodeError as err:
+        raise _undecodable(err, " of its first line") from None
     if first.startswith("["):
         return "lawbench"
     if first.startswith("{"):
@@ -73,7 +94,15 @@ def detect_format(path: Path) -> str | None:
 
 
 def load_lawbench(path: Path) -> list[dict]:
-    items = json.loads(Path(path).read_text(encoding="utf-8"))
+    try:
+        items = json.loads(read_text(path))
+    except json.JSONDecodeError as err:
+        raise DataError(f"is not valid JSON ({err.msg} at line {err.lineno} column {err.colno}): "
+                        f"LawBench 3-3 is one JSON list of {{'question', 'answer'}} items") from None
+    if not isinstance(items, list):
+        raise DataError(f"holds a JSON {type(items).__name__}, not a list: LawBench 3-3 is one JSON "
+                        f"list of {{'question', 'answer'}} items")
+    _check_items(items)
     records = []
     for index, item in enumerate(items):
         records.append({
@@ -85,18 +114,43 @@ def load_lawbench(path: Path) -> list[dict]:
     return records
 
 
+def _check_items(items: list) -> None:
+    """Every LawBench item must be an object with string 'question' (the facts) and
+    'answer' ("罪名:a;b"); name how many are not, and the first."""
+    for key in ("question", "answer"):
+        bad = [i for i, item in enumerate(items)
+               if not isinstance(item, dict) or not isinstance(item.get(key), str)]
+        if bad:
+            raise DataError(
+                f"has {len(bad)} of {len(items)} items without a text {key!r} (first: item {bad[0]}); "
+                f"every LawBench 3-3 item needs 'question' (the facts) and 'answer' (e.g. "
+                f"\"罪名:盗窃\"): add it, or drop those items")
+
+
 def load_cail(path: Path) -> list[dict]:
     records = []
-    with open(path, encoding="utf-8") as handle:
-        for index, line in enumerate(handle):
+    with open(path, "rb") as handle:  # bytes, so a bad byte is reported with its line
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise _undecodable(err, f" of line {number}") from None
             if not line.strip():
                 continue
-            item = json.loads(line)
-            names = item.get("meta", {}).get("accusation", [])
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"line {number} is not valid JSON ({err.msg}): CAIL2018 files hold "
+                                f"one JSON object per line") from None
+            if not isinstance(item, dict) or not isinstance(item.get("fact"), str):
+                raise DataError(f"line {number} has no text 'fact': every CAIL2018 line needs 'fact' "
+                                f"and meta.accusation; fix that line or drop it")
+            meta = item.get("meta")
+            names = meta.get("accusation", []) if isinstance(meta, dict) else []
             records.append({
-                "id": str(item.get("id", f"cail-{index:06d}")),
+                "id": str(item.get("id", f"cail-{number - 1:06d}")),
                 "fact": as_fact(item["fact"]),
-                "charges": unique(n for n in map(normalise_charge, names) if n),
+                "charges": unique(n for n in map(normalise_charge, map(str, names)) if n),
                 "instruction": LAWBENCH_INSTRUCTION,
             })
     return records
@@ -110,18 +164,21 @@ def load_records(path: Path, fmt: str = "auto") -> list[dict]:
         return load_lawbench(path)
     if fmt == "cail":
         return load_cail(path)
-    raise ValueError(f"{path}: cannot tell the format; set task.data.format=lawbench or cail")
+    raise DataError("cannot tell the format (neither a JSON list nor JSON lines with 'fact'): "
+                    "set task.data.format=lawbench or cail")
 
 
 # ---- splits -----------------------------------------------------------------------------
 def split_records(
     records: list[dict], val_fraction: float, test_fraction: float, seed: int
 ) -> tuple[list[dict], list[dict], list[dict]]:
-    """Seeded shuffle, then test, val and train slices (sizes rounded, train gets the rest)."""
+    """Seeded shuffle, then test, val and train slices (sizes rounded, train gets the rest;
+    a part with a fraction above 0 gets at least one record, so a small file still has
+    held-out data when it can)."""
     order = list(records)
     random.Random(seed).shuffle(order)
-    n_test = round(len(order) * test_fraction)
-    n_val = round(len(order) * val_fraction)
+    n_test = max(round(len(order) * test_fraction), 1 if test_fraction > 0 else 0)
+    n_val = max(round(len(order) * val_fraction), 1 if val_fraction > 0 else 0)
     test, val, train = order[:n_test], order[n_test:n_test + n_val], order[n_test + n_val:]
     return train, val, test
 
@@ -134,7 +191,15 @@ def load_labels(labels_path: Path | None, data_path: Path | None, records: list[
         candidates.append(Path(data_path).parent / "charges.json")
     for candidate in candidates:
         if candidate is not None and Path(candidate).is_file():
-            names = json.loads(Path(candidate).read_text(encoding="utf-8"))
+            try:
+                names = json.loads(read_text(candidate))
+            except json.JSONDecodeError as err:
+                raise DataError(f"{candidate} is not valid JSON ({err.msg}): the label list is a "
+                                f"JSON list of charge names") from None
+            except DataError as err:
+                raise DataError(f"{candidate} {err}") from None
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise DataError(f"{candidate} is not a JSON list of charge names")
             return unique(n for n in map(normalise_charge, names) if n)
     return unique(name for record in records for name in record["charges"])
 

@@ -84,22 +84,33 @@ def aggregate(scores: Sequence[ChargeScore]) -> dict[str, float]:
     }
 
 
+def failure_kind(answer: Any, score: ChargeScore) -> str | None:
+    """``ExampleScore.failure``: None for the exact set, "format" when no valid charge name
+    could be read (no answer, abstention), "wrong" for a readable but not exact set."""
+    if score.exact:
+        return None
+    return "format" if answer is None or score.abstained else "wrong"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def failure_reason(answer: Any, score: ChargeScore) -> str:
-    """One sentence on why an item is not fully right; empty when it is."""
+    """One sentence on what kind of mistake it was; empty when the set is exact. It never
+    names a charge: held-out gold must not reach the feedback side, and a predicted name
+    next to "right"/"extra" would tell which gold names it hit (the counts say how close)."""
     if score.exact:
         return ""
-    gold = ";".join(score.gold) or "(none)"
     if answer is None:
-        return f"the harness produced no answer; gold is {gold}"
+        return "the harness produced no answer"
     if score.abstained:
         snippet = answer_text(answer).strip().replace("\n", " ")[:60]
         return f"no valid charge name in the output (abstention): {snippet!r}"
-    predicted = ";".join(score.predicted)
-    extra = [p for p in score.predicted if p not in score.gold]
-    missing = [g for g in score.gold if g not in score.predicted]
-    if len(extra) == len(score.predicted):  # nothing right: the plain contrast says it all
-        return f"predicted {predicted} but gold is {gold}"
-    parts = (["missing " + ";".join(missing)] if missing else []) + (
-        ["extra " + ";".join(extra)] if extra else []
-    )
-    return f"predicted {predicted} but gold is {gold} ({', '.join(parts)})"
+    hits = len(set(score.predicted) & set(score.gold))
+    extra, missing = len(score.predicted) - hits, len(set(score.gold)) - hits
+    named = f"named {_count(len(score.predicted), 'valid charge')}"
+    if hits == 0:
+        return f"wrong charges: {named}, none of them a gold charge"
+    parts = ([f"{extra} extra"] if extra else []) + ([f"{missing} gold charge(s) missed"] if missing else [])
+    return f"partly right: {named}, {hits} right, {', '.join(parts)}"

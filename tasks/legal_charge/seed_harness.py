@@ -11,7 +11,13 @@ Stdlib only (it runs in a sandboxed worker). Knobs, all off in the seed:
                     charge names by character overlap, as a list
   retry             when no valid charge name came back, ask once more listing valid names
   votes             > 1: sample that many answers, keep the charges at least half name
+  retrieval_vote    "off"; "fallback": when no valid charge name came back, answer the vote of
+                    the vote_k train cases most similar by character-bigram TF-IDF (cosine,
+                    weighted by similarity, the charges with half the vote); "ensemble": the
+                    model's names join that vote with ensemble_weight of its total weight;
+                    "only": the vote without asking the model
 """
+import math
 import re
 from collections import Counter
 
@@ -25,6 +31,10 @@ OPTIONS = {
     "parser": "raw",
     "retry": False,
     "votes": 1,
+    "retrieval_vote": "off",
+    "vote_k": 5,
+    "vote_chars": 600,
+    "ensemble_weight": 0.5,
     "temperature": 0.7,
     "max_tokens": 40,
 }
@@ -90,6 +100,77 @@ def retrieve(fact, train, k):
             similarity[i] = len(query & grams) / (len(query | grams) or 1)
     best = sorted(similarity, key=lambda i: (-similarity[i], i))[:k]
     return [train[i] for i in reversed(best)]
+
+
+_VOTE_INDEX = {"key": None}
+
+
+def _gram_counts(text):
+    text = text[len(FACT_PREFIX):] if text.startswith(FACT_PREFIX) else text
+    return Counter(text[i:i + 2] for i in range(len(text) - 1))
+
+
+def _unit(weights):
+    norm = math.sqrt(sum(w * w for w in weights.values())) or 1.0
+    return {g: w / norm for g, w in weights.items()}
+
+
+def _tfidf(counts, idf):
+    # sublinear tf; bigrams unseen in train carry no weight (they match nothing)
+    return _unit({g: (1 + math.log(c)) * idf[g] for g, c in counts.items() if g in idf})
+
+
+def _vote_index(train, max_chars):
+    """Train TF-IDF vectors and the idf table, built once per worker process."""
+    key = (id(train), len(train), max_chars, train[0].get("fact") if train else None)
+    if _VOTE_INDEX["key"] != key:
+        counts = [_gram_counts(t.get("fact", "")[:max_chars]) for t in train]
+        df = Counter(g for c in counts for g in c)
+        idf = {g: math.log((1 + len(train)) / (1 + n)) + 1 for g, n in df.items()}
+        _VOTE_INDEX.update(key=key, idf=idf, vectors=[_tfidf(c, idf) for c in counts])
+    return _VOTE_INDEX
+
+
+def neighbours(fact, train, k, max_chars=None):
+    """(similarity, charges) of the k train cases nearest to ``fact`` by TF-IDF cosine over
+    character bigrams, nearest first; the case itself is skipped."""
+    max_chars = OPTIONS["vote_chars"] if max_chars is None else max_chars
+    if k <= 0 or not train:
+        return []
+    index = _vote_index(train, max_chars)
+    query = _tfidf(_gram_counts(fact[:max_chars]), index["idf"])
+    scored = []
+    for i, vector in enumerate(index["vectors"]):
+        if train[i].get("fact", "").strip() == fact.strip():
+            continue
+        small, large = (query, vector) if len(query) < len(vector) else (vector, query)
+        scored.append((-sum(w * large.get(g, 0.0) for g, w in small.items()), i))
+    return [(-s, list(train[i].get("charges") or [])) for s, i in sorted(scored)[:k]]
+
+
+def vote(nearest, extra=(), extra_weight=0.0):
+    """Charges holding at least half of the similarity-weighted vote (the top one always).
+    ``extra`` names (the model's) get ``extra_weight`` times the neighbours' total weight."""
+    weight, total = {}, sum(max(s, 1e-9) for s, _ in nearest)
+    for similarity, charges in nearest:
+        for charge in dict.fromkeys(charges):
+            weight[charge] = weight.get(charge, 0.0) + max(similarity, 1e-9)
+    bonus = extra_weight * (total or 1.0)
+    for charge in dict.fromkeys(extra):
+        weight[charge] = weight.get(charge, 0.0) + bonus
+    total += bonus if extra else 0.0
+    ranked = sorted(weight, key=lambda c: -weight[c])
+    return [c for c in ranked if 2 * weight[c] >= total] or ranked[:1]
+
+
+def retrieval_answer(inputs, ctx, model_names=()):
+    train = (getattr(ctx, "resources", None) or {}).get("train") or []
+    nearest = neighbours(inputs.get("fact", ""), train, OPTIONS["vote_k"])
+    weight = OPTIONS["ensemble_weight"] if model_names else 0.0
+    names = vote(nearest, model_names, weight)
+    ctx.log("tool_call", name="retrieval_vote", args={"k": OPTIONS["vote_k"], "model": list(model_names)},
+            result={"charges": names, "similarity": [round(s, 3) for s, _ in nearest]})
+    return names
 
 
 def build_messages(inputs, ctx, few_shot=None, label_list=None):
@@ -198,6 +279,17 @@ def _answer(texts, labels):
 
 
 def solve(inputs, ctx):
+    mode = OPTIONS["retrieval_vote"]
+    if mode == "only":
+        return retrieval_answer(inputs, ctx)
+    answer, valid = solve_with_model(inputs, ctx)
+    if mode == "ensemble" or (mode == "fallback" and not valid):
+        return retrieval_answer(inputs, ctx, valid if mode == "ensemble" else ())
+    return answer
+
+
+def solve_with_model(inputs, ctx):
+    """(answer, the valid charge names in it) from the model, retry included."""
     labels = _labels(ctx)
     messages = build_messages(inputs, ctx)
     texts = _ask(messages, ctx)
@@ -216,8 +308,8 @@ def solve(inputs, ctx):
         ]
         retry_answer, retry_valid = _answer(_ask(retry_messages, ctx), labels)
         if retry_valid:
-            answer = retry_answer
-    return answer
+            answer, valid = retry_answer, retry_valid
+    return answer, valid
 
 
 def sft_pair(inputs, target, ctx):

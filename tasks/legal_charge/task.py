@@ -9,12 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from sia.harness.options import with_options
+from sia.tasks import schema_defaults
 from sia.tasks import (EvalReport, Example, ExampleScore, HarnessEdit, Splits, Task, TaskMeta,
                        merged_config, plain_config)
 
+from .config_schema import Config
 from . import synthetic
 from .data import (
     FORMATS,
+    DataError,
     LAWBENCH_INSTRUCTION,
     by_train_frequency,
     detect_format,
@@ -22,30 +25,19 @@ from .data import (
     load_records,
     split_records,
 )
-from .metrics import aggregate, failure_reason, score_answer
+from .metrics import aggregate, failure_kind, failure_reason, score_answer
 
 PRIMARY_METRICS = ("f1", "exact")
-DEFAULTS: dict[str, Any] = {
-    "primary_metric": "f1",
-    "data": {
-        "path": None,
-        "format": "auto",
-        "test_path": None,
-        "val_fraction": 0.2,
-        "test_fraction": 0.2,
-        "split_seed": 0,
-        "labels_path": None,
-        "synthetic": {
-            "seed": 0, "n_charges": 24, "n_train": 240, "n_val": 60, "n_test": 80,
-            "multi_label_share": 0.15,
-        },
-    },
-}
+DEFAULTS = schema_defaults(Config)   # tasks/legal_charge/config_schema.py holds every default
 FEW_SHOT_K = 2  # few-shot edit: two retrieved examples fit SmolLM2's 2k context with the fact
 
 
+class DataProblem(ValueError):
+    """A data file that cannot be used; the message names the config key, value and fix."""
 
 
+def _examples(n: int) -> str:
+    return f"{n} example" if n == 1 else f"{n} examples"
 
 
 def _path(value: Any) -> Path | None:
@@ -67,6 +59,7 @@ class TaskImpl(Task):
         )
         self._splits: Splits | None = None
         self._labels: list[str] = []
+        self._records = None   # (train, val, test, labels), read once by config_problems or load
 
     # ---- configuration -------------------------------------------------------------
     def config_problems(self) -> list[str]:
@@ -90,11 +83,8 @@ class TaskImpl(Task):
                     f"3-3 JSON file or a CAIL2018 JSON-lines file"
                     + (", or set task.data.path=null for the offline synthetic set" if key == "path" else "")
                 )
-            elif d["format"] == "auto" and detect_format(value) is None:
-                problems.append(
-                    f"task.data.{key}={str(value)!r}: its format cannot be detected (neither a JSON "
-                    f"list nor JSON lines with 'fact'): set task.data.format=lawbench or cail"
-                )
+            elif d["format"] == "auto" and (bad := self._undetectable(key, value)):
+                problems.append(bad)
         if test_path is not None and path is None:
             problems.append(
                 f"task.data.test_path={str(test_path)!r} is set but task.data.path is null: give "
@@ -108,7 +98,42 @@ class TaskImpl(Task):
         problems += self._fraction_problems()
         if path is None:
             problems += self._synthetic_problems()
-        return problems
+        # Read the data now, so that a bad file or an empty split stops the run before any
+        # work (the model has not loaded yet); load() reuses what was read.
+        return problems or self._data_problems()
+
+    @staticmethod
+    def _undetectable(key: str, value: Path) -> str:
+        try:
+            if detect_format(value) is not None:
+                return ""
+        except DataError as err:
+            return f"task.data.{key}={str(value)!r} {err}"
+        return (f"task.data.{key}={str(value)!r}: its format cannot be detected (neither a JSON "
+                f"list nor JSON lines with 'fact'): set task.data.format=lawbench or cail")
+
+    def _data_problems(self) -> list[str]:
+        try:
+            train, val, test, _ = self._load_records()
+        except DataProblem as err:
+            return [str(err)]
+        d = self.data_cfg
+        sizes = {"train": len(train), "val": len(val), "test": len(test)}
+        empty = [name for name, n in sizes.items() if n == 0]
+        if not empty or d["path"] in (None, ""):  # synthetic sizes are checked above
+            return []
+        got = ", ".join(f"{name} {n}" for name, n in sizes.items())
+        if d["test_path"] and empty == ["test"]:
+            return [f"task.data.test_path={str(d['test_path'])!r} holds no examples: give a file with "
+                    f"at least one, or set task.data.test_path=null to cut test from task.data.path"]
+        source = (f"task.data.path={str(d['path'])!r} gives {_examples(len(train) + len(val))} "
+                  f"for train and val, and task.data.test_path {len(test)} for test"
+                  if d["test_path"] else
+                  f"task.data.path={str(d['path'])!r} holds {_examples(sum(sizes.values()))}")
+        return [f"{source}: the splits got {got} (val_fraction {d['val_fraction']:g}, test_fraction "
+                f"{d['test_fraction']:g}), and {', '.join(empty)} may not be empty: add examples to the "
+                f"file, change task.data.val_fraction / task.data.test_fraction, or give the test split "
+                f"its own file with task.data.test_path"]
 
     def _fraction_problems(self) -> list[str]:
         d, problems = self.data_cfg, []
@@ -162,6 +187,18 @@ class TaskImpl(Task):
         return self._splits
 
     def _load_records(self):
+        if self._records is None:
+            self._records = self._read_records()
+        return self._records
+
+    def _read(self, key: str) -> list[dict]:
+        path = _path(self.data_cfg[key])
+        try:
+            return load_records(path, self.data_cfg["format"])
+        except DataError as err:
+            raise DataProblem(f"task.data.{key}={str(path)!r} {err}") from None
+
+    def _read_records(self):
         d = self.data_cfg
         path = _path(d["path"])
         if path is None:
@@ -173,17 +210,22 @@ class TaskImpl(Task):
             )
             labels = synthetic.charge_names(s["n_charges"])
             return parts["train"], parts["val"], parts["test"], labels
-        records = load_records(path, d["format"])
+        records = self._read("path")
         test_path = _path(d["test_path"])
         if test_path is not None:
             # The test split is exactly that file; ``path`` feeds train and val only.
             train, val, _ = split_records(records, d["val_fraction"], 0.0, d["split_seed"])
-            test = load_records(test_path, d["format"])
+            test = self._read("test_path")
         else:
             train, val, test = split_records(
                 records, d["val_fraction"], d["test_fraction"], d["split_seed"]
             )
-        labels = load_labels(_path(d["labels_path"]), path, train + val + test)
+        try:
+            labels = load_labels(_path(d["labels_path"]), path, train + val + test)
+        except DataError as err:
+            raise DataProblem(f"task.data.labels_path={d['labels_path']!r} (or, when null, charges.json "
+                              f"beside task.data.path): {err}; fix that file, or point "
+                              f"task.data.labels_path at a JSON list of charge names") from None
         return train, val, test, labels
 
     @property
@@ -210,7 +252,8 @@ class TaskImpl(Task):
             per_example.append(ExampleScore(
                 id=example.id,
                 score=score.f1,
-                reason=failure_reason(answer, score),
+                reason=failure_reason(answer, score),   # never names a charge (gold stays in details)
+                failure=failure_kind(answer, score),
                 details={
                     "predicted": list(score.predicted),
                     "gold": list(score.gold),
@@ -260,7 +303,29 @@ class TaskImpl(Task):
                 "Sample 5 answers and keep the charges that at least half of them name.",
                 option_edit(votes=5),
             ),
+            HarnessEdit(
+                "retrieval_vote_on_abstain", "format",
+                "When no valid charge name came back, answer the similarity-weighted charge vote of the "
+                "5 train cases nearest by character-bigram TF-IDF.",
+                option_edit(retrieval_vote="fallback"),
+            ),
+            HarnessEdit(
+                "ensemble_with_retrieval_vote", "accuracy",
+                "Let the model's charge names join the vote of the 5 nearest train cases (half the "
+                "neighbours' weight); keep the charges with half of the whole vote.",
+                option_edit(retrieval_vote="ensemble"),
+            ),
+            HarnessEdit(
+                "retrieval_vote_only", "variance",
+                "Answer the vote of the 5 nearest train cases without asking the model.",
+                option_edit(retrieval_vote="only"),
+            ),
         ]
+
+    def baselines(self) -> list:
+        from .baselines import baselines
+
+        return baselines()
 
 
 def _example(record: dict) -> Example:

@@ -170,15 +170,18 @@ def _tidy(matrix: sp.csr_matrix) -> sp.csr_matrix:
 # ---- cell splits -------------------------------------------------------------------------
 
 def cell_splits(n_cells: int, train_cells: float, val_cells: float, cells_per_example: int,
-                seed: int) -> dict[str, list[np.ndarray]]:
+                seed: int, train_cells_per_example: int | None = None) -> dict[str, list[np.ndarray]]:
     """Shuffle the cells once and cut them into train/val/test, each a list of examples
-    (sorted row indices, at most ``cells_per_example`` rows each)."""
+    (sorted row indices, at most ``cells_per_example`` rows each; train examples at most
+    ``train_cells_per_example``, so that a small train share still gives many examples).
+    Which cells land in which split does not depend on the example sizes."""
     order = np.random.default_rng([seed, 1]).permutation(n_cells)
     n_train = int(round(train_cells * n_cells))
     n_val = int(round(val_cells * n_cells))
     parts = {"train": order[:n_train], "val": order[n_train:n_train + n_val],
              "test": order[n_train + n_val:]}
-    return {name: _chunks(rows, cells_per_example) for name, rows in parts.items()}
+    sizes = {"train": train_cells_per_example or cells_per_example}
+    return {name: _chunks(rows, sizes.get(name, cells_per_example)) for name, rows in parts.items()}
 
 
 def _chunks(rows: np.ndarray, size: int) -> list[np.ndarray]:

@@ -87,9 +87,8 @@ def _normalise(value: float, none: float, perfect: float) -> float:
 
 
 def answer_problem(answer, shape: tuple[int, int]) -> tuple[np.ndarray | None, str]:
-    """(matrix, "") when ``answer`` is a valid prediction of ``shape``, else (None, why).
-    Reasons start with "not a valid prediction" so trajectory digests count them as format
-    failures, not wrong answers."""
+    """(matrix, "") when ``answer`` is a valid prediction of ``shape``, else (None, why);
+    the evaluator marks the latter ``failure="format"``."""
     if answer is None:
         return None, "not a valid prediction: the harness returned no answer (missing)"
     try:

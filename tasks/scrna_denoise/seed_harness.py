@@ -98,58 +98,112 @@ def knn_smooth(counts, k=10, n_pcs=10):
     return rescale_to_library(smoothed, counts)
 
 
-def sqrt_space(counts):
-    return normalise_rows(np.sqrt(np.asarray(counts, dtype=np.float64)))
+def sqrt_space(counts: np.ndarray) -> np.ndarray:
+    """Library-size normalised (rows sum to 1), then square-rooted: MAGIC's input as
+    OpenProblems prepares it."""
+    return np.sqrt(normalise_rows(np.asarray(counts, dtype=np.float64)))
 
 
-def diffusion_operator(points, k, decay, threshold=1e-4):
-    distances = np.sqrt(squared_distances(points))
-    bandwidth = np.sort(distances, axis=1)[:, min(k, len(points) - 1)]
-    kernel = np.exp(-(distances / np.maximum(bandwidth, 1e-12)[:, None]) ** decay)
-    kernel[kernel < threshold] = 0.0
-    kernel = (kernel + kernel.T) / 2
-    return normalise_rows(kernel)
+def log_space(counts: np.ndarray) -> np.ndarray:
+    """log1p of counts scaled to 1e4 per cell (ALRA's own ``normalize_data``)."""
+    return np.log1p(normalise_rows(np.asarray(counts, dtype=np.float64)) * 1e4)
 
 
-def magic(counts, t=3, k=10, decay=1.0, n_pcs=100):
-    """Average each cell over t random-walk steps on an adaptive-kernel cell graph."""
+def alpha_decay_kernel(points: np.ndarray, k: int, decay: float, k_max: int,
+                       threshold: float = 1e-4) -> sp.csr_matrix:
+    """MAGIC's adaptive alpha-decay kernel: cell i's bandwidth is the distance to its k-th
+    neighbour (itself not counted); affinities exp(-(d / bandwidth) ** decay) to its k_max
+    nearest cells (itself included), those under ``threshold`` dropped; symmetrised as
+    (K + K^T) / 2."""
+    n = len(points)
+    width = min(n, k_max + 1)
+    d = np.sqrt(squared_distances(points))
+    np.fill_diagonal(d, 0.0)
+    near = np.argsort(d, axis=1, kind="stable")[:, :width]
+    dist = np.take_along_axis(d, near, axis=1)
+    bandwidth = np.maximum(dist[:, min(k, width - 1)], np.finfo(float).eps)
+    affinity = np.exp(-(dist / bandwidth[:, None]) ** decay)
+    affinity[affinity < threshold] = 0.0
+    kernel = sp.csr_matrix((affinity.ravel(), near.ravel(), np.arange(0, n * width + 1, width)), shape=(n, n))
+    return ((kernel + kernel.T) / 2).tocsr()
+
+
+def markov(kernel: sp.csr_matrix) -> sp.csr_matrix:
+    sums = np.asarray(kernel.sum(axis=1)).ravel()
+    return sp.diags(1.0 / np.maximum(sums, 1e-300)) @ kernel
+
+
+def magic(counts: np.ndarray, t: int = 3, k: int = 5, decay: float = 1.0,
+          n_pcs: int = 100, k_max: int | None = None) -> np.ndarray:
+    """MAGIC (van Dijk et al. 2018) as magic-impute 3.0 runs it with the exact solver, on the
+    input OpenProblems gives it: library-size normalise, square root, PCA (n_pcs), the
+    alpha-decay kernel (k, decay, k_max = 3k), a Markov matrix, t diffusion steps of the full
+    data, squared back; each cell keeps its library size."""
     counts = np.asarray(counts, dtype=np.float64)
     space = sqrt_space(counts)
-    operator = diffusion_operator(pca_scores(space, n_pcs), k, decay)
+    points = pca_scores(space, n_pcs) if space.shape[1] > n_pcs else space
+    operator = markov(alpha_decay_kernel(points, k, decay, 3 * k if k_max is None else k_max))
     diffused = space
     for _ in range(max(1, int(t))):  # t products with the data: cheaper than a matrix power
         diffused = operator @ diffused
     return rescale_to_library(diffused ** 2, counts)
 
 
-def truncated_svd(matrix, rank):
-    u, s, vt = top_singular(matrix, rank)
+def truncated_svd(matrix: np.ndarray, rank: int, n_iter: int = 4) -> np.ndarray:
+    u, s, vt = top_singular(matrix, rank, n_iter)
     return (u * s) @ vt
 
 
-def alra(counts, rank=20, quantile=0.001):
-    """Zero-preserving low-rank completion: small approximated values go back to zero."""
+def spectral_gap_rank(matrix: np.ndarray, k_max: int = 100, noise_start: int = 80,
+                      threshold: float = 6.0) -> int:
+    """ALRA's ``choose_k``: the last gap between consecutive singular values (of the top
+    k_max) that lies more than ``threshold`` standard deviations above the mean gap of the
+    noise singular values (noise_start..k_max)."""
+    k_max = min(k_max, min(matrix.shape) - 1)
+    _, s, _ = top_singular(matrix, k_max, n_iter=2)
+    gaps = s[:-1] - s[1:]
+    noise = gaps[max(0, min(noise_start, len(gaps)) - 2):]   # R: diffs[(noise_start:k_max) - 1]
+    if len(noise) < 2 or noise.std(ddof=1) == 0:
+        return max(1, min(10, len(s)))
+    above = np.nonzero((gaps - noise.mean()) / noise.std(ddof=1) > threshold)[0]
+    return int(above[-1] + 1) if above.size else 1
+
+
+def alra(counts: np.ndarray, rank: int = 0, quantile: float = 0.001) -> np.ndarray:
+    """ALRA (Linderman et al. 2022), as its authors' R code runs it: log-normalise, rank k by
+    the spectral-gap rule (``rank=0``) or as given, a rank-k approximation, each gene's
+    values up to the magnitude of its ``quantile`` quantile set to zero (likely biological
+    zeros), the remaining values of each gene rescaled to the mean and standard deviation of
+    its observed nonzero values, negatives to zero, and observed values the completion
+    zeroed put back. Back on the count scale (expm1); each cell keeps its library size."""
     counts = np.asarray(counts, dtype=np.float64)
-    space = sqrt_space(counts)
-    approx = truncated_svd(space, rank)
+    space = log_space(counts)
+    k = spectral_gap_rank(space) if not rank else int(rank)
+    approx = truncated_svd(space, k, n_iter=10)
     floor = np.abs(np.quantile(approx, quantile, axis=0))
-    approx[approx <= floor] = 0.0
+    approx[approx <= floor[None, :]] = 0.0
     approx = match_nonzero_moments(approx, space)
     approx = np.maximum(approx, 0.0)
     observed = space > 0
     lost = observed & (approx == 0)
     approx[lost] = space[lost]
-    return rescale_to_library(approx ** 2, counts)
+    return rescale_to_library(np.expm1(approx), counts)
 
 
-def match_nonzero_moments(approx, original):
+def match_nonzero_moments(approx: np.ndarray, original: np.ndarray) -> np.ndarray:
+    """Per gene, scale and shift the nonzero completed values so their mean and standard
+    deviation are those of the gene's nonzero observed values (genes where either spread
+    is undefined or the completion's is zero stay as they are); zeros stay zero."""
     out = approx.copy()
     for gene in range(approx.shape[1]):
         a, o = approx[:, gene], original[:, gene]
-        a_nz, o_nz = a[a > 0], o[o > 0]
-        if a_nz.size < 2 or o_nz.size < 2 or a_nz.std() == 0:
+        a_nz, o_nz = a[a != 0], o[o != 0]
+        if a_nz.size < 2 or o_nz.size < 2:
             continue
-        out[a > 0, gene] = (a_nz - a_nz.mean()) / a_nz.std() * o_nz.std() + o_nz.mean()
+        sd_a, sd_o = a_nz.std(ddof=1), o_nz.std(ddof=1)
+        if sd_a == 0:
+            continue
+        out[a != 0, gene] = (a_nz - a_nz.mean()) * (sd_o / sd_a) + o_nz.mean()
     return out
 
 

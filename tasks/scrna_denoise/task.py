@@ -2,9 +2,15 @@
 
 Every count is thinned binomially into train molecules (which the harness reads from a
 public file) and held-out test molecules (which stay in this process, as example targets).
-Cells are shuffled once and cut into train/val/test examples of ``cells_per_example``
-cells; an answer is the denoised matrix for an example's cells. Split metrics are computed
-over all of a split's cells at once, as OpenProblems scores a whole data set.
+Cells are shuffled once and cut into val/test examples of ``cells_per_example`` cells and
+smaller train examples of ``train_cells_per_example`` (enough of them for reward-driven
+training groups); an answer is the denoised matrix for an example's cells. Split metrics are
+computed over all of a split's cells at once, as OpenProblems scores a whole data set.
+
+An answer counts as right (``ExampleScore.failure`` None) at a normalised score of at least
+``RIGHT_SCORE``: what the standard methods reach (kNN smoothing 0.18 and MAGIC 0.17 on the
+bundled data's val split; ALRA 0.03 does not). Below it a readable answer is "wrong"; a
+missing, misshapen, non-finite or negative matrix is "format".
 """
 from __future__ import annotations
 
@@ -16,20 +22,26 @@ import numpy as np
 import scipy.sparse as sp
 
 from sia.harness.options import read_options, with_options
+from sia.tasks import schema_defaults
 from sia.tasks import EvalReport, Example, ExampleScore, HarnessEdit, Splits, Task, TaskMeta, plain_config
 
+from .config_schema import DataConfig
 from . import baselines
 from .data import Counts, CountsError, McvSplit, cell_splits, load_bundled_pbmc, load_h5ad_counts, mcv_split
 from .metrics import References, answer_problem, perfect_prediction
 
-DEFAULTS = {
-    "path": None, "layer": "auto", "max_cells": 4000, "max_genes": None, "train_fraction": 0.9,
-    "seed": 0, "train_cells": 0.2, "val_cells": 0.4, "cells_per_example": 70,
+DEFAULTS = schema_defaults(DataConfig)   # tasks/scrna_denoise/config_schema.py holds every default
+PRIMARY_METRICS = ("score",)
+# Reported, but a trivial answer wins on each alone (measured on the bundled data's val split),
+# so neither may steer the loop.
+NOT_PRIMARY = {
+    "mse_norm": "the all-zero matrix wins on it alone (0.48, against -0.16 for kNN smoothing and "
+                "-0.10 for MAGIC), and zeroing small counts scores 0.25",
+    "poisson_norm": "an answer that ignores the cells (every cell given the same gene means) reaches "
+                    "0.46 on it alone, above ALRA (0.45)",
 }
-PRIMARY_METRICS = ("score", "mse_norm", "poisson_norm")
+RIGHT_SCORE = 0.15
 TRAIN_COUNTS_FILE = "train_counts.npz"
-
-
 
 
 class TaskImpl(Task):
@@ -43,9 +55,8 @@ class TaskImpl(Task):
         self.meta = TaskMeta(
             primary_metric=primary if primary in PRIMARY_METRICS else "score",
             direction="max", reward_shape="graded",
-            # abstention: share of examples with a missing or invalid answer (lower is better;
-            # trajectory digests read it as the format-failure rate)
-            metrics=("score", "mse_norm", "poisson_norm", "mse", "poisson", "abstention"),
+            # unreadable: share of examples with a missing or invalid answer (lower is better)
+            metrics=("score", "mse_norm", "poisson_norm", "mse", "poisson", "unreadable"),
         )
         self._primary_setting = primary
         self._counts: Counts | None = None
@@ -60,14 +71,33 @@ class TaskImpl(Task):
                 self._load_counts()
             except CountsError as err:
                 problems.append(self._counts_problem(err))
+            else:   # split now (load() keeps it): an empty split stops the run before any work
+                problems += self._split_problems()
         return problems
+
+    def _split_problems(self) -> list[str]:
+        d, splits = self.data_cfg, self.load()
+        sizes = {name: len(splits[name]) for name in ("train", "val", "test")}
+        empty = [name for name in ("val", "test") if not sizes[name]]   # train_cells=0 may leave train empty
+        if not empty:
+            return []
+        return [f"task.data.train_cells={d['train_cells']!r}, val_cells={d['val_cells']!r}: "
+                f"{self._mcv.train.shape[0]} usable cells give train {sizes['train']}, val {sizes['val']}, "
+                f"test {sizes['test']} examples, and {' and '.join(empty)} may not be empty: use more cells "
+                f"(task.data.max_cells, or a larger file in task.data.path) or smaller shares, leaving test "
+                f"cells (1 - train_cells - val_cells of them)"]
 
     def _setting_problems(self) -> list[str]:
         d, problems = self.data_cfg, []
         for key in sorted(set(d) - set(DEFAULTS)):
             problems.append(f"task.data.{key}: unknown setting (value {d[key]!r}); the known ones are "
                             f"{', '.join(DEFAULTS)}")
-        if self._primary_setting not in PRIMARY_METRICS:
+        if self._primary_setting in NOT_PRIMARY:
+            problems.append(f"task.primary_metric: {self._primary_setting!r} cannot be the primary metric: "
+                            f"{NOT_PRIMARY[self._primary_setting]}. Use task.primary_metric=score (their mean, "
+                            f"where the all-zero matrix scores -1.08 and zeroing small counts -0.09, below "
+                            f"no denoising); {self._primary_setting} is still reported")
+        elif self._primary_setting not in PRIMARY_METRICS:
             problems.append(f"task.primary_metric: {self._primary_setting!r} is not a metric of this "
                             f"task; use one of {', '.join(PRIMARY_METRICS)}")
         if d["path"] is not None and Path(str(d["path"])).suffix != ".h5ad":
@@ -83,9 +113,9 @@ class TaskImpl(Task):
                             f"integer >= 2")
         if not _is_int(d["seed"]):
             problems.append(f"task.data.seed: {d['seed']!r} must be an integer")
-        if not _is_int(d["cells_per_example"]) or d["cells_per_example"] < 1:
-            problems.append(f"task.data.cells_per_example: {d['cells_per_example']!r} must be an "
-                            f"integer >= 1 (default 70)")
+        for key, default in (("cells_per_example", 70), ("train_cells_per_example", 14)):
+            if not _is_int(d[key]) or d[key] < 1:
+                problems.append(f"task.data.{key}: {d[key]!r} must be an integer >= 1 (default {default})")
         shares = [d["train_cells"], d["val_cells"]]
         if not all(_is_number(s) and 0 <= s < 1 for s in shares) or sum(shares) >= 1 or d["val_cells"] == 0:
             problems.append(f"task.data.train_cells={d['train_cells']!r}, val_cells={d['val_cells']!r}: "
@@ -130,7 +160,7 @@ class TaskImpl(Task):
             self._mcv = mcv_split(self._load_counts(), float(d["train_fraction"]), int(d["seed"]),
                                   int(d["max_cells"]), d["max_genes"])
             parts = cell_splits(self._mcv.train.shape[0], float(d["train_cells"]), float(d["val_cells"]),
-                                int(d["cells_per_example"]), int(d["seed"]))
+                                int(d["cells_per_example"]), int(d["seed"]), int(d["train_cells_per_example"]))
             self._splits = Splits(**{name: [self._example(name, i, rows) for i, rows in enumerate(chunks)]
                                      for name, chunks in parts.items()})
         return self._splits
@@ -187,13 +217,13 @@ class TaskImpl(Task):
             test = _dense(example.target)
             pred, why = answer_problem(answer, train.shape)
             if pred is None:
-                per_example.append(ExampleScore(example.id, 0.0, why, {"valid": False}))
+                per_example.append(ExampleScore(example.id, 0.0, why, {"valid": False}, "format"))
                 pred = train
             else:
                 per_example.append(_example_score(example.id, References(train, test).score(pred)))
             trains.append(train), tests.append(test), preds.append(pred)
         invalid = sum(1 for s in per_example if not s.details.get("valid"))
-        metrics = {"abstention": invalid / len(examples) if examples else 1.0}
+        metrics = {"unreadable": invalid / len(examples) if examples else 1.0}
         if examples:
             whole = References(np.vstack(trains), np.vstack(tests)).score(np.vstack(preds))
             metrics = {**whole.as_dict(), **metrics}
@@ -223,6 +253,10 @@ class TaskImpl(Task):
         reports["perfect"] = self.evaluate(
             examples, [perfect[a:b] for a, b in zip(bounds[:-1], bounds[1:])], split)
         return reports
+
+    def baselines(self) -> list:
+        self.load()
+        return baselines.baselines(lambda: self._mcv.train)
 
     # ---- levers -----------------------------------------------------------------------------
     def harness_edits(self) -> list[HarnessEdit]:
@@ -270,19 +304,18 @@ def _when_asking(edit):
 
 
 def _example_score(example_id: str, scores) -> ExampleScore:
-    # Every graded answer short of perfect says how far it is (reasons name no format
-    # failure, so digests count these as readable-but-imperfect).
     parts = f"mse_norm {scores.mse_norm:.3f}, poisson_norm {scores.poisson_norm:.3f}"
-    if scores.score <= 0:
-        reason = f"no better than no denoising ({parts})"
-    elif scores.score < 0.999:
-        reason = f"partial credit {scores.score:.3f} of 1 ({parts})"
+    if scores.score >= RIGHT_SCORE:
+        reason, failure = "", None
+    elif scores.score <= 0:
+        reason, failure = f"no better than no denoising ({parts})", "wrong"
     else:
-        reason = ""
+        reason = f"partial credit {scores.score:.3f} of 1, below the {RIGHT_SCORE:g} that counts as right ({parts})"
+        failure = "wrong"
     # The reward is clipped to [0, 1]; the raw headline (negative when worse than the
     # input) stays in details and in the split metrics.
     return ExampleScore(example_id, float(min(max(scores.score, 0.0), 1.0)), reason,
-                        {"valid": True, **scores.as_dict()})
+                        {"valid": True, **scores.as_dict()}, failure)
 
 
 def _dense(matrix) -> np.ndarray:

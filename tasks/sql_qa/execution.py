@@ -3,8 +3,14 @@
 A predicted query is untrusted data. It runs on a read-only, immutable connection with an
 authorizer that allows reading only (no ATTACH, writes, PRAGMA, transactions or extension
 loading), a wall-clock limit enforced by the progress handler, a cap on rows and on value
-size. ``evaluate_in_child`` runs the whole batch in a separate Python process with its own
-memory limit, so a pathological query cannot take the loop process down with it.
+size (100 kB: no result needs more, and quadratic functions such as ``instr`` or ``ltrim``
+stay short). ``evaluate_in_child`` runs the batch in a separate Python process with its own
+memory limit, supervised by ``sia.harness.supervisor``: the progress handler never fires
+inside one long function call, so the parent also kills the process when a query runs past
+its limit, records that query as timed out, and goes on with a new process.
+
+Reasons go to the feedback side: they say what kind of mismatch it was (row count, values,
+order, columns) and never quote a gold value; counts and gold-side figures stay in details.
 
 Stdlib only and free of relative imports: this file is also the child's entry point.
 """
@@ -14,7 +20,6 @@ import json
 import math
 import re
 import sqlite3
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -38,7 +43,7 @@ _AUTHORIZER_ACTIONS = (
 # so the names come from the authorizer's own list.
 _ACTION_NAMES = {getattr(sqlite3, "SQLITE_" + n): n for n in _AUTHORIZER_ACTIONS if hasattr(sqlite3, "SQLITE_" + n)}
 _PROGRESS_EVERY = 1000        # SQLite VM instructions between time checks
-_MAX_VALUE_BYTES = 1_000_000  # longest string/blob a query may build
+_MAX_VALUE_BYTES = 100_000    # longest string/blob a query may build
 FLOAT_DIGITS = 6
 
 
@@ -205,48 +210,26 @@ def _rows(n: int) -> str:
     return f"{n} row" if n == 1 else f"{n} rows"
 
 
-def _show(row: tuple, width: int = 80) -> str:
-    text = repr(row)
-    return text if len(text) <= width else text[: width - 3] + "..."
-
-
 def compare_results(gold: list[tuple], pred: list[tuple], ordered: bool) -> tuple[bool, str]:
     """(equal, reason). Rows compare as multisets, or as lists when ``ordered``; columns may
-    come in any order. Values are compared after ``normalise_value`` (NULL equals NULL)."""
+    come in any order. Values are compared after ``normalise_value`` (NULL equals NULL).
+    The reason names the kind of mismatch and the prediction's own shape, never gold data."""
     gold, pred = normalise_rows(gold), normalise_rows(pred)
     if not gold and not pred:
         return True, ""
     if len(pred) != len(gold):
-        extra = Counter(pred) - Counter(gold)
-        absent = Counter(gold) - Counter(pred)
-        hint = (f"; e.g. expected row {_show(next(iter(absent)))}" if absent else
-                f"; e.g. unexpected row {_show(next(iter(extra)))}" if extra else "")
-        return False, f"wrong result: {_rows(len(pred))}, expected {len(gold)}{hint}"
+        return False, f"wrong result: the row count differs from the expected result ({_rows(len(pred))} returned)"
     if len(pred[0]) != len(gold[0]):
-        return False, f"wrong result: {len(pred[0])} columns, expected {len(gold[0])}"
-    same_multiset = False
+        return False, (f"wrong result: the columns differ from the expected result "
+                       f"({len(pred[0])} columns returned)")
     for perm in _column_permutations(gold, pred):
         permuted = [tuple(row[k] for k in perm) for row in pred]
         if Counter(permuted) != Counter(gold):
             continue
         if not ordered or permuted == gold:
             return True, ""
-        same_multiset = True
-        first = next(i for i, (p, g) in enumerate(zip(permuted, gold)) if p != g)
-        order_reason = (f"wrong result: right rows in the wrong order (row {first + 1} is "
-                        f"{_show(permuted[first])}, expected {_show(gold[first])})")
-    if same_multiset:
-        return False, order_reason
-    if ordered:
-        first = next((i for i, (p, g) in enumerate(zip(pred, gold)) if p != g), 0)
-        return False, (f"wrong result: {_rows(len(pred))} as expected, but row {first + 1} is "
-                       f"{_show(pred[first])}, expected {_show(gold[first])}")
-    absent = Counter(gold) - Counter(pred)
-    extra = Counter(pred) - Counter(gold)
-    if absent and extra:
-        return False, (f"wrong result: {_rows(len(pred))} as expected, but row {_show(next(iter(extra)))} "
-                       f"is not in the expected result, which has {_show(next(iter(absent)))}")
-    return False, f"wrong result: {_rows(len(pred))} as expected, but the values differ column by column"
+        return False, "wrong result: right rows in the wrong order (the question asks for an order)"
+    return False, "wrong result: the row count matches but the values differ from the expected result"
 
 
 # ---- one batch ------------------------------------------------------------------------
@@ -275,7 +258,7 @@ def evaluate_batch(items: list[dict], timeout_s: float, max_rows: int) -> list[V
     return verdicts
 
 
-def _judge(item, connections, gold_cache, timeout_s, max_rows) -> Verdict:
+def _judge(item, connections, gold_cache, timeout_s, max_rows, mark=lambda phase: None) -> Verdict:
     pred, gold_sql, db_path = item.get("pred"), item["gold"], item["db_path"]
     if not pred:
         return Verdict(0.0, "no_sql", "no SQL in the answer")
@@ -284,10 +267,12 @@ def _judge(item, connections, gold_cache, timeout_s, max_rows) -> Verdict:
     conn, state = connections[db_path]
     key = (db_path, gold_sql)
     if key not in gold_cache:   # gold is trusted: a generous limit, no row cap that matters
-        gold_cache[key] = run_query(conn, state, gold_sql, max(timeout_s, 10.0) * 3, 10 ** 7)
+        mark("gold")
+        gold_cache[key] = run_query(conn, state, gold_sql, gold_timeout(timeout_s), 10 ** 7)
     gold = gold_cache[key]
     if gold.outcome != "ok":
         return Verdict(0.0, "gold_failed", f"gold query failed ({gold.error}); this example cannot be scored")
+    mark("pred")
     result = run_query(conn, state, pred, timeout_s, max_rows)
     details = {"rows": None if result.rows is None else len(result.rows), "expected_rows": len(gold.rows)}
     if result.outcome == "invalid_sql":
@@ -295,7 +280,7 @@ def _judge(item, connections, gold_cache, timeout_s, max_rows) -> Verdict:
     if result.outcome == "timeout":
         return Verdict(0.0, "timeout", f"query {result.error}", details)
     if result.outcome == "too_many_rows":
-        return Verdict(0.0, "too_many_rows", f"wrong result: {result.error}, expected {len(gold.rows)}", details)
+        return Verdict(0.0, "too_many_rows", f"wrong result: {result.error}", details)
     ordered = has_top_level_order_by(gold_sql)
     equal, reason = compare_results(gold.rows, result.rows, ordered)
     details["ordered"] = ordered
@@ -306,32 +291,18 @@ def _judge(item, connections, gold_cache, timeout_s, max_rows) -> Verdict:
 
 # ---- the evaluator's own process --------------------------------------------------------
 
+def gold_timeout(timeout_s: float) -> float:
+    """The trusted gold query's limit: generous, it is not what is being judged."""
+    return max(timeout_s, 10.0) * 3
+
+
 def evaluate_in_child(items: list[dict], timeout_s: float, max_rows: int, memory_mb: int = 1024,
                       python: str | None = None) -> list[Verdict]:
-    """``evaluate_batch`` in a fresh Python process (this file run as a script). If the child
-    dies on an item, that item gets the reason and a new child continues after it."""
-    verdicts: list[Verdict] = []
-    while len(verdicts) < len(items):
-        rest = items[len(verdicts):]
-        request = json.dumps({"items": rest, "timeout_s": timeout_s, "max_rows": max_rows,
-                              "memory_mb": memory_mb})
-        # Each item runs at most a predicted and a gold query; leave room for start-up.
-        budget = 30 + len(rest) * (timeout_s + max(timeout_s, 10.0) * 3)
-        proc = subprocess.Popen([python or sys.executable, "-I", str(Path(__file__).resolve())],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
-        try:
-            out, err = proc.communicate(request, timeout=budget)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, err = proc.communicate()
-            err = f"the evaluator process ran past {budget:.0f}s"
-        got = [Verdict(**json.loads(line)) for line in out.splitlines() if line.strip()]
-        verdicts.extend(got[: len(rest)])
-        if len(verdicts) < len(items):
-            tail = (err or f"exit code {proc.returncode}").strip().splitlines()[-1:] or [""]
-            verdicts.append(Verdict(0.0, "crashed", f"the query crashed the evaluator process: {tail[0][:200]}"))
-    return verdicts
+    """``evaluate_batch`` in supervised child processes (this file run as a script); see
+    ``supervised.py``. Parent side only: the child never imports it."""
+    from .supervised import evaluate_supervised
+
+    return evaluate_supervised(items, timeout_s, max_rows, memory_mb, python)
 
 
 def _child_main() -> None:
@@ -342,8 +313,13 @@ def _child_main() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     items = request["items"]
     connections, gold_cache = {}, {}
+
+    def mark(phase: str) -> None:   # the parent starts this query's clock now
+        sys.stdout.write(json.dumps({"phase": phase}) + "\n")
+        sys.stdout.flush()
+
     for item in items:
-        verdict = _judge(item, connections, gold_cache, request["timeout_s"], request["max_rows"])
+        verdict = _judge(item, connections, gold_cache, request["timeout_s"], request["max_rows"], mark)
         sys.stdout.write(json.dumps(asdict(verdict)) + "\n")
         sys.stdout.flush()   # verdicts written so far survive a crash on a later item
 

@@ -10,6 +10,10 @@ Knobs (OPTIONS), the levers a rewrite can turn:
   retry_on_error  run the query; if SQLite rejects it (or no SQL came back), ask again with
                   the error message, up to max_retries times
   execute_check   run the query; if it returns no rows, ask once to check names and values
+  copy_adapt      "off"; "fallback": when the final query is missing or SQLite rejects it,
+                  answer the most similar train query instead, its literals replaced by the
+                  question's when the two questions share a phrasing; "prefer": answer such
+                  an adapted train query without asking the model, the model otherwise
   max_tokens      per model call
   query_timeout_s time limit of one run_sql query
 """
@@ -25,6 +29,7 @@ OPTIONS = {
     "retry_on_error": False,
     "max_retries": 1,
     "execute_check": False,
+    "copy_adapt": "off",
     "max_tokens": 96,
     "query_timeout_s": 2.0,
 }
@@ -111,6 +116,116 @@ def build_messages(inputs, ctx):
     return messages
 
 
+# ---- copy and adapt a train query (the trusted copy is tasks/sql_qa/baselines.py) ----------
+STRING_LITERAL = re.compile(r"'((?:[^']|'')*)'")
+NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?![\w.])")
+
+
+def words(text):
+    return set(re.findall(r"[a-z0-9]+", (text or "").lower()))
+
+
+def ranked_train(question, db_id, train):
+    """Train items, most similar first: same database, then most shared words (Jaccard);
+    ties keep the train order. The question itself is skipped (SFT renders train)."""
+    asked = words(question)
+    scored = []
+    for i, item in enumerate(train):
+        if item.get("question") == question:
+            continue
+        other = words(item.get("question"))
+        jaccard = len(asked & other) / (len(asked | other) or 1)
+        scored.append((item.get("db_id") != db_id, -jaccard, i))
+    return [train[i] for _, _, i in sorted(scored)]
+
+
+def sql_values(sql):
+    """The literals of a query a question may repeat: quoted strings (unescaped), then the
+    numbers outside them; longest first so '2021-01-01' is found before 2021."""
+    values = [m.group(1).replace("''", "'") for m in STRING_LITERAL.finditer(sql)]
+    bare = STRING_LITERAL.sub(" ", sql)
+    values += NUMBER.findall(bare)
+    values += [n for m in STRING_LITERAL.finditer(sql) for n in NUMBER.findall(m.group(1))]
+    return sorted({v for v in values if v.strip()}, key=lambda v: (-len(v), v))
+
+
+def question_pattern(question, values):
+    """A regex matching questions of the same phrasing, with one group per literal of
+    ``values`` the question contains (later mentions of a value are back-references),
+    and the list of values those groups stand for; None when it contains none."""
+    spans, taken = [], [False] * len(question)
+    for value in values:
+        for match in re.finditer(re.escape(value), question):
+            a, b = match.span()
+            word_edge = (a == 0 or not question[a - 1].isalnum()) and (b == len(question) or not question[b].isalnum())
+            if word_edge and not any(taken[a:b]):
+                spans.append((a, b, value))
+                for k in range(a, b):
+                    taken[k] = True
+    if not spans:
+        return None
+    spans.sort()
+    pattern, order, last = "", [], 0
+    for a, b, value in spans:
+        pattern += re.escape(question[last:a])
+        if value in order:
+            pattern += f"(?P={_group(order.index(value))})"
+        else:
+            kind = r"\d+(?:\.\d+)?" if NUMBER.fullmatch(value) else r".+?"
+            pattern += f"(?P<{_group(len(order))}>{kind})"
+            order.append(value)
+        last = b
+    pattern += re.escape(question[last:])
+    return pattern, order
+
+
+def _group(k):
+    return f"v{k}"
+
+
+def adapt_sql(train_question, train_sql, question):
+    """``train_sql`` with its literals replaced by the asked question's, when the two questions
+    share a phrasing that differs only in those literals; None otherwise."""
+    found = question_pattern(train_question, sql_values(train_sql))
+    if found is None:
+        return None
+    pattern, order = found
+    match = re.fullmatch(pattern, question.strip()) or re.fullmatch(pattern, question)
+    if match is None:
+        return None
+    mapping = {old: match.group(_group(k)) for k, old in enumerate(order)}
+
+    def quoted(m):
+        inner = m.group(1).replace("''", "'")
+        if inner in mapping:
+            inner = mapping[inner]
+        else:
+            inner = NUMBER.sub(lambda n: mapping.get(n.group(0), n.group(0)), inner)
+        return "'" + inner.replace("'", "''") + "'"
+
+    out, last = [], 0
+    for m in STRING_LITERAL.finditer(train_sql):
+        bare = train_sql[last:m.start()]
+        out.append(NUMBER.sub(lambda n: mapping.get(n.group(0), n.group(0)), bare))
+        out.append(quoted(m))
+        last = m.end()
+    out.append(NUMBER.sub(lambda n: mapping.get(n.group(0), n.group(0)), train_sql[last:]))
+    return "".join(out)
+
+
+def copy_adapt(question, db_id, train):
+    """(sql, adapted): the first ranked train query whose question shares the phrasing, with the
+    literals adapted; else the most similar train query verbatim; ("", False) with no train."""
+    ranked = ranked_train(question, db_id, train)
+    for item in ranked:
+        if item.get("db_id") != db_id:
+            break
+        adapted = adapt_sql(item["question"], item["sql"], question)
+        if adapted is not None:
+            return adapted, True
+    return (ranked[0]["sql"], False) if ranked else ("", False)
+
+
 # ---- answer --------------------------------------------------------------------------------
 def _cut_statement(sql):
     """Text up to the first ';' outside string literals."""
@@ -163,7 +278,29 @@ def feedback_for(sql, db_path, ctx):
     return None
 
 
+def copied(inputs, ctx):
+    """(sql, adapted) from the train queries (see copy_adapt), logged as a tool call."""
+    sql, adapted = copy_adapt(inputs["question"], inputs["db_id"], (ctx.resources or {}).get("train", []))
+    ctx.log("tool_call", name="copy_adapt", args={"question": inputs["question"]},
+            result={"sql": sql, "adapted": adapted})
+    return sql, adapted
+
+
 def solve(inputs, ctx):
+    if OPTIONS["copy_adapt"] == "prefer":
+        sql, adapted = copied(inputs, ctx)
+        if adapted:
+            return sql
+    sql = solve_with_model(inputs, ctx)
+    if OPTIONS["copy_adapt"] in ("fallback", "prefer"):
+        failed = not sql or "error" in run_sql(sql, ctx.files[inputs["db_id"]], ctx)
+        if failed:
+            ctx.log("fallback", reason="the model's query is missing or invalid", sql=sql or "")
+            sql = copied(inputs, ctx)[0] or sql
+    return sql or None
+
+
+def solve_with_model(inputs, ctx):
     messages = build_messages(inputs, ctx)
     sql = ask(messages, ctx)
     if OPTIONS["retry_on_error"] or OPTIONS["execute_check"]:
@@ -178,7 +315,7 @@ def solve(inputs, ctx):
             messages = messages + [{"role": "assistant", "content": fenced(sql) if sql else "(no query)"},
                                    {"role": "user", "content": feedback}]
             sql = ask(messages, ctx) or sql
-    return sql or None
+    return sql
 
 
 def sft_pair(inputs, target, ctx):

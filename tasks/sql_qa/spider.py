@@ -6,7 +6,9 @@
 
 Spider's own splits keep databases apart (a dev database never appears in train), and so
 does this loader: train is ``train_spider.json`` when present; val and test are made of
-whole dev databases. Without a train file, dev databases are shared out over all three.
+whole dev databases. Without a train file, dev databases are shared out over all three;
+when there are too few of them for that (a user's own single database and questions), the
+questions are split within the databases instead, and ``SpiderData.within_databases`` says so.
 """
 from __future__ import annotations
 
@@ -50,10 +52,33 @@ class SpiderData:
     splits: Splits
     databases: dict[str, Path]      # db_id -> sqlite file
     dropped: dict[str, int]         # why questions were left out -> how many
+    within_databases: bool = False  # too few databases to keep them apart: questions were split
+
+
+class DataError(ValueError):
+    """A question file that cannot be used; the message names the file, what is wrong and the fix."""
+
+
+QUESTION_KEYS = ("db_id", "question", "query")
 
 
 def _read_questions(file: Path, prefix: str) -> list[Example]:
-    items = json.loads(file.read_text(encoding="utf-8"))
+    try:
+        items = json.loads(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise DataError(f"{file.name} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at byte "
+                        f"{err.start}): re-save it as UTF-8 (e.g. iconv -f LATIN1 -t UTF-8)") from None
+    except json.JSONDecodeError as err:
+        raise DataError(f"{file.name} is not valid JSON ({err.msg} at line {err.lineno} column "
+                        f"{err.colno}): it must be one JSON list of {{db_id, question, query}} items") from None
+    if not isinstance(items, list):
+        raise DataError(f"{file.name} holds a JSON {type(items).__name__}, not a list of "
+                        f"{{db_id, question, query}} items")
+    for key in QUESTION_KEYS:
+        bad = [i for i, item in enumerate(items) if not isinstance(item, dict) or not isinstance(item.get(key), str)]
+        if bad:
+            raise DataError(f"{file.name} has {len(bad)} of {len(items)} items without a text {key!r} "
+                            f"(first: item {bad[0]}); every item needs db_id, question and query (the gold SQL)")
     return [Example(id=f"{prefix}-{i}", inputs={"question": item["question"].strip(), "db_id": item["db_id"]},
                     target={"sql": item["query"].strip(), "level": None})
             for i, item in enumerate(items)]
@@ -103,16 +128,35 @@ def load_spider(path, seed: int, val_fraction: float, test_fraction: float, max_
         return kept
 
     dev = with_database(dev)
+    within = False
     if train_file.is_file():
         train = with_database(_read_questions(train_file, "train"))
         held = val_fraction + test_fraction
         val, test = _share_databases(dev, [val_fraction / held, test_fraction / held], rng)
+        if dev and not (val and test):
+            within, (val, test) = True, _split_questions(dev, [val_fraction / held, test_fraction / held], rng)
     else:
-        train, val, test = _share_databases(dev, [1 - val_fraction - test_fraction, val_fraction, test_fraction], rng)
+        fractions = [1 - val_fraction - test_fraction, val_fraction, test_fraction]
+        train, val, test = _share_databases(dev, fractions, rng)
+        if dev and not (train and val and test):
+            within, (train, val, test) = True, _split_questions(dev, fractions, rng)
     train, val, test = (_interleave_by_db(part, rng, max_per_split) for part in (train, val, test))
     val, test = _drop_unrunnable(root, val, timeout_s, dropped), _drop_unrunnable(root, test, timeout_s, dropped)
     used = {e.inputs["db_id"] for e in train + val + test}
-    return SpiderData(Splits(train, val, test), {db: database_file(root, db) for db in sorted(used)}, dropped)
+    return SpiderData(Splits(train, val, test), {db: database_file(root, db) for db in sorted(used)}, dropped,
+                      within)
+
+
+def _split_questions(examples: list[Example], fractions: list[float], rng: random.Random) -> list[list[Example]]:
+    """A seeded shuffle of the questions cut by ``fractions`` (the first part takes the rest);
+    every later part with a share above 0 gets at least one question."""
+    order = rng.sample(examples, len(examples))
+    sizes = [max(round(f * len(order)), 1 if f > 0 else 0) for f in fractions[1:]]
+    parts, end = [], len(order)
+    for size in reversed(sizes):
+        parts.insert(0, order[max(end - size, 0):end])
+        end = max(end - size, 0)
+    return [order[:end]] + parts
 
 
 def _drop_unrunnable(root: Path, examples: list[Example], timeout_s: float, dropped: dict[str, int]) -> list[Example]:

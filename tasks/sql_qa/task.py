@@ -15,40 +15,24 @@ from pathlib import Path
 from typing import Any
 
 from sia.harness.options import with_options
+from sia.tasks import schema_defaults
 from sia.tasks import (EvalReport, Example, ExampleScore, HarnessEdit, Splits, Task, TaskMeta,
                        merged_config, plain_config)
 
+from .config_schema import Config
 from .database import DB_ID, build_database
 from .execution import clean_answer_sql, evaluate_in_child, readonly_uri
 from .questions import assign_splits, generate_instances, interleave
 from .schema import describe_database
-from .spider import load_spider, spider_problems
+from .spider import DataError, load_spider, spider_problems
 
 SOURCES = ("synthetic", "spider")
 SPLIT_BY = ("instance", "template")
 OUTCOMES = ("invalid_sql", "no_sql", "timeout", "wrong_result")
-DEFAULTS: dict[str, Any] = {
-    "primary_metric": "execution_accuracy",
-    "data": {
-        "source": "synthetic",
-        "path": None,
-        "seed": 0,
-        "instances_per_template": 10,
-        "paraphrases": 1,
-        "split_by": "instance",
-        "val_fraction": 0.2,
-        "test_fraction": 0.25,
-        "max_per_split": 200,
-    },
-    "query_timeout_s": 2.0,
-    "max_result_rows": 10000,
-    "eval_memory_mb": 1024,
-}
+DEFAULTS = schema_defaults(Config)   # tasks/sql_qa/config_schema.py holds every default
 FEW_SHOT_K = 3   # three short question/SQL pairs fit SmolLM2's 2k context next to the schema
-
-
-
-
+# The evaluator could not run these answers ("format"); every other short fall ran and is "wrong".
+UNREADABLE = ("no_sql", "invalid_sql")
 
 
 def _is_int(value: Any, low: int) -> bool:
@@ -72,6 +56,7 @@ class TaskImpl(Task):
         self._databases: dict[str, Path] = {}     # db_id -> the evaluator's own copy
         self._workdir: tempfile.TemporaryDirectory | None = None
         self.dropped: dict[str, int] = {}
+        self.within_databases = False   # spider: too few databases, questions split within them
 
     # ---- configuration -------------------------------------------------------------------
     def config_problems(self) -> list[str]:
@@ -107,12 +92,36 @@ class TaskImpl(Task):
             p.append(f"task.max_result_rows={s['max_result_rows']!r} must be an integer >= 1; e.g. 10000")
         if not _is_int(s["eval_memory_mb"], 256):
             p.append(f"task.eval_memory_mb={s['eval_memory_mb']!r} must be an integer >= 256; e.g. 1024")
-        return p
+        # Read the data now (load() keeps it), so that a bad question file or an empty split
+        # stops the run before any work: the model has not loaded yet.
+        return p or self._data_problems()
+
+    def _data_problems(self) -> list[str]:
+        d = self.data_cfg
+        try:
+            splits = self.load()
+        except DataError as err:
+            return [f"task.data.path={str(d['path'])!r}: {err}"]
+        sizes = {name: len(splits[name]) for name in ("train", "val", "test")}
+        empty = [name for name, n in sizes.items() if n == 0]
+        if not empty:
+            return []
+        got = ", ".join(f"{name} {n}" for name, n in sizes.items())
+        dropped = "".join(f"; {n} left out: {why}" for why, n in self.dropped.items())
+        if d["source"] == "spider":
+            return [f"task.data.path={str(d['path'])!r}: the splits got {got} questions{dropped}, and "
+                    f"{', '.join(empty)} may not be empty: add questions to dev.json (or train_spider.json), "
+                    f"their database files under database/<db_id>/, or change task.data.val_fraction / "
+                    f"task.data.test_fraction (now {d['val_fraction']:g} / {d['test_fraction']:g})"]
+        return [f"task.data.instances_per_template={d['instances_per_template']!r}: the splits got {got} "
+                f"questions, and {', '.join(empty)} may not be empty: raise task.data.instances_per_template "
+                f"or change task.data.val_fraction / task.data.test_fraction"]
 
     @property
     def data_label(self) -> str:
         if self.data_cfg["source"] == "spider":
-            return f"spider ({self.data_cfg['path']})"
+            within = ", too few databases: questions split within them" if self.within_databases else ""
+            return f"spider ({self.data_cfg['path']}{within})"
         split = "" if self.data_cfg["split_by"] == "instance" else ", held-out templates"
         return f"synthetic shop database (seed {self.data_cfg['seed']}{split})"
 
@@ -152,7 +161,7 @@ class TaskImpl(Task):
     def _load_spider(self) -> Splits:
         d = self.data_cfg
         data = load_spider(d["path"], d["seed"], d["val_fraction"], d["test_fraction"], d["max_per_split"])
-        self._databases, self.dropped = data.databases, data.dropped
+        self._databases, self.dropped, self.within_databases = data.databases, data.dropped, data.within_databases
         return data.splits
 
     def _used_databases(self, splits: Splits) -> dict[str, Path]:
@@ -193,13 +202,44 @@ class TaskImpl(Task):
                                      int(self.settings["max_result_rows"]), int(self.settings["eval_memory_mb"]))
         per_example = []
         for example, verdict in zip(examples, verdicts):
-            details = {"outcome": verdict.outcome, "level": example.target.get("level"), **verdict.details}
-            per_example.append(ExampleScore(example.id, verdict.score, verdict.reason, details))
+            # The evaluator's own reason may quote gold rows: it stays in the trusted details.
+            details = {"outcome": verdict.outcome, "level": example.target.get("level"),
+                       "evaluator_reason": verdict.reason, **verdict.details}
+            failure = None if verdict.score >= 1 else "format" if verdict.outcome in UNREADABLE else "wrong"
+            per_example.append(ExampleScore(example.id, verdict.score, self._reason(verdict), details, failure))
         return EvalReport(metrics=self._metrics(examples, verdicts), per_example=per_example,
                           notes={"split": split, "data": self.data_label,
                                  "scorer": "execution accuracy (result multisets; ordered when the gold "
                                            "query has a top-level ORDER BY)",
                                  "query_timeout_s": self.settings["query_timeout_s"]})
+
+    def _reason(self, verdict) -> str:
+        """What kind of mistake, from the verdict's outcome and counts: never a value of the
+        gold result, nor how many rows it has (both would hand out the held-out answer)."""
+        outcome, rows = verdict.outcome, verdict.details.get("rows")
+        if verdict.score >= 1:
+            return ""
+        if outcome in ("no_sql", "invalid_sql"):   # about the answer only (SQLite's message on it)
+            return verdict.reason
+        if outcome == "timeout":
+            return f"query timed out after {self.settings['query_timeout_s']:g}s (the per-query limit)"
+        if outcome == "too_many_rows":
+            return f"wrong result: more than {self.settings['max_result_rows']} rows"
+        if outcome == "gold_failed":
+            return "this example's reference query fails in SQLite, so it cannot be scored"
+        if outcome == "crashed":
+            return "the query crashed the evaluator process (e.g. it ran out of memory)"
+        expected = verdict.details.get("expected_rows")
+        if rows is None or expected is None:
+            return "wrong result"
+        if rows != expected:
+            return f"wrong result: {_count(rows)}, {'fewer' if rows < expected else 'more'} than expected"
+        why = verdict.reason   # only its kind is kept (the evaluator words the comparison)
+        if "wrong order" in why:
+            return f"wrong result: the right {_count(rows)} in the wrong order"
+        if "columns, expected" in why:
+            return f"wrong result: {_count(rows)} as expected, but a different number of columns"
+        return f"wrong result: {_count(rows)} as expected, but some values differ"
 
     @staticmethod
     def _metrics(examples: list[Example], verdicts) -> dict[str, float]:
@@ -239,7 +279,24 @@ class TaskImpl(Task):
                         "Run the query before answering; when it returns no rows, ask the model once to "
                         "check table names, columns and values.",
                         option_edit(execute_check=True)),
+            HarnessEdit("copy_adapt_on_failure", "format",
+                        "When the final query is missing or SQLite rejects it, answer the most similar train "
+                        "query instead, its literals replaced by the question's when the phrasing matches.",
+                        option_edit(copy_adapt="fallback")),
+            HarnessEdit("prefer_adapted_train_query", "accuracy",
+                        "When a train question has the same phrasing up to its literals, answer its query "
+                        "with the question's literals without asking the model; the model otherwise.",
+                        option_edit(copy_adapt="prefer")),
         ]
+
+    def baselines(self) -> list:
+        from .baselines import baselines
+
+        return baselines()
+
+
+def _count(n: int) -> str:
+    return f"{n} row" if n == 1 else f"{n} rows"
 
 
 __all__ = ["TaskImpl"]

@@ -1,0 +1,16 @@
+"""LLM agents: the Meta-Agent writes the first harness, the Feedback-Agent rewrites it from
+trajectories. Claude through the ``anthropic`` SDK or any OpenAI-compatible endpoint.
+
+    config.py        the ``llm`` block, prices, key_problems (config check before any work)
+    backends.py      Anthropic Messages / OpenAI Chat Completions wire formats over the SDKs
+    client.py        scrub -> response cache -> send -> price -> ledger; conversations
+    scrub.py         masks val/test target strings in every request
+    cache.py         on-disk response cache in the run dir (a resumed run pays nothing twice)
+    ledger.py        <run>/agents.jsonl, totals, would_exceed (the agent budget)
+    prompts.py       instructions, tool schemas, request builders
+    trajectories.py  failure-first, stratified, token-budgeted trajectory rendering
+    diff.py          strict unified-diff applier
+    meta.py          LLMMetaAgent (MetaAgent)
+    feedback.py      LLMFeedbackPolicy (FeedbackPolicy)
+"""
+from sia.agents.llm.config import key_problems, load_settings, settings_problems  # noqa: F401

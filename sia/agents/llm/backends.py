@@ -1,0 +1,202 @@
+"""The two wire formats: Anthropic Messages (tool use, prompt caching on the static prefix) and
+OpenAI Chat Completions (function calling, or JSON mode for servers without tools). Each backend
+builds a request body, sends it with the SDK client (whose own ``max_retries`` and ``timeout``
+handle 429 with retry-after, 5xx, timeouts and dropped connections: no second retry loop here),
+and reads the answer back from the raw JSON, so a cached answer reads exactly like a fresh one."""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from sia.agents.llm.config import LLMSettings, Usage
+
+
+@dataclass
+class Tool:
+    name: str
+    description: str
+    schema: dict            # JSON schema of the tool's input
+
+
+@dataclass
+class Reply:
+    text: str                       # the model's prose (or the raw JSON in json mode)
+    tool_input: dict | None         # the structured answer, when one came back
+    usage: Usage
+    stop_reason: str = ""
+    parse_error: str | None = None  # why the structured answer could not be read
+
+
+class LLMCallError(RuntimeError):
+    """The API refused the request (a 4xx other than 429, or retries exhausted): its message."""
+
+
+def first_json_object(text: str) -> dict | None:
+    """The first JSON object in ``text`` (inside a ```json fence or bare)."""
+    fence = re.search(r"```(?:json)?\s*(\{.*?\})\s*```", text or "", re.S)
+    candidates = [fence.group(1)] if fence else []
+    start = (text or "").find("{")
+    if start >= 0:
+        candidates.append(text[start:text.rfind("}") + 1])
+    for c in candidates:
+        try:
+            value = json.loads(c)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            return value
+    return None
+
+
+class AnthropicBackend:
+    name = "anthropic"
+
+    def __init__(self, s: LLMSettings, api_key: str | None):
+        import anthropic
+
+        self.s = s
+        self._errors = anthropic
+        self.client = anthropic.Anthropic(api_key=api_key or "none", base_url=s.base_url,
+                                          max_retries=s.max_retries, timeout=s.timeout_s)
+
+    def body(self, system: str, user: str, tool: Tool) -> dict:
+        block: dict[str, Any] = {"type": "text", "text": system}
+        if self.s.prompt_cache:
+            block["cache_control"] = {"type": "ephemeral"}   # the static prefix: tools + system
+        body = {"model": self.s.model, "max_tokens": self.s.max_tokens}
+        if self.s.temperature is not None:
+            body["temperature"] = self.s.temperature
+        return {**body, "system": [block], "messages": [{"role": "user", "content": [{"type": "text", "text": user}]}],
+                "tools": [{"name": tool.name, "description": tool.description, "input_schema": tool.schema}],
+                "tool_choice": {"type": "tool", "name": tool.name}}
+
+    def send(self, body: dict) -> dict:
+        body = dict(body)
+        extra = {"temperature": body.pop("temperature")} if "temperature" in body else None
+        try:
+            # This SDK's create() has no temperature argument; the API still takes it in the body.
+            return self.client.messages.create(**body, extra_body=extra).model_dump(mode="json")
+        except self._errors.APIStatusError as e:
+            raise LLMCallError(f"Anthropic API error {e.status_code}: {_message(e)}") from None
+        except self._errors.APIConnectionError as e:
+            raise LLMCallError(f"Anthropic API unreachable at {self.s.base_url or 'api.anthropic.com'} "
+                               f"after {self.s.max_retries} retries: {e}") from None
+
+    def parse(self, raw: dict) -> Reply:
+        u = raw.get("usage") or {}
+        usage = Usage(input=u.get("input_tokens") or 0, output=u.get("output_tokens") or 0,
+                      cache_write=u.get("cache_creation_input_tokens") or 0,
+                      cache_read=u.get("cache_read_input_tokens") or 0)
+        blocks = raw.get("content") or []
+        text = "\n".join(b.get("text", "") for b in blocks if b.get("type") == "text")
+        tool = next((b for b in blocks if b.get("type") == "tool_use"), None)
+        tool_input = tool.get("input") if tool and isinstance(tool.get("input"), dict) else None
+        return Reply(text=text, tool_input=tool_input, usage=usage, stop_reason=raw.get("stop_reason") or "",
+                     parse_error=None if tool_input is not None else "no tool_use block in the answer")
+
+    def follow_up(self, body: dict, raw: dict, error: str) -> dict:
+        """``body`` continued with the model's answer and the validation error as the reply."""
+        content, tool_id = [], None
+        for b in raw.get("content") or []:
+            if b.get("type") == "text" and b.get("text"):
+                content.append({"type": "text", "text": b["text"]})
+            elif b.get("type") == "tool_use":
+                tool_id = b["id"]
+                content.append({"type": "tool_use", "id": b["id"], "name": b["name"], "input": b.get("input") or {}})
+        answer = ({"type": "tool_result", "tool_use_id": tool_id, "is_error": True, "content": error}
+                  if tool_id else {"type": "text", "text": error})
+        messages = list(body["messages"])
+        if content:
+            messages.append({"role": "assistant", "content": content})
+        messages.append({"role": "user", "content": [answer]})
+        return {**body, "messages": messages}
+
+
+class OpenAIBackend:
+    name = "openai"
+
+    def __init__(self, s: LLMSettings, api_key: str | None):
+        import openai
+
+        self.s = s
+        self._errors = openai
+        # A local server needs no key, but the SDK insists on one: any placeholder will do.
+        self.client = openai.OpenAI(api_key=api_key or "no-key", base_url=s.base_url,
+                                    max_retries=s.max_retries, timeout=s.timeout_s)
+
+    def body(self, system: str, user: str, tool: Tool) -> dict:
+        body: dict[str, Any] = {"model": self.s.model, "max_tokens": self.s.max_tokens}
+        if self.s.temperature is not None:
+            body["temperature"] = self.s.temperature
+        if self.s.tool_mode == "json":
+            system += (f"\n\nAnswer with ONE JSON object only (no prose), the arguments of `{tool.name}`, "
+                       f"matching this JSON schema:\n{json.dumps(tool.schema, ensure_ascii=False)}")
+            body["response_format"] = {"type": "json_object"}
+        else:
+            body["tools"] = [{"type": "function", "function": {"name": tool.name, "description": tool.description,
+                                                               "parameters": tool.schema}}]
+            body["tool_choice"] = {"type": "function", "function": {"name": tool.name}}
+        body["messages"] = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        return body
+
+    def send(self, body: dict) -> dict:
+        try:
+            return self.client.chat.completions.create(**body).model_dump(mode="json")
+        except self._errors.APIStatusError as e:
+            raise LLMCallError(f"OpenAI-compatible API error {e.status_code}: {_message(e)}") from None
+        except self._errors.APIConnectionError as e:
+            raise LLMCallError(f"OpenAI-compatible server unreachable at {self.s.base_url or 'api.openai.com'} "
+                               f"after {self.s.max_retries} retries: {e}") from None
+
+    def parse(self, raw: dict) -> Reply:
+        u = raw.get("usage") or {}
+        cached = ((u.get("prompt_tokens_details") or {}).get("cached_tokens")) or 0
+        usage = Usage(input=(u.get("prompt_tokens") or 0) - cached, output=u.get("completion_tokens") or 0,
+                      cache_read=cached)
+        choice = (raw.get("choices") or [{}])[0]
+        message = choice.get("message") or {}
+        text = message.get("content") or ""
+        calls = message.get("tool_calls") or []
+        tool_input, error = None, None
+        if calls:
+            try:
+                tool_input = json.loads(calls[0]["function"]["arguments"] or "{}")
+            except (ValueError, KeyError, TypeError) as e:
+                error = f"the function call's arguments are not valid JSON: {e}"
+        else:
+            tool_input = first_json_object(text)
+            error = None if tool_input is not None else "no function call and no JSON object in the answer"
+        if tool_input is not None and not isinstance(tool_input, dict):
+            tool_input, error = None, "the answer is JSON but not an object"
+        return Reply(text=text, tool_input=tool_input, usage=usage, stop_reason=choice.get("finish_reason") or "",
+                     parse_error=error)
+
+    def follow_up(self, body: dict, raw: dict, error: str) -> dict:
+        message = ((raw.get("choices") or [{}])[0]).get("message") or {}
+        calls = message.get("tool_calls") or []
+        assistant: dict[str, Any] = {"role": "assistant", "content": message.get("content") or ""}
+        messages = list(body["messages"])
+        if calls:
+            assistant["tool_calls"] = [{"id": c["id"], "type": "function",
+                                        "function": {"name": c["function"]["name"],
+                                                     "arguments": c["function"]["arguments"]}} for c in calls]
+            messages += [assistant, {"role": "tool", "tool_call_id": calls[0]["id"], "content": error}]
+        else:
+            messages += [assistant, {"role": "user", "content": error}]
+        return {**body, "messages": messages}
+
+
+def _message(e: Any) -> str:
+    body = getattr(e, "body", None)
+    if isinstance(body, dict):
+        err = body.get("error")
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])
+    return str(getattr(e, "message", e))
+
+
+def make_backend(s: LLMSettings) -> AnthropicBackend | OpenAIBackend:
+    cls = AnthropicBackend if s.backend == "anthropic" else OpenAIBackend
+    return cls(s, s.api_key())

@@ -1,0 +1,178 @@
+"""Offline feedback policies: choose the next lever from trajectory statistics.
+
+- ``RulesPolicy``: the full offline policy. Harness errors or unreadable answers are the
+  harness's fault, so it picks a library edit that treats that symptom; if such an edit was
+  already rejected on the current incumbent, it tries an accuracy edit (worked examples show
+  the format too) before the first training, then trains the weights. Readable-but-wrong
+  answers mean the model lacks the knowledge, so it updates the weights (unless the train
+  probe shows the model fits train far better than val: more training would only overfit).
+  After a kept weight update it first tries one untried accuracy edit, the cheaper lever.
+- ``HarnessOnlyPolicy`` / ``WeightsOnlyPolicy`` / ``AlternatePolicy``: the ablations.
+
+Each is built from its ``conf/feedback/<name>.yaml`` by ``hydra.utils.instantiate``.
+"""
+from __future__ import annotations
+
+from sia.agents.context import FeedbackContext
+from sia.agents.decision import Decision
+from sia.agents.digest import Digest
+from sia.tasks import HarnessEdit
+
+SYMPTOM_ORDER = ("errors", "format", "accuracy", "variance")
+MAX_FAILED_WEIGHT_UPDATES = 2
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f}%"
+
+
+class OfflinePolicy:
+    """Shared bookkeeping of the offline policies (edits tried, failed updates, thresholds)."""
+
+    wants_train_probe = False
+
+    def __init__(self, name: str, abstain_threshold: float = 0.15, error_threshold: float = 0.10,
+                 underfit_gap: float = 0.10, algorithm: str = "auto"):
+        self.name = name
+        self.abstain_threshold, self.error_threshold = abstain_threshold, error_threshold
+        self.underfit_gap = underfit_gap
+        self.algorithm = algorithm            # lora.algorithm: auto lets the lever choose
+
+    def decide(self, ctx: FeedbackContext) -> Decision:
+        raise NotImplementedError
+
+    # ---- helpers ---------------------------------------------------------------------
+    @staticmethod
+    def applicable_edit(ctx: FeedbackContext, symptoms: tuple[str, ...]) -> tuple[HarnessEdit, str] | None:
+        tried = {h.edit for h in ctx.history if h.edit}
+        for symptom in symptoms:
+            for edit in ctx.edits:
+                if edit.addresses != symptom or edit.name in tried:
+                    continue
+                new_code = edit.apply(ctx.harness_code)
+                if new_code is not None:
+                    return edit, new_code
+        return None
+
+    @staticmethod
+    def harness(edit: HarnessEdit, code: str, why: str, d: Digest) -> Decision:
+        return Decision(action="harness", rationale=f"{why} -> edit '{edit.name}': {edit.description}",
+                        harness_code=code, edit=edit.name, stats=d.to_json())
+
+    def weights(self, ctx: FeedbackContext, why: str) -> Decision:
+        return Decision(action="weights", rationale=why,
+                        training={"algorithm": self.algorithm, "data": "auto", "steps": ctx.offer.max_steps,
+                                  "examples": ctx.offer.max_examples},
+                        stats=ctx.digest.to_json())
+
+    @staticmethod
+    def stop(why: str, d: Digest) -> Decision:
+        return Decision(action="stop", rationale=why, stats=d.to_json())
+
+    @staticmethod
+    def failed_weight_updates(ctx: FeedbackContext) -> int:
+        count = 0
+        for h in reversed(ctx.history):
+            if h.action == "weights":
+                if h.kept:
+                    break
+                count += 1
+        return count
+
+    def weights_possible(self, ctx: FeedbackContext) -> bool:
+        return ctx.offer.available and self.failed_weight_updates(ctx) < MAX_FAILED_WEIGHT_UPDATES
+
+    @staticmethod
+    def edit_rejected_since_last_kept(ctx: FeedbackContext, symptom: str) -> bool:
+        addresses = {e.name: e.addresses for e in ctx.edits}
+        for h in reversed(ctx.history):
+            if h.kept:
+                return False
+            if h.action == "harness" and addresses.get(h.edit) == symptom:
+                return True
+        return False
+
+
+class RulesPolicy(OfflinePolicy):
+    wants_train_probe = True
+
+    def decide(self, ctx: FeedbackContext) -> Decision:
+        d = ctx.digest
+        overfit = d.train_score is not None and d.train_score - d.score > self.underfit_gap
+        can_train = self.weights_possible(ctx) and not overfit
+        last = ctx.history[-1] if ctx.history else None
+        if d.error_rate >= self.error_threshold:
+            found = self.applicable_edit(ctx, ("errors",))
+            if found:
+                return self.harness(*found, f"{_pct(d.error_rate)} of val examples fail in the harness "
+                                            f"({d.error_kinds})", d)
+        if d.format_rate >= self.abstain_threshold:
+            format_edit_failed = self.edit_rejected_since_last_kept(ctx, "format")
+            if format_edit_failed and not any(h.action == "weights" for h in ctx.history):
+                found = self.applicable_edit(ctx, ("accuracy",))
+                if found:   # cheap lever first: worked examples also show the format
+                    return self.harness(*found, f"{_pct(d.format_rate)} of val answers are unreadable and a "
+                                                f"format edit did not help; try an accuracy edit before training", d)
+            if can_train and format_edit_failed:
+                return self.weights(ctx, f"{_pct(d.format_rate)} of val answers are unreadable and a format edit "
+                                         f"did not help: the model cannot follow the format, so train it on "
+                                         f"the harness's own answer format")
+            found = self.applicable_edit(ctx, ("format",))
+            if found:
+                return self.harness(*found, f"{_pct(d.format_rate)} of val answers are unreadable or abstain", d)
+        if last is not None and last.action == "weights" and last.kept:
+            found = self.applicable_edit(ctx, ("accuracy",))
+            if found:   # an edit costs one evaluation, training costs more
+                return self.harness(*found, f"new weights kept; readable answers score "
+                                            f"{_pct(d.wellformed_accuracy)}: try an untried accuracy edit "
+                                            f"before more training", d)
+        if can_train:
+            probe = "n/a" if d.train_score is None else _pct(d.train_score)
+            return self.weights(ctx, f"{_pct(1 - d.format_rate - d.error_rate)} of val answers are readable and "
+                                     f"they score {_pct(d.wellformed_accuracy)} on average ({_pct(d.wrong_rate)} "
+                                     f"below full credit); train probe {probe} is not above val {_pct(d.score)} "
+                                     f"by more than {_pct(self.underfit_gap)}: the model lacks task knowledge, "
+                                     f"train it")
+        found = self.applicable_edit(ctx, ("accuracy", "variance", "format", "errors"))
+        if found:
+            why = ("the model fits train much better than val (overfitting); improve the harness instead"
+                   if overfit else "weights cannot improve further here; try the next harness edit")
+            return self.harness(*found, why, d)
+        if self.weights_possible(ctx):
+            return self.weights(ctx, "no harness edit left to try; keep training the adapter")
+        return self.stop("no applicable harness edit left and weight updates are unavailable or stopped "
+                         f"improving val ({ctx.offer.reason or 'two updates in a row were rejected'})", d)
+
+
+class HarnessOnlyPolicy(OfflinePolicy):
+    def decide(self, ctx: FeedbackContext) -> Decision:
+        d = ctx.digest
+        symptoms = SYMPTOM_ORDER
+        if d.error_rate < self.error_threshold:
+            symptoms = ("format", "accuracy", "variance", "errors") if d.format_rate >= self.abstain_threshold \
+                else ("accuracy", "variance", "format", "errors")
+        found = self.applicable_edit(ctx, symptoms)
+        if found:
+            return self.harness(*found, "harness-only ablation: next edit for the strongest symptom", d)
+        return self.stop("harness-only ablation: no harness edit left", d)
+
+
+class WeightsOnlyPolicy(OfflinePolicy):
+    def decide(self, ctx: FeedbackContext) -> Decision:
+        if ctx.offer.available:
+            return self.weights(ctx, "weights-only ablation: update the adapter every generation")
+        return self.stop(f"weights-only ablation: the weights lever is unavailable ({ctx.offer.reason})",
+                         ctx.digest)
+
+
+class AlternatePolicy(HarnessOnlyPolicy):
+    def decide(self, ctx: FeedbackContext) -> Decision:
+        last = next((h.action for h in reversed(ctx.history) if h.action in ("harness", "weights")), "weights")
+        if last == "weights":
+            decision = super().decide(ctx)
+            if decision.action == "harness":
+                decision.rationale = "alternate ablation (harness turn): " + decision.rationale
+                return decision
+        if ctx.offer.available:
+            return self.weights(ctx, "alternate ablation (weights turn)")
+        return super().decide(ctx)

@@ -1,0 +1,1 @@
+"""The levers a feedback decision pulls besides rewriting the harness."""

@@ -1,0 +1,145 @@
+"""The weights lever: LoRA adapters trained on what the incumbent harness does.
+
+- ``sft`` (tasks with gold targets): train examples rendered by the harness's own ``sft_pair``
+  (the same prompts as inference) with their gold targets.
+- ``rs_sft`` / ``grpo`` / ``eaw`` / ``ppo`` (every task): rollouts of the incumbent on train
+  examples, rewarded by the task's evaluator (``sia.levers.rollouts``).
+- ``auto``: gold SFT when the answers are mostly unreadable and gold exists; else a rollout,
+  and the algorithm its reward statistics call for (``sia.train.choose``), or no training at
+  all when no sample is positive.
+
+Every step leaves a file in the generation folder (``sft_pairs.json`` / ``rollouts.jsonl``,
+``adapter/COMPLETE``, ``train.json``), so a killed run redoes only the missing step.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from sia.agents.decision import AUTO, Decision
+from sia.evaluation import Workbench
+from sia.harness.contract import Job
+from sia.levers.rollouts import RolloutPlan, collect
+from sia.parts import LeverOffer, TrainedAdapter
+from sia.run import RunDir, read_json, write_json_atomic
+from sia.tasks import Example, Task
+
+REWARD_ALGORITHMS = ("rs_sft", "grpo", "eaw", "ppo")
+MIN_ROLLOUT_EXAMPLES = 2
+
+
+class LeverFailed(RuntimeError):
+    """A candidate could not be built (no training data, ...): the generation fails and the
+    loop goes on with the incumbent."""
+
+
+def adapter_name(generation: int) -> str:
+    return f"gen{generation:03d}"
+
+
+class LoraLever:
+    def __init__(self, *, cfg, task: Task, bench: Workbench, run: RunDir, engine, train: list[Example],
+                 progress: bool = False):
+        self.cfg, self.task, self.bench, self.run, self.engine = cfg, task, bench, run, engine
+        self.train_examples, self.progress = train, progress
+
+    def offer(self, task: Task, harness_code: str) -> LeverOffer:
+        budget = self.cfg.budget
+        if len(self.train_examples) < MIN_ROLLOUT_EXAMPLES:
+            return LeverOffer(False, f"the train split has {len(self.train_examples)} examples; training needs "
+                                     f"at least {MIN_ROLLOUT_EXAMPLES}")
+        algorithms = (("sft",) if task.supports_gold_sft() else ()) + REWARD_ALGORITHMS
+        return LeverOffer(True, "", algorithms=algorithms, max_steps=int(budget.train_steps),
+                          max_examples=int(budget.train_examples))
+
+    def train(self, generation: int, decision: Decision, harness: Path, adapter: str | None,
+              adapter_dir: Path | None) -> TrainedAdapter:
+        gen_dir = self.run.gen_dir(generation)
+        info_file, out_dir = gen_dir / "train.json", gen_dir / "adapter"
+        if info_file.is_file() and ((out_dir / "COMPLETE").is_file() or read_json(info_file).get("skipped")):
+            return self._finish(generation, read_json(info_file), out_dir)
+        training = dict(decision.training or {})
+        examples = int(training.get("examples", 1))
+        algorithm, why, samples, stats = self._choose(generation, decision, harness, adapter, examples)
+        if algorithm is None:   # nothing to reinforce: no training this generation, said why
+            info = {"algorithm": None, "skipped": why, "rationale": why, "reward_stats": stats}
+            write_json_atomic(info_file, info)
+            return self._finish(generation, info, out_dir)
+        if algorithm == "sft":
+            samples = self._gold_samples(gen_dir, harness, examples, generation)
+        from sia.train.trainer import train_adapter
+
+        with getattr(self.engine, "asleep", contextlib.nullcontext)():   # vLLM frees the GPU meanwhile
+            result = train_adapter(self.cfg.model, self.cfg.lora, self.cfg.cache_dir, samples, algorithm=algorithm,
+                                   steps=int(training["steps"]), out_dir=out_dir, init_adapter=adapter_dir,
+                                   seed=int(self.cfg.seed) + generation, progress=self.progress)
+        info = {"algorithm": algorithm, "rationale": why, "reward_stats": stats, "losses": result.losses,
+                "wall_s": result.wall_s, "steps": result.steps, "examples": result.examples,
+                "tokens_per_s": result.tokens_per_s, "peak_rss_mb": result.peak_rss_mb, "note": result.note}
+        write_json_atomic(info_file, info)
+        return self._finish(generation, info, out_dir)
+
+    # ---- steps -----------------------------------------------------------------------
+    def _choose(self, generation: int, decision: Decision, harness: Path, adapter: str | None,
+                examples: int) -> tuple[str | None, str, list, dict | None]:
+        from sia.train.choose import choose_algorithm
+        from sia.train.samples import reward_stats
+
+        lora = self.cfg.lora
+        thresholds = {k: lora.thresholds[k] for k in ("format_failure_sft", "sparse_zero_share", "min_groups")}
+        forced = (decision.training or {}).get("algorithm")
+        has_gold = self.task.supports_gold_sft()
+        format_rate = float((decision.stats or {}).get("format_rate", 0.0))
+        if forced == "sft" or forced in (AUTO, None) and has_gold and format_rate >= thresholds["format_failure_sft"]:
+            return "sft", (f"gold SFT: {format_rate:.0%} of val answers unreadable" if forced != "sft"
+                           else "gold SFT (asked for)"), [], None
+        rows = self._rollouts(generation, harness, adapter, examples)
+        samples = _samples(rows)
+        mean = sum(r["reward"] for r in rows) / len(rows) if rows else 0.0
+        threshold = lora.get("positive_threshold")
+        if threshold is None:   # the task's positive: a success (binary), else better than the incumbent's mean
+            threshold = 0.0 if self.task.meta.reward_shape == "binary" else mean
+        stats = reward_stats(samples, threshold=threshold)
+        if forced not in (AUTO, None):
+            return forced, f"{forced} (asked for); rollout: {stats.describe()}", samples, stats.to_json()
+        name, why = choose_algorithm(stats, has_gold=has_gold, format_rate=format_rate,
+                                     prior_shape=self.task.meta.reward_shape, **thresholds)
+        return name, why, samples, stats.to_json()
+
+    def _rollouts(self, generation: int, harness: Path, adapter: str | None, examples: int) -> list[dict]:
+        lora = self.cfg.lora
+        plan = RolloutPlan(examples=self.train_examples[: max(MIN_ROLLOUT_EXAMPLES, examples)],
+                           samples_per_prompt=int(lora.samples_per_prompt),
+                           temperature=float(lora.rollout_temperature), seed=int(self.cfg.seed) * 1000 + generation)
+        return collect(self.task, self.bench, harness, adapter, plan, self.run.gen_dir(generation) / "rollouts.jsonl",
+                       desc=f"gen {generation} rollouts")
+
+    def _gold_samples(self, gen_dir: Path, harness: Path, n: int, generation: int) -> list:
+        from sia.train.samples import Sample
+
+        pairs_file = gen_dir / "sft_pairs.json"
+        if not pairs_file.is_file():
+            jobs = [Job(id=e.id, inputs=e.inputs, kind="sft_pair", target=e.target)
+                    for e in self.train_examples[:n]]
+            results = self.bench.run(harness, jobs, None, desc=f"gen {generation} render sft")
+            pairs = [r.answer for r in results if r.error is None and isinstance(r.answer, dict)]
+            if not pairs:
+                first = next((r.error for r in results if r.error), None)
+                raise LeverFailed(f"the harness rendered no SFT pair ({first}); gold SFT needs the harness's "
+                                  f"sft_pair(), reward-driven algorithms do not")
+            write_json_atomic(pairs_file, pairs)
+        return [Sample(prompt=p["messages"], completion=p["completion"]) for p in read_json(pairs_file)]
+
+    def _finish(self, generation: int, info: dict, adapter_dir: Path) -> TrainedAdapter:
+        if info.get("skipped"):
+            return TrainedAdapter(name="", path=adapter_dir, info=info)
+        name = adapter_name(generation)
+        self.engine.add_adapter(name, str(adapter_dir))
+        return TrainedAdapter(name=name, path=adapter_dir, info=info)
+
+
+def _samples(rows: list[dict]) -> list:
+    """Trainer samples of the credited model calls of every rollout job."""
+    from sia.train.rollouts import record_sample
+
+    return [record_sample(x) for r in rows for x in r["samples"]]

@@ -1,0 +1,92 @@
+"""``python -m sia.report <multirun or outputs folder> [--wandb]``: compare the runs in a folder.
+
+Groups runs by task, policy (feedback.name) and every swept key, pools the seeds, and prints
+the comparison, the per-generation decisions and each SLURM job's fate (cancelled and failed
+jobs included, read from submitit's job folders). Writes ``report.md`` and ``report.png`` in
+the folder, and W&B Tables into the runs' offline W&B runs; ``--wandb`` publishes online too.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from sia.report import runs as R
+from sia.report.jobs import read_jobs
+from sia.report.plot import plot_report
+from sia.report.tables import (attach_jobs, comparison_rows, decision_rows, group_runs, job_rows,
+                               markdown_table, print_tables)
+
+
+def build_report(folder: Path, use_sacct: bool = True) -> dict:
+    runs = R.find_runs(folder)
+    jobs = read_jobs(folder, use_sacct=use_sacct)
+    runs = attach_jobs(runs, jobs, folder)
+    groups = group_runs(runs)
+    return {"runs": runs, "jobs": jobs, "groups": groups, "comparison": comparison_rows(groups),
+            "decisions": decision_rows(groups), "job_rows": job_rows(runs)}
+
+
+def write_markdown(report: dict, folder: Path, png: Path | None) -> Path:
+    metric = next((R.metric_name(r) for r in report["runs"] if r.summary), "score")
+    direction = next((R.direction(r) for r in report["runs"] if r.summary), "max")
+    better = "higher" if direction == "max" else "lower"
+    text = [f"# SIA report: {folder}\n",
+            f"Primary metric: {metric} ({better} is better); mean ± sample spread over the finished seeds.\n",
+            "## Comparison\n", markdown_table(report["comparison"]),
+            "\n## Decisions per generation\n",
+            "`+` kept, `-` rejected, `!` the candidate could not be built.\n\n", markdown_table(report["decisions"]),
+            "\n## Runs and jobs\n", markdown_table(report["job_rows"])]
+    if png is not None:
+        text.append(f"\n![incumbent val per generation and test at the best generation]({png.name})\n")
+    path = folder / "report.md"
+    path.write_text("".join(text), encoding="utf-8")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sia.report", description=__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path, help="a multirun dir (multirun/<date>/<time>), outputs/, or one run dir")
+    parser.add_argument("--wandb", action="store_true", help="also publish the report to W&B online")
+    parser.add_argument("--no-wandb-offline", action="store_true",
+                        help="do not write the tables into the runs' offline W&B runs")
+    parser.add_argument("--no-sacct", action="store_true", help="read job states from submitit's logs only")
+    args = parser.parse_args(argv)
+    folder = args.folder.resolve()
+    if not folder.is_dir():
+        print(f"sia.report: {args.folder} is not a folder; pass a multirun dir (multirun/<date>/<time>) "
+              f"or outputs/", file=sys.stderr)
+        return 2
+    report = build_report(folder, use_sacct=not args.no_sacct)
+    if not report["runs"]:
+        print(f"sia.report: no runs under {folder} (no state.json, .hydra/ or .submitit/ job folders); "
+              f"pass the folder a sweep or run wrote", file=sys.stderr)
+        return 2
+    png = None
+    if any(g.finished for g in report["groups"]):
+        png = folder / "report.png"
+        plot_report(report["groups"], png, f"SIA report: {folder.name}")
+    md = write_markdown(report, folder, png)
+    print_tables(f"SIA report: {folder}", [("comparison (mean ± spread over seeds)", report["comparison"]),
+                                            ("decisions per generation (+ kept, - rejected, ! failed)",
+                                             report["decisions"]),
+                                            ("runs and jobs", report["job_rows"])])
+    print(f"sia.report: wrote {md}" + (f" and {png}" if png else " (no finished run to plot)"))
+    if not args.no_wandb_offline:
+        from sia.report.wandb_out import write_offline_tables
+
+        done = write_offline_tables(report["runs"], report["comparison"], report["decisions"])
+        if done:
+            print(f"sia.report: tables written into {len(done)} offline W&B run(s); upload with "
+                  f"wandb sync <run>/wandb/offline-run-*")
+    if args.wandb:
+        from sia.report.wandb_out import publish_online
+
+        url = publish_online(report["runs"], report["comparison"], report["decisions"], report["job_rows"],
+                             png, folder.name) if png else None
+        print(f"sia.report: published {url}" if url else "sia.report: nothing finished to publish")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""Skip-or-fail for the security suites: outside CI a machine without a sandbox layer skips
+the tests that need it; with ``CI=true`` nothing is skipped, so a missing Landlock, network
+namespace, seccomp or PID namespace fails the run instead of passing it silently."""
+from __future__ import annotations
+
+import pytest
+
+from sia.harness.supervisor import containment_error, in_ci
+
+LAYER_NAMES = ("landlock", "netns", "seccomp")
+
+
+def missing_layers(layers: dict, needed=LAYER_NAMES, containment: bool = True) -> list[str]:
+    missing = [f"{name} ({layers.get('errors', {}).get(name, 'unavailable')})"
+               for name in needed if not layers.get(name)]
+    if containment and containment_error():
+        missing.append(f"pid namespace ({containment_error()})")
+    return missing
+
+
+def needs(layers: dict, needed=LAYER_NAMES, containment: bool = True):
+    """A mark: skip when layers are missing, except under CI, where the tests run (and fail)."""
+    missing = missing_layers(layers, needed, containment)
+    return pytest.mark.skipif(bool(missing) and not in_ci(),
+                              reason=f"this machine cannot apply the sandbox: {', '.join(missing)}")
+
+
+def check_present(layers: dict, needed=LAYER_NAMES, containment: bool = True) -> None:
+    """Body of a test that fails under CI when a layer is missing (and skips elsewhere)."""
+    missing = missing_layers(layers, needed, containment)
+    if not missing:
+        return
+    if in_ci():
+        pytest.fail(f"CI=true but sandbox layers are missing: {', '.join(missing)}")
+    pytest.skip(f"sandbox layers missing here: {', '.join(missing)}")

@@ -1,0 +1,139 @@
+"""The weights lever's rollout bookkeeping and its choice of algorithm from reward statistics,
+on recorded rollouts (no model needed): what it trains on, and when it refuses to train."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from omegaconf import OmegaConf
+
+from sia.agents.decision import Decision
+from sia.harness.contract import JobResult
+from sia.levers.lora import LoraLever
+from sia.levers.rollouts import RolloutPlan, collect, job_id, read_rollouts
+from sia.run import RunDir
+from sia.tasks import EvalReport, Example, ExampleScore, Task, TaskMeta, load_task
+
+
+def _call(completion, used=None, **kw):
+    return {"type": "llm_call", "messages": [{"role": "user", "content": "q"}], "completion": completion,
+            "finish_reason": "stop", "used": used, **kw}
+
+
+class CountingBench:
+    """Answers every job with its own id; counts the jobs it was asked to run."""
+
+    def __init__(self):
+        self.jobs = []
+
+    def run(self, harness, jobs, adapter, desc, sampling=None):
+        assert sampling == {"temperature": 0.9, "seed": 7}
+        self.jobs += [j.id for j in jobs]
+        return [JobResult(id=j.id, answer=j.id, events=[_call(j.id, temperature=0.9, seed=1)],
+                          served=[_call(j.id, temperature=0.9, seed=1)]) for j in jobs]
+
+
+class RewardByK(Task):
+    name = "toy"
+    meta = TaskMeta(primary_metric="score")
+
+    def load(self):
+        raise NotImplementedError
+
+    def evaluate(self, examples, answers, split):
+        per = [ExampleScore(id=e.id, score=1.0 if a.endswith("~1") else 0.0) for e, a in zip(examples, answers)]
+        return EvalReport(metrics={"score": 0.0}, per_example=per)
+
+
+def test_rollouts_survive_a_kill_and_are_never_drawn_twice(tmp_path):
+    examples = [Example(id=f"e{i}", inputs={}) for i in range(3)]
+    plan = RolloutPlan(examples=examples, samples_per_prompt=2, temperature=0.9, seed=7)
+    path = tmp_path / "rollouts.jsonl"
+    first = CountingBench()
+    rows = collect(RewardByK({}, tmp_path), first, tmp_path / "h.py", None, plan, path, "r")
+    assert len(rows) == 6 and len(first.jobs) == 6
+    assert {r["job"]: r["reward"] for r in rows}[job_id(examples[0], 1)] == 1.0
+    assert rows[0]["samples"][0]["completion"] == rows[0]["job"]     # the served call is the sample
+    # a kill -9 mid-append: the last line is torn, the rest survives
+    text = path.read_text()
+    path.write_text(text[: text.rindex("\n", 0, len(text) - 1) + 1] + '{"job": "e2~1", "rew')
+    assert len(read_rollouts(path)) == 5
+    again = CountingBench()
+    rows = collect(RewardByK({}, tmp_path), again, tmp_path / "h.py", None, plan, path, "r")
+    assert again.jobs == [job_id(examples[2], 1)] and len(rows) == 6          # only the torn job redrawn
+    assert len(path.read_text().splitlines()) == 6
+
+
+def _lever(tmp_path, task, train):
+    cfg = OmegaConf.create({"budget": {"train_steps": 2, "train_examples": 4},
+                            "lora": {"samples_per_prompt": 4, "rollout_temperature": 0.9, "positive_threshold": None,
+                                     "thresholds": {"format_failure_sft": 0.3, "sparse_zero_share": 0.8,
+                                                    "min_groups": 8}},
+                            "seed": 0, "model": {}, "cache_dir": str(tmp_path)})
+
+    class NoBench:
+        def run(self, *a, **k):
+            raise AssertionError("recorded rollouts: nothing is drawn again")
+
+    return LoraLever(cfg=cfg, task=task, bench=NoBench(), run=RunDir(tmp_path / "run"), engine=None, train=train)
+
+
+def _record(lever, generation, rewards):
+    """rollouts.jsonl for 8 train examples x 4 samples with the given rewards (row-major)."""
+    path = lever.run.gen_dir(generation) / "rollouts.jsonl"
+    rows = []
+    for i, e in enumerate(lever.train_examples):
+        for k in range(4):
+            reward = rewards[i * 4 + k]
+            rows.append({"job": job_id(e, k), "example_id": e.id, "k": k, "reward": reward,
+                         "failure": None if reward else "wrong",
+                         "samples": [{"group": e.id, "example_id": e.id, "seed": k, "temperature": 0.9,
+                                      "prompt": [{"role": "user", "content": "x"}], "completion": "y",
+                                      "reward": reward, "eos": True}]})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+WEIGHTS = Decision(action="weights", rationale="r", training={"algorithm": "auto", "data": "auto", "steps": 2,
+                                                              "examples": 8}, stats={"format_rate": 0.0})
+
+
+def test_cuda_kernel_without_a_positive_sample_records_no_training_and_why(tmp_path):
+    task = load_task("cuda_kernel", {})
+    lever = _lever(tmp_path, task, [Example(id=f"t{i}", inputs={}) for i in range(8)])
+    assert "sft" not in lever.offer(task, "").algorithms          # no gold targets: reward-driven only
+    _record(lever, 1, [0.0] * 32)
+    trained = lever.train(1, WEIGHTS, tmp_path / "h.py", None, None)
+    assert trained.info["algorithm"] is None and "no positive sample" in trained.info["skipped"]
+    assert trained.info["reward_stats"]["n"] == 32
+    again = lever.train(1, WEIGHTS, tmp_path / "h.py", None, None)     # resumed: the same verdict, no redraw
+    assert again.info["skipped"] == trained.info["skipped"]
+
+
+def test_a_rare_win_calls_for_entropic_weighting(tmp_path):
+    task = load_task("cuda_kernel", {})
+    lever = _lever(tmp_path, task, [Example(id=f"t{i}", inputs={}) for i in range(8)])
+    rewards = [0.0] * 32
+    rewards[5] = 0.6                                             # one correct kernel faster than the incumbent
+    _record(lever, 1, rewards)
+    name, why, samples, stats = lever._choose(1, WEIGHTS, tmp_path / "h.py", None, 8)
+    assert name == "eaw" and "positive" in why and len(samples) == 32 and stats["n_positive"] == 1
+
+
+def test_binary_reward_with_spread_groups_calls_for_grpo(tmp_path):
+    task = load_task("sql_qa", {})
+    lever = _lever(tmp_path, task, [Example(id=f"t{i}", inputs={}) for i in range(8)])
+    _record(lever, 1, [1.0, 0.0, 1.0, 0.0] * 8)
+    name, why, _, stats = lever._choose(1, WEIGHTS, tmp_path / "h.py", None, 8)
+    assert name == "grpo" and stats["spread_share"] == 1.0
+    forced = Decision(action="weights", rationale="r", training={"algorithm": "rs_sft", "steps": 2, "examples": 8})
+    assert lever._choose(1, forced, tmp_path / "h.py", None, 8)[0] == "rs_sft"
+
+
+@pytest.mark.parametrize("format_rate, expected", [(0.9, "sft"), (0.0, "grpo")])
+def test_gold_sft_first_when_answers_are_unreadable(tmp_path, format_rate, expected):
+    task = load_task("sql_qa", {})
+    lever = _lever(tmp_path, task, [Example(id=f"t{i}", inputs={}) for i in range(8)])
+    _record(lever, 1, [1.0, 0.0, 1.0, 0.0] * 8)
+    decision = Decision(action="weights", rationale="r", training={"algorithm": "auto", "steps": 2, "examples": 8},
+                        stats={"format_rate": format_rate})
+    assert lever._choose(1, decision, tmp_path / "h.py", None, 8)[0] == expected
