@@ -18,6 +18,8 @@ from sia.train.batching import collate, encode_sample
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL_CFG = OmegaConf.load(REPO / "conf" / "model" / "smollm2_135m.yaml")
+MODEL_CFG.pop("defaults")  # what Hydra composes from model/engine/hf.yaml
+MODEL_CFG.engine = OmegaConf.load(REPO / "conf" / "model" / "engine" / "hf.yaml")
 # Small, fast settings that still have to learn a fixed, unusual answer.
 LORA_CFG = OmegaConf.merge(OmegaConf.load(REPO / "conf" / "lora" / "default.yaml"),
                            {"lr": 2e-3, "rank": 8, "batch_size": 4})
