@@ -81,11 +81,25 @@ def config_problems(cfg: DictConfig) -> list[str]:
     _check_choice(p, cfg, "logger.mode", LOGGER_MODES)
     p += resume_problems(_get(cfg, "resume"))
     p += llm_problems(cfg)
+    p += algorithm_problems(cfg)
     if _get(cfg, "model.gpu") is not None:   # a GPU plan: it must fit before any work starts
         from sia.engine.memory_plan import plan_problems
 
         p += plan_problems(cfg.model, cfg.lora)
     return p
+
+
+def algorithm_problems(cfg: DictConfig) -> list[str]:
+    """Each algorithm's settings (lora.<name>.*) are known keys with sane values."""
+    from sia.train.trainer import ALGORITHMS, algorithm_settings
+
+    out = []
+    for name in ALGORITHMS:
+        try:
+            algorithm_settings(cfg.lora, name)
+        except ValueError as exc:
+            out.append(f"{exc}; fix it in conf/lora/ or on the command line")
+    return out
 
 
 def llm_problems(cfg: DictConfig) -> list[str]:

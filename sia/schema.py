@@ -57,7 +57,9 @@ class LoraConfig:
     batch_size: int = MISSING
     max_seq_len: int = MISSING
     precision: str = "???"
+    activation_checkpointing: bool = False   # recompute activations in backward: far less memory, slower
     samples_per_prompt: int = MISSING       # K samples per train example in a rollout (one group)
+    rollout_examples: int = MISSING         # train examples (groups) per rollout
     rollout_temperature: float = MISSING
     positive_threshold: Optional[float] = None
     thresholds: ChoiceThresholds = field(default_factory=ChoiceThresholds)

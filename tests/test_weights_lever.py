@@ -66,7 +66,8 @@ def test_rollouts_survive_a_kill_and_are_never_drawn_twice(tmp_path):
 
 def _lever(tmp_path, task, train):
     cfg = OmegaConf.create({"budget": {"train_steps": 2, "train_examples": 4},
-                            "lora": {"samples_per_prompt": 4, "rollout_temperature": 0.9, "positive_threshold": None,
+                            "lora": {"samples_per_prompt": 4, "rollout_examples": 8, "rollout_temperature": 0.9,
+                                     "positive_threshold": None,
                                      "thresholds": {"format_failure_sft": 0.3, "sparse_zero_share": 0.8,
                                                     "min_groups": 8}},
                             "seed": 0, "model": {}, "cache_dir": str(tmp_path)})

@@ -72,7 +72,8 @@ class LoraLever:
         with getattr(self.engine, "asleep", contextlib.nullcontext)():   # vLLM frees the GPU meanwhile
             result = train_adapter(self.cfg.model, self.cfg.lora, self.cfg.cache_dir, samples, algorithm=algorithm,
                                    steps=int(training["steps"]), out_dir=out_dir, init_adapter=adapter_dir,
-                                   seed=int(self.cfg.seed) + generation, progress=self.progress)
+                                   seed=int(self.cfg.seed) + generation, progress=self.progress,
+                                   threshold=(stats or {}).get("threshold"))
         info = {"algorithm": algorithm, "rationale": why, "reward_stats": stats, "losses": result.losses,
                 "wall_s": result.wall_s, "steps": result.steps, "examples": result.examples,
                 "tokens_per_s": result.tokens_per_s, "peak_rss_mb": result.peak_rss_mb, "note": result.note}
@@ -108,7 +109,8 @@ class LoraLever:
 
     def _rollouts(self, generation: int, harness: Path, adapter: str | None, examples: int) -> list[dict]:
         lora = self.cfg.lora
-        plan = RolloutPlan(examples=self.train_examples[: max(MIN_ROLLOUT_EXAMPLES, examples)],
+        n = max(MIN_ROLLOUT_EXAMPLES, min(examples, int(lora.rollout_examples)))
+        plan = RolloutPlan(examples=self.train_examples[:n],
                            samples_per_prompt=int(lora.samples_per_prompt),
                            temperature=float(lora.rollout_temperature), seed=int(self.cfg.seed) * 1000 + generation)
         return collect(self.task, self.bench, harness, adapter, plan, self.run.gen_dir(generation) / "rollouts.jsonl",
