@@ -8,7 +8,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-ALGORITHMS = ("auto", "sft", "rs_sft", "grpo", "eaw", "ppo")
+from sia.train.settings import ALGORITHMS as TRAIN_ALGORITHMS, algorithm_settings
+
 DEVICES = ("auto", "cpu", "cuda")
 MODEL_SOURCES = ("embedded", "path")
 LOGGER_MODES = ("offline", "online", "disabled")
@@ -64,7 +65,7 @@ def config_problems(cfg: DictConfig) -> list[str]:
     _check_int(p, cfg, "budget.train_steps", 1, "e.g. budget.train_steps=30")
     _check_int(p, cfg, "budget.probe_train_examples", 0, "e.g. budget.probe_train_examples=16")
     _check_number(p, cfg, "budget.wall_clock_minutes", 0, None, "e.g. budget.wall_clock_minutes=30")
-    _check_choice(p, cfg, "lora.algorithm", ALGORITHMS)
+    _check_choice(p, cfg, "lora.algorithm", ("auto", *TRAIN_ALGORITHMS))
     _check_int(p, cfg, "agent.workers", 1, "e.g. agent.workers=8")
     _check_number(p, cfg, "agent.example_timeout_s", 0, None, "e.g. agent.example_timeout_s=60")
     _check_int(p, cfg, "agent.memory_mb", 256, "e.g. agent.memory_mb=2048")
@@ -91,10 +92,8 @@ def config_problems(cfg: DictConfig) -> list[str]:
 
 def algorithm_problems(cfg: DictConfig) -> list[str]:
     """Each algorithm's settings (lora.<name>.*) are known keys with sane values."""
-    from sia.train.trainer import ALGORITHMS, algorithm_settings
-
     out = []
-    for name in ALGORITHMS:
+    for name in TRAIN_ALGORITHMS:
         try:
             algorithm_settings(cfg.lora, name)
         except ValueError as exc:

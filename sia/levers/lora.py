@@ -24,7 +24,6 @@ from sia.parts import LeverOffer, TrainedAdapter
 from sia.run import RunDir, read_json, write_json_atomic
 from sia.tasks import Example, Task
 
-REWARD_ALGORITHMS = ("rs_sft", "grpo", "eaw", "ppo")
 MIN_ROLLOUT_EXAMPLES = 2
 
 
@@ -48,7 +47,9 @@ class LoraLever:
         if len(self.train_examples) < MIN_ROLLOUT_EXAMPLES:
             return LeverOffer(False, f"the train split has {len(self.train_examples)} examples; training needs "
                                      f"at least {MIN_ROLLOUT_EXAMPLES}")
-        algorithms = (("sft",) if task.supports_gold_sft() else ()) + REWARD_ALGORITHMS
+        from sia.train.choose import ALGORITHMS   # sft needs gold targets, the others need rewards only
+
+        algorithms = tuple(a for a in ALGORITHMS if a != "sft" or task.supports_gold_sft())
         return LeverOffer(True, "", algorithms=algorithms, max_steps=int(budget.train_steps),
                           max_examples=int(budget.train_examples))
 
@@ -117,7 +118,7 @@ class LoraLever:
                        desc=f"gen {generation} rollouts")
 
     def _gold_samples(self, gen_dir: Path, harness: Path, n: int, generation: int) -> list:
-        from sia.train.samples import Sample
+        from sia.train.samples import samples_from_pairs
 
         pairs_file = gen_dir / "sft_pairs.json"
         if not pairs_file.is_file():
@@ -130,7 +131,7 @@ class LoraLever:
                 raise LeverFailed(f"the harness rendered no SFT pair ({first}); gold SFT needs the harness's "
                                   f"sft_pair(), reward-driven algorithms do not")
             write_json_atomic(pairs_file, pairs)
-        return [Sample(prompt=p["messages"], completion=p["completion"]) for p in read_json(pairs_file)]
+        return samples_from_pairs(read_json(pairs_file))
 
     def _finish(self, generation: int, info: dict, adapter_dir: Path) -> TrainedAdapter:
         if info.get("skipped"):

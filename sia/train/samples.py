@@ -112,3 +112,16 @@ def group_by(samples: list[Sample]) -> dict[str, list[int]]:
     for i, s in enumerate(samples):
         groups.setdefault(s.group, []).append(i)
     return groups
+
+
+def samples_from_pairs(pairs: list) -> list[Sample]:
+    """Gold SFT samples of ``{"messages", "completion"}`` pairs (what a harness's ``sft_pair``
+    renders), each checked: a pair is untrusted output."""
+    samples = []
+    for i, pair in enumerate(pairs):
+        if not isinstance(pair, dict) or not isinstance(pair.get("messages"), list) \
+                or not isinstance(pair.get("completion"), str):
+            keys = sorted(pair) if isinstance(pair, dict) else type(pair).__name__
+            raise ValueError(f"SFT pair {i} must be {{'messages': [...], 'completion': str}}, got {keys}")
+        samples.append(Sample(prompt=pair["messages"], completion=pair["completion"], group=str(i)))
+    return samples

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from sia.train.policy import PolicyModule
-from sia.train.samples import Sample
+from sia.train.samples import Sample, samples_from_pairs
 
 
 def sft_loss(logp: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
@@ -39,12 +39,6 @@ def train_sft(model_cfg, lora_cfg, cache_dir, pairs: list[dict], steps: int, out
 
     if not pairs:
         raise ValueError("train_sft needs at least one SFT pair; got none")
-    samples = []
-    for i, pair in enumerate(pairs):
-        if not isinstance(pair, dict) or not isinstance(pair.get("messages"), list) \
-                or not isinstance(pair.get("completion"), str):
-            keys = sorted(pair) if isinstance(pair, dict) else type(pair).__name__
-            raise ValueError(f"SFT pair {i} must be {{'messages': [...], 'completion': str}}, got {keys}")
-        samples.append(Sample(prompt=pair["messages"], completion=pair["completion"], group=str(i)))
+    samples = samples_from_pairs(pairs)
     return train_adapter(model_cfg, lora_cfg, cache_dir, samples, algorithm="sft", steps=steps, out_dir=out_dir,
                          init_adapter=init_adapter, seed=seed, progress=progress, wandb_logger=wandb_logger)

@@ -21,22 +21,14 @@ from torch.utils.data import DataLoader
 from sia.engine.hf import load_tokenizer, pick_device
 from sia.engine.model_cache import resolve_model_dir
 from sia.train.batching import BucketBatchSampler, batch_tokens, collate, encode_sample
-from sia.train.choose import ALGORITHMS
 from sia.train.policy import (disable_dropout, load_extra_state, load_lora_model, precision_context,
                               release_memory, save_adapter)
 from sia.train.resources import PeakRSS, quiet_lightning
 from sia.train.samples import Sample
+from sia.train.settings import algorithm_settings
 
 log = logging.getLogger(__name__)
 
-# Defaults of each algorithm's settings (lora.<algorithm>.<key> overrides them).
-DEFAULTS = {
-    "sft": {},
-    "rs_sft": {"top_k": 1},
-    "grpo": {"clip": 0.2, "kl": 0.0},
-    "eaw": {"beta": 5.0},
-    "ppo": {"clip": 0.2, "vf_coef": 0.5, "gamma": 1.0, "lam": 0.95},
-}
 RATIO_BASED = ("grpo", "ppo")
 
 
@@ -57,24 +49,6 @@ class TrainResult:
     @property
     def n_examples(self) -> int:  # the name the first SFT trainer used
         return self.examples
-
-
-def algorithm_settings(lora_cfg, algorithm: str, threshold: float | None = None) -> dict:
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"unknown training algorithm {algorithm!r}; choose one of {ALGORITHMS}")
-    settings = dict(DEFAULTS[algorithm])
-    given = lora_cfg.get(algorithm) if hasattr(lora_cfg, "get") else None
-    for key, value in dict(given or {}).items():
-        if key not in settings:
-            raise ValueError(f"lora.{algorithm}.{key} is not a setting of {algorithm}; known: {sorted(settings)}")
-        settings[key] = value
-    for key in ("clip", "beta"):
-        if key in settings and not float(settings[key]) > 0:
-            raise ValueError(f"lora.{algorithm}.{key} must be > 0, got {settings[key]}")
-    if threshold is None:
-        threshold = lora_cfg.get("positive_threshold", 0.0) if hasattr(lora_cfg, "get") else 0.0
-    settings["threshold"] = float(0.0 if threshold is None else threshold)
-    return settings
 
 
 def train_adapter(model_cfg, lora_cfg, cache_dir, samples: list[Sample], *, algorithm: str, steps: int, out_dir,

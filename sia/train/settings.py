@@ -1,0 +1,32 @@
+"""Each training algorithm's settings (``lora.<algorithm>.<key>``): their defaults and the
+check, kept free of torch so the config check before any work stays cheap."""
+from __future__ import annotations
+
+from sia.train.choose import ALGORITHMS
+
+# Defaults of each algorithm's settings (lora.<algorithm>.<key> overrides them).
+DEFAULTS = {
+    "sft": {},
+    "rs_sft": {"top_k": 1},
+    "grpo": {"clip": 0.2, "kl": 0.0},
+    "eaw": {"beta": 5.0},
+    "ppo": {"clip": 0.2, "vf_coef": 0.5, "gamma": 1.0, "lam": 0.95},
+}
+
+
+def algorithm_settings(lora_cfg, algorithm: str, threshold: float | None = None) -> dict:
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"unknown training algorithm {algorithm!r}; choose one of {ALGORITHMS}")
+    settings = dict(DEFAULTS[algorithm])
+    given = lora_cfg.get(algorithm) if hasattr(lora_cfg, "get") else None
+    for key, value in dict(given or {}).items():
+        if key not in settings:
+            raise ValueError(f"lora.{algorithm}.{key} is not a setting of {algorithm}; known: {sorted(settings)}")
+        settings[key] = value
+    for key in ("clip", "beta"):
+        if key in settings and not float(settings[key]) > 0:
+            raise ValueError(f"lora.{algorithm}.{key} must be > 0, got {settings[key]}")
+    if threshold is None:
+        threshold = lora_cfg.get("positive_threshold", 0.0) if hasattr(lora_cfg, "get") else 0.0
+    settings["threshold"] = float(0.0 if threshold is None else threshold)
+    return settings
