@@ -48,7 +48,7 @@ def test_sweep_is_one_array_job_and_every_variant_finishes(work_dir):
         assert [h["generation"] for h in state["history"]] == list(range(len(state["history"])))
     array = _array_id(job_folders(sweep_dir))
     # sacct lists the four array tasks (accounting may lag the result files by a moment)
-    states = sacct_settled(array)
+    states = sacct_settled(array, expect=4)
     assert sorted(states) == [(f"{array}_{i}", "COMPLETED") for i in range(4)]
 
 

@@ -87,10 +87,11 @@ def job_folders(sweep_dir: Path) -> list[Path]:
         if root.is_dir() else []
 
 
-def sacct_settled(job: str, duplicates: bool = False, timeout: float = 60) -> list[tuple[str, str]]:
-    """sacct_states once no allocation shows RUNNING/PENDING (accounting lags the job's end)."""
+def sacct_settled(job: str, duplicates: bool = False, timeout: float = 60, expect: int = 1) -> list[tuple[str, str]]:
+    """sacct_states once at least ``expect`` allocations are listed and none shows RUNNING/PENDING
+    (accounting lags the job's end, and a freshly started slurmdbd may not list every task yet)."""
     return wait_for(f"sacct to record the end of job {job}",
-                    lambda: (s := sacct_states(job, duplicates)) and
+                    lambda: (s := sacct_states(job, duplicates)) and len(s) >= expect and
                     all(st not in ("RUNNING", "PENDING", "COMPLETING") for _, st in s) and s, timeout)
 
 
