@@ -55,6 +55,7 @@ class LoraConfig:
     target_modules: list[str] = MISSING
     lr: float = MISSING
     batch_size: int = MISSING
+    micro_batch_size: Optional[int] = None   # sequences per forward/backward (gradient accumulation); None: batch_size
     max_seq_len: int = MISSING
     precision: str = "???"
     activation_checkpointing: bool = False   # recompute activations in backward: far less memory, slower

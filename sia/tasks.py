@@ -183,6 +183,12 @@ class Task(ABC):
         """True when train targets can be rendered into completions (harness ``sft_pair``)."""
         return True
 
+    def positive_threshold(self, rollout_mean: float, incumbent_score: float | None) -> float:
+        """Reward above which a rollout sample is a success worth reinforcing: any success for
+        binary reward, else better than the incumbent's mean (the rollout is the incumbent's
+        own samples on these examples)."""
+        return 0.0 if self.meta.reward_shape == "binary" else rollout_mean
+
 
 def plain_config(cfg: Any) -> dict:
     """A task's config subtree (DictConfig, dict or None) as plain, resolved dicts."""

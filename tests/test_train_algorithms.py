@@ -241,6 +241,17 @@ def test_bucket_sampler_groups_similar_lengths_and_reshuffles_each_epoch():
     assert list(BucketBatchSampler(lengths, 2, seed=3)) == first  # seeded
 
 
+def test_micro_batches_split_each_batch_and_the_short_batch_comes_last():
+    lengths = [10, 200, 12, 190, 14, 205, 11, 195, 13, 198]
+    whole = list(BucketBatchSampler(lengths, batch_size=4, seed=3))
+    micro = list(BucketBatchSampler(lengths, batch_size=4, seed=3, micro_batch_size=2))
+    assert len(micro) == len(BucketBatchSampler(lengths, 4, seed=3, micro_batch_size=2)) == 5
+    assert [len(b) for b in micro] == [2, 2, 2, 2, 2] and sorted(i for b in micro for i in b) == list(range(10))
+    # the same rows per optimizer step as whole batches, the short one (2 rows) at the end
+    regrouped = [micro[0] + micro[1], micro[2] + micro[3], micro[4]]
+    assert sorted(map(sorted, regrouped)) == sorted(map(sorted, whole)) and len(regrouped[-1]) == 2
+
+
 @pytest.fixture(scope="module")
 def tiny_peft():
     from peft import LoraConfig, get_peft_model
@@ -399,6 +410,17 @@ def test_real_steps_continue_the_init_adapter_and_save_a_loadable_one(algorithm,
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([[1, 2, 3]])).logits
     assert torch.isfinite(logits).all()
+
+
+@pytest.mark.slow
+def test_micro_batches_take_the_same_optimizer_steps_as_whole_batches(cache_dir, rollout, tmp_path):
+    exact = OmegaConf.merge(LORA_CFG, {"precision": "32-true", "micro_batch_size": None})
+    whole = train_adapter(MODEL_CFG, exact, cache_dir, rollout, algorithm="grpo", steps=2, out_dir=tmp_path / "a")
+    micro = train_adapter(MODEL_CFG, OmegaConf.merge(exact, {"micro_batch_size": 2}), cache_dir, rollout,
+                          algorithm="grpo", steps=2, out_dir=tmp_path / "b")
+    assert len(micro.losses) == len(whole.losses) == 2   # one loss per optimizer step, not per micro-batch
+    assert micro.losses[0] == approx(whole.losses[0], rel=1e-5, abs=1e-7)   # same rows, same parameters
+    assert micro.losses[1] == approx(whole.losses[1], rel=1e-3, abs=1e-4)
 
 
 def test_the_config_thresholds_are_the_choice_keywords():

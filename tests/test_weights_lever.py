@@ -120,6 +120,22 @@ def test_a_rare_win_calls_for_entropic_weighting(tmp_path):
     assert name == "eaw" and "positive" in why and len(samples) == 32 and stats["n_positive"] == 1
 
 
+def test_a_correct_kernel_slower_than_the_incumbent_is_not_positive(tmp_path):
+    task = load_task("cuda_kernel", {})
+    lever = _lever(tmp_path, task, [Example(id=f"t{i}", inputs={}) for i in range(8)])
+    rewards = [0.0] * 32
+    rewards[5] = 0.45                        # correct, but slower than the incumbent (val reward 0.5)
+    _record(lever, 1, rewards)
+    at_incumbent = Decision(action="weights", rationale="r", training=WEIGHTS.training,
+                            stats={"format_rate": 0.0, "score": 0.5})
+    trained = lever.train(1, at_incumbent, tmp_path / "h.py", None, None)
+    assert trained.info["algorithm"] is None and trained.info["reward_stats"]["threshold"] == 0.5
+    rewards[9] = 0.55                        # one faster than the incumbent: that is worth training on
+    _record(lever, 2, rewards)
+    name, why, _, stats = lever._choose(2, at_incumbent, tmp_path / "h.py", None, 8)
+    assert name == "eaw" and stats["n_positive"] == 1 and "reward > 0.5" in why
+
+
 def test_binary_reward_with_spread_groups_calls_for_grpo(tmp_path):
     task = load_task("sql_qa", {})
     lever = _lever(tmp_path, task, [Example(id=f"t{i}", inputs={}) for i in range(8)])

@@ -14,6 +14,7 @@ Every step leaves a file in the generation folder (``sft_pairs.json`` / ``rollou
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
 
 from sia.agents.decision import AUTO, Decision
@@ -61,9 +62,12 @@ class LoraLever:
             return self._finish(generation, read_json(info_file), out_dir)
         training = dict(decision.training or {})
         examples = int(training.get("examples", 1))
+        started = time.monotonic()
         algorithm, why, samples, stats = self._choose(generation, decision, harness, adapter, examples)
+        rollout_s = time.monotonic() - started   # ~0 when resumed from a saved rollouts.jsonl
         if algorithm is None:   # nothing to reinforce: no training this generation, said why
-            info = {"algorithm": None, "skipped": why, "rationale": why, "reward_stats": stats}
+            info = {"algorithm": None, "skipped": why, "rationale": why, "reward_stats": stats,
+                    "rollout_s": rollout_s}
             write_json_atomic(info_file, info)
             return self._finish(generation, info, out_dir)
         if algorithm == "sft":
@@ -75,7 +79,8 @@ class LoraLever:
                                    steps=int(training["steps"]), out_dir=out_dir, init_adapter=adapter_dir,
                                    seed=int(self.cfg.seed) + generation, progress=self.progress,
                                    threshold=(stats or {}).get("threshold"))
-        info = {"algorithm": algorithm, "rationale": why, "reward_stats": stats, "losses": result.losses,
+        info = {"algorithm": algorithm, "rationale": why, "reward_stats": stats, "rollout_s": rollout_s,
+                "losses": result.losses,
                 "wall_s": result.wall_s, "steps": result.steps, "examples": result.examples,
                 "tokens_per_s": result.tokens_per_s, "peak_rss_mb": result.peak_rss_mb, "note": result.note}
         write_json_atomic(info_file, info)
@@ -99,8 +104,8 @@ class LoraLever:
         samples = _samples(rows)
         mean = sum(r["reward"] for r in rows) / len(rows) if rows else 0.0
         threshold = lora.get("positive_threshold")
-        if threshold is None:   # the task's positive: a success (binary), else better than the incumbent's mean
-            threshold = 0.0 if self.task.meta.reward_shape == "binary" else mean
+        if threshold is None:   # the task's positive (Task.positive_threshold)
+            threshold = self.task.positive_threshold(mean, (decision.stats or {}).get("score"))
         stats = reward_stats(samples, threshold=threshold)
         if forced not in (AUTO, None):
             return forced, f"{forced} (asked for); rollout: {stats.describe()}", samples, stats.to_json()

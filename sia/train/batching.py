@@ -79,11 +79,12 @@ class BucketBatchSampler(Sampler):
     Indices are shuffled, then stably sorted by length bucket, so rows of one bucket mix
     across epochs; the batch order is shuffled too, so training does not run short-to-long."""
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int):
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, micro_batch_size: int | None = None):
         if batch_size < 1:
             raise ValueError(f"lora.batch_size must be >= 1, got {batch_size}")
         self.lengths = lengths
         self.batch_size = batch_size
+        self.micro = micro_batch_size or batch_size
         self.seed = seed
         self.epoch = 0
 
@@ -95,7 +96,11 @@ class BucketBatchSampler(Sampler):
         order.sort(key=lambda i: self.lengths[i] // BUCKET_TOKENS)
         batches = [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)]
         rng.shuffle(batches)
-        return iter(batches)
+        # A short batch goes last, where the epoch's end closes its optimizer step: its
+        # micro-batches never share a step with the next batch's.
+        batches.sort(key=lambda b: len(b) < self.batch_size)
+        return iter([b[s:s + self.micro] for b in batches for s in range(0, len(b), self.micro)])
 
     def __len__(self) -> int:
-        return -(-len(self.lengths) // self.batch_size)
+        full, rest = divmod(len(self.lengths), self.batch_size)
+        return full * -(-self.batch_size // self.micro) + -(-rest // self.micro)

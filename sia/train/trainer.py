@@ -78,10 +78,11 @@ def train_adapter(model_cfg, lora_cfg, cache_dir, samples: list[Sample], *, algo
         if extra is not None:
             module.load_extra_state(extra)
         device = pick_device(model_cfg.device)
-        _precompute(module, examples, int(lora_cfg.batch_size), tokenizer.pad_token_id,
-                    str(lora_cfg.precision), device)
+        micro, accumulate = micro_batches(lora_cfg)
+        _precompute(module, examples, micro, tokenizer.pad_token_id, str(lora_cfg.precision), device)
         recorder = _Recorder()
-        sampler = BucketBatchSampler([len(e["input_ids"]) for e in examples], int(lora_cfg.batch_size), seed)
+        sampler = BucketBatchSampler([len(e["input_ids"]) for e in examples], int(lora_cfg.batch_size), seed,
+                                     micro_batch_size=micro)
         loader = DataLoader(examples, batch_sampler=sampler,
                             collate_fn=lambda batch: collate(batch, tokenizer.pad_token_id))
         with quiet_lightning():
@@ -90,7 +91,7 @@ def train_adapter(model_cfg, lora_cfg, cache_dir, samples: list[Sample], *, algo
                 accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
                 precision=lora_cfg.precision, enable_checkpointing=False, logger=wandb_logger or False,
                 enable_progress_bar=progress, enable_model_summary=False, log_every_n_steps=1,
-                use_distributed_sampler=False, callbacks=[recorder],
+                use_distributed_sampler=False, callbacks=[recorder], accumulate_grad_batches=accumulate,
             )
             trainer.fit(module, train_dataloaders=loader)
         last_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
@@ -121,6 +122,18 @@ def _encode(tokenizer, chosen: list[tuple[Sample, dict]], max_seq_len: int) -> l
     return examples
 
 
+def micro_batches(lora_cfg) -> tuple[int, int]:
+    """(sequences per forward/backward pass, passes per optimizer step). One step still sees
+    ``lora.batch_size`` sequences; ``lora.micro_batch_size`` only bounds the activations held
+    at once (gradient accumulation: same gradient for equal-size micro-batches, less memory)."""
+    batch = int(lora_cfg.batch_size)
+    micro = int(lora_cfg.get("micro_batch_size") or batch)
+    if micro < 1 or batch % micro:
+        raise ValueError(f"lora.micro_batch_size={micro} must divide lora.batch_size={batch}; "
+                         f"use e.g. lora.micro_batch_size={max(1, batch // 2)}")
+    return micro, batch // micro
+
+
 def _precompute(module, examples: list[dict], batch_size: int, pad_id: int, precision: str, device) -> None:
     """Fill each example's fixed per-token fields (old/ref log-probs, PPO advantages)."""
     if not (module.needs_old_logp or module.needs_ref_logp):
@@ -141,26 +154,35 @@ def _precompute(module, examples: list[dict], batch_size: int, pad_id: int, prec
 
 
 class _Recorder(pl.Callback):
-    """Loss, tokens and wall time of every step (data loading included; set-up and saving not)."""
+    """Loss, tokens and wall time of every optimizer step (data loading included; set-up and
+    saving not). With micro-batches, a step's loss is the mean of its micro-batches' losses."""
 
     def __init__(self):
         self.losses: list[float] = []
         self.step_tokens: list[int] = []
         self.step_s: list[float] = []
-        self._last = 0.0
+        self._last, self._steps = 0.0, 0
+        self._pending: list[float] = []
+        self._tokens = 0
 
     def on_train_start(self, trainer, pl_module):
-        self._last = time.perf_counter()
+        self._last, self._steps = time.perf_counter(), trainer.global_step
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.step_tokens.append(batch_tokens(batch))
+        self._tokens += batch_tokens(batch)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        self.losses.append(float(loss.detach()))
+        # Lightning hands back the loss divided by the accumulation factor
+        self._pending.append(float(loss.detach()) * trainer.accumulate_grad_batches)
+        if trainer.global_step == self._steps:    # micro-batch without an optimizer step yet
+            return
+        self._steps = trainer.global_step
+        self.losses.append(sum(self._pending) / len(self._pending))
+        self.step_tokens.append(self._tokens)
         now = time.perf_counter()
         self.step_s.append(now - self._last)
-        self._last = now
+        self._last, self._pending, self._tokens = now, [], 0
 
 
 def steady_rate(step_tokens: list[int], step_s: list[float]) -> tuple[float, float]:

@@ -178,3 +178,8 @@ class TaskImpl(Task):
 
     def supports_gold_sft(self) -> bool:
         return False   # no gold kernels: the weights lever learns from the policy's own successes
+
+    def positive_threshold(self, rollout_mean: float, incumbent_score: float | None) -> float:
+        # a correct kernel faster than the incumbent's, not merely correct: the reward is
+        # monotone in the speed-up, so "faster" is "above the incumbent's val reward"
+        return rollout_mean if incumbent_score is None else float(incumbent_score)
