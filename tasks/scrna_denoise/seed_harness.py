@@ -22,6 +22,9 @@ OPTIONS = {
     "default_pipeline": "knn(10)",   # used when the model is not asked or gives no tool call
     "retry_unparsed": False,         # ask once more, with feedback, when a reply has no call
     "sharpen": 1.0,                  # raise each cell's profile to this power (>1 helps the MSE)
+    "mix": 0.0,                      # share of the unsharpened profile kept beside the sharpened one
+    "mcv_tune": False,               # choose method, parameters, sharpen and mix by molecular
+                                     # cross-validation on an inner split of the train counts
     "clip_negative": False,          # clip negative output values to 0
     "round_output": False,           # round the output to integer counts
     "max_tokens": 24,
@@ -139,14 +142,23 @@ def magic(counts: np.ndarray, t: int = 3, k: int = 5, decay: float = 1.0,
     input OpenProblems gives it: library-size normalise, square root, PCA (n_pcs), the
     alpha-decay kernel (k, decay, k_max = 3k), a Markov matrix, t diffusion steps of the full
     data, squared back; each cell keeps its library size."""
+    t = max(1, int(t))
+    return magic_steps(counts, (t,), k, decay, n_pcs, k_max)[t]
+
+
+def magic_steps(counts, ts, k=5, decay=1.0, n_pcs=100, k_max=None):
+    """``{t: magic(counts, t, k, ...)}`` for every t in ``ts`` from one kernel and one walk of
+    diffusion steps (what a search over t needs)."""
     counts = np.asarray(counts, dtype=np.float64)
     space = sqrt_space(counts)
     points = pca_scores(space, n_pcs) if space.shape[1] > n_pcs else space
     operator = markov(alpha_decay_kernel(points, k, decay, 3 * k if k_max is None else k_max))
-    diffused = space
-    for _ in range(max(1, int(t))):  # t products with the data: cheaper than a matrix power
+    wanted, out, diffused = {max(1, int(t)) for t in ts}, {}, space
+    for step in range(1, max(wanted) + 1):  # t products with the data: cheaper than a matrix power
         diffused = operator @ diffused
-    return rescale_to_library(diffused ** 2, counts)
+        if step in wanted:
+            out[step] = rescale_to_library(diffused ** 2, counts)
+    return out
 
 
 def truncated_svd(matrix: np.ndarray, rank: int, n_iter: int = 4) -> np.ndarray:
@@ -218,6 +230,113 @@ def sharpen(pred, counts, power):
     return rescale_to_library(normalise_rows(np.maximum(pred, 0)) ** power, counts)
 
 
+def sharpen_mix(pred, counts, power, mix):
+    """``sharpen`` with a share ``mix`` of the unsharpened profile added back: sharpening
+    pushes rare genes towards 0, which the log-space MSE rewards, while the mixed-in share
+    keeps them above 0, where the Poisson likelihood of a held-out count needs them."""
+    if mix <= 0:
+        return sharpen(pred, counts, power)
+    profile = normalise_rows(np.maximum(pred, 0))
+    return rescale_to_library((1 - mix) * normalise_rows(profile ** power) + mix * profile, counts)
+
+
+# ---- self-tuning by molecular cross-validation (Batson et al. 2019, noise2self) ------------
+# The harness cannot see the held-out molecules, but it can make its own: thin its train
+# counts binomially again, denoise the inner train part with each candidate and score the
+# prediction of the inner held-out part with the task's metric definitions (copied below).
+# The best candidate then runs on the full train counts.
+
+MCV_GRID = {
+    "methods": [("magic", {"t": t, "k": k}) for k in (3, 5, 10) for t in (1, 2, 3, 4, 6)]
+               + [("knn", {"k": k}) for k in (5, 10, 20)],
+    "sharpen": (1.0, 1.5, 2.0, 2.5, 3.0),
+    "mix": (0.0, 0.1, 0.2, 0.3, 0.5),
+    "scored_cells": 1000,   # inner scores use at most this many (seeded) cells: cost stays flat
+    "seed": 0,
+}
+
+
+def log_normalise(counts):
+    totals = row_sums(counts)
+    return np.log1p(counts * np.divide(1e4, totals, out=np.zeros_like(totals), where=totals > 0))
+
+
+def mcv_losses(pred, test, test_log, scale):
+    """(mse, poisson) of ``pred`` as the task defines them: log1p of counts per 1e4, and the
+    Poisson negative log-likelihood of ``test`` after scaling by test total / train total."""
+    pred = np.asarray(pred, dtype=np.float64)
+    mse = float(np.mean((log_normalise(pred) - test_log) ** 2))
+    scaled = pred * scale
+    return mse, float(np.mean(scaled - test * np.log(scaled + 1e-6)))
+
+
+def mcv_scorer(train, test):
+    """A function pred -> normalised score (mean of normalised mse and poisson: 0 = the
+    inner train counts, 1 = the inner held-out counts themselves)."""
+    test_log, scale = log_normalise(test), test.sum() / max(train.sum(), 1e-300)
+    none = mcv_losses(train, test, test_log, scale)
+    perfect = mcv_losses(test / scale, test, test_log, scale)
+
+    def score(pred):
+        losses = mcv_losses(pred, test, test_log, scale)
+        parts = [(n - v) / (n - p) if n > p else 0.0 for v, n, p in zip(losses, none, perfect)]
+        return (parts[0] + parts[1]) / 2
+    return score
+
+
+def inner_split(counts, fraction, seed=0):
+    """Every count thinned binomially into an inner train part (``fraction`` of it, as the
+    task thinned the full counts) and an inner held-out part."""
+    inner = np.random.default_rng(seed).binomial(np.rint(counts).astype(np.int64), fraction)
+    return inner.astype(np.float64), counts - inner
+
+
+def method_outputs(name, args_list, counts):
+    """[(args, prediction)] of one method for several argument sets; MAGIC shares one kernel
+    per k across its t values."""
+    if name != "magic":
+        return [(args, TOOLS[name][0](counts, **args)) for args in args_list]
+    out = []
+    for k in sorted({a.get("k", 10) for a in args_list}):
+        same = [a for a in args_list if a.get("k", 10) == k]
+        steps = magic_steps(counts, [a.get("t", 3) for a in same], k)
+        out += [(a, steps[max(1, int(a.get("t", 3)))]) for a in same]
+    return out
+
+
+def mcv_tune(counts, incumbent, fraction, ctx, grid=None):
+    """The (call, sharpen, mix) that predicts an inner held-out split of ``counts`` best.
+    The incumbent (its call with OPTIONS' sharpen and mix) is scored first and wins ties, so
+    tuning never picks worse than it on the inner split. Reads nothing but ``counts``."""
+    grid = grid or MCV_GRID
+    train, test = inner_split(counts, fraction, grid["seed"])
+    rows = np.arange(len(counts))
+    if len(rows) > grid["scored_cells"]:
+        rows = np.sort(np.random.default_rng(grid["seed"]).choice(rows, grid["scored_cells"], replace=False))
+    score, base = mcv_scorer(train[rows], test[rows]), train[rows]
+
+    def output(pred, power, mix):
+        return pred if (power, mix) == (1.0, 0.0) else sharpen_mix(pred, base, power, mix)
+
+    own = (float(OPTIONS["sharpen"]), float(OPTIONS["mix"]))
+    mine = TOOLS[incumbent[0]][0](train, **incumbent[1])[rows]
+    best = (score(output(mine, *own)), incumbent, *own)
+    first, scored = best[0], 1
+    calls = [incumbent] + [c for c in grid["methods"] if c != incumbent]
+    for name in dict.fromkeys(n for n, _ in calls):
+        for args, pred in method_outputs(name, [a for n, a in calls if n == name], train):
+            sub = pred[rows]
+            for power in grid["sharpen"]:
+                for mix in grid["mix"]:
+                    value, scored = score(output(sub, power, mix)), scored + 1
+                    if value > best[0]:
+                        best = (value, (name, args), power, mix)
+    ctx.log("mcv_tune", chosen={"call": [best[1][0], best[1][1]], "sharpen": best[2], "mix": best[3]},
+            inner_score=round(best[0], 4), incumbent_inner_score=round(first, 4),
+            candidates=scored, fraction=fraction, scored_cells=len(rows))
+    return best[1], best[2], best[3]
+
+
 # ---- tool dispatch -----------------------------------------------------------------------
 
 # name -> (function, argument names, defaults, (low, high) bounds per argument)
@@ -283,13 +402,18 @@ def describe(counts):
 
 
 def denoise(counts, call, ctx):
-    """The whole pipeline on all cells: the tool call, then the output options."""
+    """The whole pipeline on all cells: the tool call (or, with mcv_tune, the call and output
+    settings the inner split chose), then the output options."""
+    power, mix = float(OPTIONS["sharpen"]), float(OPTIONS["mix"])
+    if OPTIONS["mcv_tune"]:
+        fraction = float((getattr(ctx, "resources", None) or {}).get("train_fraction", 0.9))
+        call, power, mix = mcv_tune(counts, call, fraction, ctx)
     name, args = call
     pred = TOOLS[name][0](counts, **args)
     ctx.log("tool_call", name=name, args=args, result=summary(pred))
-    if OPTIONS["sharpen"] != 1.0:
-        pred = sharpen(pred, counts, float(OPTIONS["sharpen"]))
-        ctx.log("tool_call", name="sharpen", args={"power": OPTIONS["sharpen"]}, result=summary(pred))
+    if power != 1.0 or mix != 0.0:
+        pred = sharpen_mix(pred, counts, power, mix)
+        ctx.log("tool_call", name="sharpen", args={"power": power, "mix": mix}, result=summary(pred))
     if OPTIONS["clip_negative"]:
         pred = np.maximum(pred, 0.0)
     if OPTIONS["round_output"]:
