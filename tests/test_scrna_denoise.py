@@ -496,7 +496,8 @@ def test_mcv_tuned_harness_beats_magic_reading_only_the_train_counts(task, publi
     assert set(seen) == {"train_counts", "train_fraction"}
     [tuned] = [e for e in events if e["type"] == "mcv_tune"]   # tuned once, reused for every example
     assert tuned["inner_score"] > tuned["incumbent_inner_score"]
-    assert tuned["chosen"]["sharpen"] > 1.0 and tuned["scored_cells"] == 700
+    assert tuned["chosen"]["sharpen"] > 1.0 or tuned["chosen"]["loss_weight"] > 0
+    assert tuned["scored_cells"] == 700
 
 
 def test_mcv_choice_is_the_argmax_of_the_trusted_metric_on_the_inner_split(task, modules):
@@ -508,7 +509,7 @@ def test_mcv_choice_is_the_argmax_of_the_trusted_metric_on_the_inner_split(task,
             "sharpen": (1.0, 2.0), "mix": (0.0, 0.3), "scored_cells": 300, "seed": 7}
     events = []
     ctx = types.SimpleNamespace(log=lambda kind, **data: events.append(data))
-    call, power, mix = harness.mcv_tune(counts, ("knn", {"k": 10}), 0.9, ctx, grid)
+    call, settings = harness.mcv_tune(counts, ("knn", {"k": 10}), 0.9, ctx, grid)
 
     inner = np.random.default_rng(7).binomial(counts.astype(np.int64), 0.9).astype(np.float64)
     rows = np.sort(np.random.default_rng(7).choice(len(counts), 300, replace=False))
@@ -523,6 +524,8 @@ def test_mcv_choice_is_the_argmax_of_the_trusted_metric_on_the_inner_split(task,
                 out = harness.sharpen_mix(pred[rows], inner[rows], p, m) if (p, m) != (1.0, 0.0) else pred[rows]
                 scores[key + (p, m)] = ref.score(out).score
     best = max(scores, key=scores.get)
+    assert settings["loss_weight"] == 0.0   # this grid offers no expected_loss output
+    power, mix = settings["sharpen"], settings["mix"]
     assert (call[0], call[1].get("t", call[1]["k"]) if call[0] == "magic" else call[1]["k"], power, mix) == best
     assert events[0]["inner_score"] == pytest.approx(scores[best], abs=1e-4)
     # the incumbent with its own settings, then every method (the incumbent's too) x output setting
@@ -537,7 +540,8 @@ def test_mcv_scorer_matches_the_task_metrics_and_the_inner_split_thins_every_cou
     assert np.array_equal(train + test, full) and (test >= 0).all() and (train >= 0).all()
     assert 0.05 < test.sum() / full.sum() < 0.15
     assert np.array_equal(harness.inner_split(full, 0.9, seed=1)[0], train)   # seeded: every worker agrees
-    score, ref = harness.mcv_scorer(train, test), modules.metrics.References(train, test)
+    (score, balance), ref = harness.mcv_scorer(train, test), modules.metrics.References(train, test)
+    assert balance == pytest.approx((ref.poisson_none - ref.poisson_perfect) / (ref.mse_none - ref.mse_perfect))
     for pred in (train, modules.metrics.perfect_prediction(train, test), train + 0.5, full[::-1] + 0.1):
         assert score(pred) == pytest.approx(ref.score(pred).score, abs=1e-12)
     assert score(train) == 0.0 and score(modules.metrics.perfect_prediction(train, test)) == pytest.approx(1.0)
@@ -557,9 +561,10 @@ def test_mcv_tuning_keeps_the_incumbent_on_a_tie_and_picks_smoothing_on_clusters
     log = lambda kind, **data: None
     ctx = types.SimpleNamespace(log=log)
     only_incumbent = {"methods": [], "sharpen": (1.0,), "mix": (0.0,), "scored_cells": 1000, "seed": 0}
-    assert harness.mcv_tune(counts, ("knn", {"k": 1}), 0.9, ctx, only_incumbent) == (("knn", {"k": 1}), 1.0, 0.0)
+    plain = {"sharpen": 1.0, "mix": 0.0, "loss_weight": 0.0}
+    assert harness.mcv_tune(counts, ("knn", {"k": 1}), 0.9, ctx, only_incumbent) == (("knn", {"k": 1}), plain)
     grid = {**only_incumbent, "methods": [("magic", {"t": 3, "k": 5})]}
-    assert harness.mcv_tune(counts, ("knn", {"k": 1}), 0.9, ctx, grid) == (("magic", {"t": 3, "k": 5}), 1.0, 0.0)
+    assert harness.mcv_tune(counts, ("knn", {"k": 1}), 0.9, ctx, grid) == (("magic", {"t": 3, "k": 5}), plain)
 
 
 def test_magic_steps_match_magic_at_every_t(modules):
@@ -570,3 +575,24 @@ def test_magic_steps_match_magic_at_every_t(modules):
     assert sorted(steps) == [1, 2, 5]
     for t, pred in steps.items():
         assert np.allclose(pred, modules.denoise.magic(counts, t=t, k=4))
+
+
+def test_expected_loss_output_is_the_profile_at_zero_mse_weight_and_sharper_with_more(modules):
+    """Hand-checkable ends: with no weight on the MSE the least expected Poisson loss under a
+    sum-to-1 profile is the prediction's own profile; weighting the MSE pulls rarely seen genes
+    towards 0 (where log1p of a mostly-zero held-out count lies) and keeps each library size."""
+    from scipy.stats import poisson
+
+    harness = load_harness()
+    mu = np.array([[0.05, 0.5, 3.0, 20.0]])
+    direct = sum(poisson.pmf(y, mu) * np.log1p(7.0 * y) for y in range(1, 80))
+    assert np.allclose(harness.expected_log1p(mu, 7.0), direct, rtol=1e-9)
+    counts = np.array([[1.0, 4.0, 30.0, 200.0], [0.0, 2.0, 2.0, 10.0]])
+    pred = np.array([[0.5, 3.0, 30.0, 201.5], [0.3, 1.7, 2.5, 9.5]])
+    none = harness.expected_loss(pred, counts, 0.9, 1e-12)
+    assert np.allclose(none, modules.denoise.rescale_to_library(pred, counts), rtol=2e-3)
+    heavy = harness.expected_loss(pred, counts, 0.9, 1.0)
+    assert np.allclose(heavy.sum(axis=1), counts.sum(axis=1))
+    share = lambda m: m / m.sum(axis=1, keepdims=True)
+    assert (share(heavy)[:, 0] < 0.5 * share(none)[:, 0]).all()   # the rarest gene loses most
+    assert (share(heavy)[:, -1] > share(none)[:, -1]).all()       # the commonest gains the mass

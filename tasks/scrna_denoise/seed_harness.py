@@ -23,7 +23,9 @@ OPTIONS = {
     "retry_unparsed": False,         # ask once more, with feedback, when a reply has no call
     "sharpen": 1.0,                  # raise each cell's profile to this power (>1 helps the MSE)
     "mix": 0.0,                      # share of the unsharpened profile kept beside the sharpened one
-    "mcv_tune": False,               # choose method, parameters, sharpen and mix by molecular
+    "loss_weight": 0.0,              # > 0: output the profile of least expected loss (MSE weighted
+                                     # by this against Poisson) instead of sharpen/mix
+    "mcv_tune": False,               # choose method, parameters and output settings by molecular
                                      # cross-validation on an inner split of the train counts
     "clip_negative": False,          # clip negative output values to 0
     "round_output": False,           # round the output to integer counts
@@ -240,6 +242,56 @@ def sharpen_mix(pred, counts, power, mix):
     return rescale_to_library((1 - mix) * normalise_rows(profile ** power) + mix * profile, counts)
 
 
+def expected_log1p(mu, scale):
+    """E[log1p(scale * Y)] for Y ~ Poisson(mu), entrywise (the pmf by its recursion)."""
+    top = float(mu.max()) if mu.size else 0.0
+    pmf, out = np.exp(-mu), np.zeros_like(mu)
+    for y in range(1, int(min(400, np.ceil(top + 8 * np.sqrt(top) + 10))) + 1):
+        pmf = pmf * mu / y
+        out += pmf * np.log1p(scale * y)
+    return out
+
+
+def expected_loss(pred, counts, fraction, weight, outer=10, inner=18):
+    """Per cell, the profile h (summing to 1) of least expected task loss when the held-out
+    counts are Y ~ Poisson(mu), mu = pred's profile times the cell's expected held-out depth
+    T = train total * (1 - fraction) / fraction:
+    ``weight * sum_j (log1p(1e4 h_j) - E[log1p(1e4 Y_j / T)])^2 - sum_j mu_j log h_j``
+    (the log MSE, and the Poisson likelihood, whose linear part the sum fixes). Stationarity
+    gives one equation per entry and a multiplier per cell: bisection on log h for each entry,
+    and on the multiplier for each cell until the profile sums to 1. Back on the count scale."""
+    counts = np.asarray(counts, dtype=np.float64)
+    depth = np.maximum(row_sums(counts) * (1 - fraction) / fraction, 1e-9)
+    mu = normalise_rows(np.maximum(np.asarray(pred, dtype=np.float64), 0)) * depth
+    target = expected_log1p(mu, 1e4 / depth)
+
+    def profile(multiplier):
+        lo, hi = np.full_like(mu, np.log(1e-12)), np.zeros_like(mu)
+        for _ in range(inner):
+            mid = (lo + hi) / 2
+            h = np.exp(mid)
+            slope = 2 * weight * (np.log1p(1e4 * h) - target) * (1e4 * h / (1 + 1e4 * h)) - mu + multiplier * h
+            up = slope > 0
+            hi, lo = np.where(up, mid, hi), np.where(up, lo, mid)
+        return np.exp((lo + hi) / 2)
+
+    lo, hi = np.log(depth) - 10, np.log(depth) + 3
+    for _ in range(outer):  # a larger multiplier gives a smaller profile sum
+        mid = (lo + hi) / 2
+        big = row_sums(profile(np.exp(mid))) > 1
+        lo, hi = np.where(big, mid, lo), np.where(big, hi, mid)
+    return rescale_to_library(profile(np.exp((lo + hi) / 2)), counts)
+
+
+def output_stage(pred, counts, settings, fraction):
+    """The output settings ``{"sharpen", "mix", "loss_weight"}`` applied to a prediction."""
+    if settings["loss_weight"] > 0:
+        return expected_loss(pred, counts, fraction, settings["loss_weight"])
+    if (settings["sharpen"], settings["mix"]) != (1.0, 0.0):
+        return sharpen_mix(pred, counts, settings["sharpen"], settings["mix"])
+    return pred
+
+
 # ---- self-tuning by molecular cross-validation (Batson et al. 2019, noise2self) ------------
 # The harness cannot see the held-out molecules, but it can make its own: thin its train
 # counts binomially again, denoise the inner train part with each candidate and score the
@@ -251,6 +303,9 @@ MCV_GRID = {
                + [("knn", {"k": k}) for k in (5, 10, 20)],
     "sharpen": (1.0, 1.5, 2.0, 2.5, 3.0),
     "mix": (0.0, 0.1, 0.2, 0.3, 0.5),
+    # expected_loss for the method whose best sharpen/mix scored highest, its weight these
+    # multiples of the inner split's Poisson span / MSE span (1: the score's own balance)
+    "loss_weight": (0.5, 1.0, 2.0),
     "scored_cells": 1000,   # inner scores use at most this many (seeded) cells: cost stays flat
     "seed": 0,
 }
@@ -271,8 +326,9 @@ def mcv_losses(pred, test, test_log, scale):
 
 
 def mcv_scorer(train, test):
-    """A function pred -> normalised score (mean of normalised mse and poisson: 0 = the
-    inner train counts, 1 = the inner held-out counts themselves)."""
+    """(score, balance): score is pred -> normalised score (mean of normalised mse and
+    poisson: 0 = the inner train counts, 1 = the inner held-out counts themselves); balance is
+    the Poisson span / the MSE span, the weight of the MSE in the score's own units."""
     test_log, scale = log_normalise(test), test.sum() / max(train.sum(), 1e-300)
     none = mcv_losses(train, test, test_log, scale)
     perfect = mcv_losses(test / scale, test, test_log, scale)
@@ -281,7 +337,8 @@ def mcv_scorer(train, test):
         losses = mcv_losses(pred, test, test_log, scale)
         parts = [(n - v) / (n - p) if n > p else 0.0 for v, n, p in zip(losses, none, perfect)]
         return (parts[0] + parts[1]) / 2
-    return score
+    spans = [n - p for n, p in zip(none, perfect)]
+    return score, (spans[1] / spans[0] if spans[0] > 0 and spans[1] > 0 else 1.0)
 
 
 def inner_split(counts, fraction, seed=0):
@@ -305,36 +362,42 @@ def method_outputs(name, args_list, counts):
 
 
 def mcv_tune(counts, incumbent, fraction, ctx, grid=None):
-    """The (call, sharpen, mix) that predicts an inner held-out split of ``counts`` best.
-    The incumbent (its call with OPTIONS' sharpen and mix) is scored first and wins ties, so
+    """The (call, output settings) that predict an inner held-out split of ``counts`` best.
+    The incumbent (its call with OPTIONS' output settings) is scored first and wins ties, so
     tuning never picks worse than it on the inner split. Reads nothing but ``counts``."""
     grid = grid or MCV_GRID
     train, test = inner_split(counts, fraction, grid["seed"])
     rows = np.arange(len(counts))
     if len(rows) > grid["scored_cells"]:
         rows = np.sort(np.random.default_rng(grid["seed"]).choice(rows, grid["scored_cells"], replace=False))
-    score, base = mcv_scorer(train[rows], test[rows]), train[rows]
+    (score, balance), base = mcv_scorer(train[rows], test[rows]), train[rows]
 
-    def output(pred, power, mix):
-        return pred if (power, mix) == (1.0, 0.0) else sharpen_mix(pred, base, power, mix)
+    def scored(sub, settings):
+        return score(output_stage(sub, base, settings, fraction))
 
-    own = (float(OPTIONS["sharpen"]), float(OPTIONS["mix"]))
-    mine = TOOLS[incumbent[0]][0](train, **incumbent[1])[rows]
-    best = (score(output(mine, *own)), incumbent, *own)
-    first, scored = best[0], 1
+    own = {key: float(OPTIONS[key]) for key in ("sharpen", "mix", "loss_weight")}
+    best = (scored(TOOLS[incumbent[0]][0](train, **incumbent[1])[rows], own), incumbent, own)
+    first, count, leader = best[0], 1, None   # leader: (score, call, rows' prediction) of the best method
     calls = [incumbent] + [c for c in grid["methods"] if c != incumbent]
     for name in dict.fromkeys(n for n, _ in calls):
         for args, pred in method_outputs(name, [a for n, a in calls if n == name], train):
             sub = pred[rows]
             for power in grid["sharpen"]:
                 for mix in grid["mix"]:
-                    value, scored = score(output(sub, power, mix)), scored + 1
+                    settings = {"sharpen": power, "mix": mix, "loss_weight": 0.0}
+                    value, count = scored(sub, settings), count + 1
                     if value > best[0]:
-                        best = (value, (name, args), power, mix)
-    ctx.log("mcv_tune", chosen={"call": [best[1][0], best[1][1]], "sharpen": best[2], "mix": best[3]},
-            inner_score=round(best[0], 4), incumbent_inner_score=round(first, 4),
-            candidates=scored, fraction=fraction, scored_cells=len(rows))
-    return best[1], best[2], best[3]
+                        best = (value, (name, args), settings)
+                    if leader is None or value > leader[0]:
+                        leader = (value, (name, args), sub)
+    for multiple in grid.get("loss_weight", ()) if leader else ():
+        settings = {"sharpen": 1.0, "mix": 0.0, "loss_weight": float(multiple * balance)}
+        value, count = scored(leader[2], settings), count + 1
+        if value > best[0]:
+            best = (value, leader[1], settings)
+    ctx.log("mcv_tune", chosen={"call": [best[1][0], best[1][1]], **best[2]}, inner_score=round(best[0], 4),
+            incumbent_inner_score=round(first, 4), candidates=count, fraction=fraction, scored_cells=len(rows))
+    return best[1], best[2]
 
 
 # ---- tool dispatch -----------------------------------------------------------------------
@@ -404,16 +467,19 @@ def describe(counts):
 def denoise(counts, call, ctx):
     """The whole pipeline on all cells: the tool call (or, with mcv_tune, the call and output
     settings the inner split chose), then the output options."""
-    power, mix = float(OPTIONS["sharpen"]), float(OPTIONS["mix"])
-    if OPTIONS["mcv_tune"]:
+    settings = {key: float(OPTIONS[key]) for key in ("sharpen", "mix", "loss_weight")}
+    fraction = 0.9
+    if OPTIONS["mcv_tune"] or settings["loss_weight"] > 0:
         fraction = float((getattr(ctx, "resources", None) or {}).get("train_fraction", 0.9))
-        call, power, mix = mcv_tune(counts, call, fraction, ctx)
+    if OPTIONS["mcv_tune"]:
+        call, settings = mcv_tune(counts, call, fraction, ctx)
     name, args = call
     pred = TOOLS[name][0](counts, **args)
     ctx.log("tool_call", name=name, args=args, result=summary(pred))
-    if power != 1.0 or mix != 0.0:
-        pred = sharpen_mix(pred, counts, power, mix)
-        ctx.log("tool_call", name="sharpen", args={"power": power, "mix": mix}, result=summary(pred))
+    if settings != {"sharpen": 1.0, "mix": 0.0, "loss_weight": 0.0}:
+        pred = output_stage(pred, counts, settings, fraction)
+        name = "expected_loss" if settings["loss_weight"] > 0 else "sharpen"
+        ctx.log("tool_call", name=name, args=settings, result=summary(pred))
     if OPTIONS["clip_negative"]:
         pred = np.maximum(pred, 0.0)
     if OPTIONS["round_output"]:
