@@ -520,7 +520,7 @@ def test_mcv_choice_is_the_argmax_of_the_trusted_metric_on_the_inner_split(task,
     scores = {}
     for key, pred in preds.items():
         for p in (1.0, 2.0):
-            for m in (0.0, 0.3):
+            for m in (0.0,) if p == 1.0 else (0.0, 0.3):   # mixing an unsharpened profile changes nothing
                 out = harness.sharpen_mix(pred[rows], inner[rows], p, m) if (p, m) != (1.0, 0.0) else pred[rows]
                 scores[key + (p, m)] = ref.score(out).score
     best = max(scores, key=scores.get)

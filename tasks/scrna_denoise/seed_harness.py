@@ -252,14 +252,15 @@ def expected_log1p(mu, scale):
     return out
 
 
-def expected_loss(pred, counts, fraction, weight, outer=10, inner=18):
+def expected_loss(pred, counts, fraction, weight, outer=8, inner=14):
     """Per cell, the profile h (summing to 1) of least expected task loss when the held-out
     counts are Y ~ Poisson(mu), mu = pred's profile times the cell's expected held-out depth
     T = train total * (1 - fraction) / fraction:
     ``weight * sum_j (log1p(1e4 h_j) - E[log1p(1e4 Y_j / T)])^2 - sum_j mu_j log h_j``
     (the log MSE, and the Poisson likelihood, whose linear part the sum fixes). Stationarity
     gives one equation per entry and a multiplier per cell: bisection on log h for each entry,
-    and on the multiplier for each cell until the profile sums to 1. Back on the count scale."""
+    and on the multiplier for each cell until the profile sums to 1 (within a few percent; the
+    final rescaling makes it exact). Back on the count scale."""
     counts = np.asarray(counts, dtype=np.float64)
     depth = np.maximum(row_sums(counts) * (1 - fraction) / fraction, 1e-9)
     mu = normalise_rows(np.maximum(np.asarray(pred, dtype=np.float64), 0)) * depth
@@ -383,7 +384,7 @@ def mcv_tune(counts, incumbent, fraction, ctx, grid=None):
         for args, pred in method_outputs(name, [a for n, a in calls if n == name], train):
             sub = pred[rows]
             for power in grid["sharpen"]:
-                for mix in grid["mix"]:
+                for mix in grid["mix"] if power != 1.0 else grid["mix"][:1]:   # unsharpened: mix changes nothing
                     settings = {"sharpen": power, "mix": mix, "loss_weight": 0.0}
                     value, count = scored(sub, settings), count + 1
                     if value > best[0]:
