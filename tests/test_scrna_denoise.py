@@ -497,7 +497,7 @@ def test_mcv_tuned_harness_beats_magic_reading_only_the_train_counts(task, publi
     [tuned] = [e for e in events if e["type"] == "mcv_tune"]   # tuned once, reused for every example
     assert tuned["inner_score"] > tuned["incumbent_inner_score"]
     assert tuned["chosen"]["sharpen"] > 1.0 or tuned["chosen"]["loss_weight"] > 0
-    assert tuned["scored_cells"] == 700
+    assert tuned["tuned_cells"] == 700
 
 
 def test_mcv_choice_is_the_argmax_of_the_trusted_metric_on_the_inner_split(task, modules):
@@ -506,14 +506,15 @@ def test_mcv_choice_is_the_argmax_of_the_trusted_metric_on_the_inner_split(task,
     harness = mcv_harness(task)
     counts = task._mcv.train.toarray().astype(np.float64)
     grid = {"methods": [("magic", {"t": 1, "k": 5}), ("magic", {"t": 4, "k": 5}), ("knn", {"k": 5})],
-            "sharpen": (1.0, 2.0), "mix": (0.0, 0.3), "scored_cells": 300, "seed": 7}
+            "sharpen": (1.0, 2.0), "mix": (0.0, 0.3), "cells": 300, "seed": 7}
     events = []
     ctx = types.SimpleNamespace(log=lambda kind, **data: events.append(data))
     call, settings = harness.mcv_tune(counts, ("knn", {"k": 10}), 0.9, ctx, grid)
 
+    # above grid["cells"] the harness tunes on a seeded subsample of the cells
+    counts = counts[np.sort(np.random.default_rng(7).choice(len(counts), 300, replace=False))]
     inner = np.random.default_rng(7).binomial(counts.astype(np.int64), 0.9).astype(np.float64)
-    rows = np.sort(np.random.default_rng(7).choice(len(counts), 300, replace=False))
-    ref = modules.metrics.References(inner[rows], (counts - inner)[rows])
+    ref = modules.metrics.References(inner, counts - inner)
     d = modules.denoise
     preds = {("magic", 1): d.magic(inner, t=1, k=5), ("magic", 4): d.magic(inner, t=4, k=5),
              ("knn", 5): d.knn_smooth(inner, k=5), ("knn", 10): d.knn_smooth(inner, k=10)}
@@ -521,7 +522,7 @@ def test_mcv_choice_is_the_argmax_of_the_trusted_metric_on_the_inner_split(task,
     for key, pred in preds.items():
         for p in (1.0, 2.0):
             for m in (0.0,) if p == 1.0 else (0.0, 0.3):   # mixing an unsharpened profile changes nothing
-                out = harness.sharpen_mix(pred[rows], inner[rows], p, m) if (p, m) != (1.0, 0.0) else pred[rows]
+                out = harness.sharpen_mix(pred, inner, p, m) if (p, m) != (1.0, 0.0) else pred
                 scores[key + (p, m)] = ref.score(out).score
     best = max(scores, key=scores.get)
     assert settings["loss_weight"] == 0.0   # this grid offers no expected_loss output
@@ -560,7 +561,7 @@ def test_mcv_tuning_keeps_the_incumbent_on_a_tie_and_picks_smoothing_on_clusters
     counts[counts.sum(axis=1) == 0, 0] = 1
     log = lambda kind, **data: None
     ctx = types.SimpleNamespace(log=log)
-    only_incumbent = {"methods": [], "sharpen": (1.0,), "mix": (0.0,), "scored_cells": 1000, "seed": 0}
+    only_incumbent = {"methods": [], "sharpen": (1.0,), "mix": (0.0,), "cells": 1000, "seed": 0}
     plain = {"sharpen": 1.0, "mix": 0.0, "loss_weight": 0.0}
     assert harness.mcv_tune(counts, ("knn", {"k": 1}), 0.9, ctx, only_incumbent) == (("knn", {"k": 1}), plain)
     grid = {**only_incumbent, "methods": [("magic", {"t": 3, "k": 5})]}

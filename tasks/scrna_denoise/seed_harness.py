@@ -307,7 +307,9 @@ MCV_GRID = {
     # expected_loss for the method whose best sharpen/mix scored highest, its weight these
     # multiples of the inner split's Poisson span / MSE span (1: the score's own balance)
     "loss_weight": (0.5, 1.0, 2.0),
-    "scored_cells": 1000,   # inner scores use at most this many (seeded) cells: cost stays flat
+    # above this many cells, tune on a seeded subsample of them (the chosen settings then run on
+    # all cells): tuning time stays flat, the per-example time limit holds on large data
+    "cells": 1000,
     "seed": 0,
 }
 
@@ -363,26 +365,25 @@ def method_outputs(name, args_list, counts):
 
 
 def mcv_tune(counts, incumbent, fraction, ctx, grid=None):
-    """The (call, output settings) that predict an inner held-out split of ``counts`` best.
+    """The (call, output settings) that predict an inner held-out split of ``counts`` (or of
+    a seeded subsample of its cells, above ``grid["cells"]``) best.
     The incumbent (its call with OPTIONS' output settings) is scored first and wins ties, so
     tuning never picks worse than it on the inner split. Reads nothing but ``counts``."""
     grid = grid or MCV_GRID
+    if len(counts) > grid["cells"]:
+        counts = counts[np.sort(np.random.default_rng(grid["seed"]).choice(len(counts), grid["cells"], replace=False))]
     train, test = inner_split(counts, fraction, grid["seed"])
-    rows = np.arange(len(counts))
-    if len(rows) > grid["scored_cells"]:
-        rows = np.sort(np.random.default_rng(grid["seed"]).choice(rows, grid["scored_cells"], replace=False))
-    (score, balance), base = mcv_scorer(train[rows], test[rows]), train[rows]
+    (score, balance), base = mcv_scorer(train, test), train
 
     def scored(sub, settings):
         return score(output_stage(sub, base, settings, fraction))
 
     own = {key: float(OPTIONS[key]) for key in ("sharpen", "mix", "loss_weight")}
-    best = (scored(TOOLS[incumbent[0]][0](train, **incumbent[1])[rows], own), incumbent, own)
-    first, count, leader = best[0], 1, None   # leader: (score, call, rows' prediction) of the best method
+    best = (scored(TOOLS[incumbent[0]][0](train, **incumbent[1]), own), incumbent, own)
+    first, count, leader = best[0], 1, None   # leader: (score, call, prediction) of the best method
     calls = [incumbent] + [c for c in grid["methods"] if c != incumbent]
     for name in dict.fromkeys(n for n, _ in calls):
-        for args, pred in method_outputs(name, [a for n, a in calls if n == name], train):
-            sub = pred[rows]
+        for args, sub in method_outputs(name, [a for n, a in calls if n == name], train):
             for power in grid["sharpen"]:
                 for mix in grid["mix"] if power != 1.0 else grid["mix"][:1]:   # unsharpened: mix changes nothing
                     settings = {"sharpen": power, "mix": mix, "loss_weight": 0.0}
@@ -397,7 +398,7 @@ def mcv_tune(counts, incumbent, fraction, ctx, grid=None):
         if value > best[0]:
             best = (value, leader[1], settings)
     ctx.log("mcv_tune", chosen={"call": [best[1][0], best[1][1]], **best[2]}, inner_score=round(best[0], 4),
-            incumbent_inner_score=round(first, 4), candidates=count, fraction=fraction, scored_cells=len(rows))
+            incumbent_inner_score=round(first, 4), candidates=count, fraction=fraction, tuned_cells=len(counts))
     return best[1], best[2]
 
 
