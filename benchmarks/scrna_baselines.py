@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/scrna_baselines.py                 # bundled pbmc68k_reduced
     .venv/bin/python benchmarks/scrna_baselines.py --path my.h5ad --split val
     # the seed harness with library edits applied, on val and test, beside MAGIC:
-    .venv/bin/python benchmarks/scrna_baselines.py --harness-edits mcv_self_tuning
+    .venv/bin/python benchmarks/scrna_baselines.py --harness-edits mcv_self_tuning --figure docs/scrna_mcv_self_tuning.png
 
 Prints, per method: normalised MSE, normalised Poisson, their mean (the headline score),
 the raw losses, the seconds the method took on all cells and the seconds of one evaluation,
@@ -13,7 +13,8 @@ and the perfect control. ``benchmarks/baselines.py scrna_denoise`` scores the sa
 ``--harness-edits a,b`` also runs the seed harness with those library edits applied (in order)
 through the real sandboxed worker pool (the agent config's workers, per-example timeout,
 memory limit and strict sandbox, the task's private paths denied), on val and test, and prints
-its score beside MAGIC's. The edited harness must not ask the model (no engine is loaded here;
+its score beside MAGIC's (``--figure out.png``: a bar chart of every method's val and test score
+and the edited harness's). The edited harness must not ask the model (no engine is loaded here;
 ``benchmarks/baselines.py --harness-edits`` runs one that does, with the configured model).
 """
 from __future__ import annotations
@@ -43,6 +44,8 @@ def main() -> None:
     parser.add_argument("--threads", default="1", help="BLAS threads (read before numpy loads)")
     parser.add_argument("--harness-edits", default="", help="comma-separated edit names: also score the "
                         "seed harness with them applied (sandboxed pool, no model) on val and test")
+    parser.add_argument("--figure", default="", help="with --harness-edits: write a bar chart (PNG) of the "
+                        "val and test scores of every method and the edited harness")
     args = parser.parse_args()
 
     warnings.filterwarnings("ignore")  # anndata's deprecation notes about the bundled file
@@ -63,7 +66,10 @@ def main() -> None:
               f"{report.notes['eval_s']:>7.3f}")
     print(f"total {time.perf_counter() - started:.1f} s")
     if args.harness_edits:
-        score_edited_harness(task, [e for e in args.harness_edits.split(",") if e])
+        names = [e for e in args.harness_edits.split(",") if e]
+        harness = score_edited_harness(task, names)
+        if args.figure:
+            plot_scores(task, "harness:\n" + "\n".join(names), harness, Path(args.figure))
 
 
 class NoModel:
@@ -96,8 +102,9 @@ def edited_source(task, edit_names: list[str]) -> str:
     return source
 
 
-def score_edited_harness(task, edit_names: list[str]) -> None:
-    """The edited seed harness on val and test through the sandboxed pool, beside MAGIC."""
+def score_edited_harness(task, edit_names: list[str]) -> dict[str, float]:
+    """The edited seed harness on val and test through the sandboxed pool, beside MAGIC;
+    returns its score per split."""
     import tempfile
 
     from hydra import compose, initialize_config_dir
@@ -110,7 +117,7 @@ def score_edited_harness(task, edit_names: list[str]) -> None:
     with initialize_config_dir(version_base="1.3", config_dir=str(root / "conf")):
         agent = compose(config_name="config", overrides=["task=scrna_denoise", "run_dir=/tmp"]).agent
     source, data = edited_source(task, edit_names), task.load()
-    label = "harness:" + ",".join(edit_names)
+    label, scores = "harness:" + ",".join(edit_names), {}
     print(f"\n{label}: sandboxed pool, {agent.workers} workers, {agent.example_timeout_s} s and "
           f"{agent.memory_mb} MB per example, strict sandbox {agent.strict_sandbox}")
     print(f"{'split':<5} {'magic':>7} {'harness':>8} {'mse_norm':>9} {'poisson_norm':>13} {'errors':>7} {'wall_s':>7}")
@@ -130,7 +137,7 @@ def score_edited_harness(task, edit_names: list[str]) -> None:
                                    task.public_resources(data), files, progress=False, desc=split)
                 wall = time.perf_counter() - started
                 m = task.evaluate(data[split], [r.answer for r in results], split).metrics
-                errors = sum(1 for r in results if r.error)
+                errors, scores[split] = sum(1 for r in results if r.error), m["score"]
                 print(f"{split:<5} {magic:>7.3f} {m['score']:>8.3f} {m['mse_norm']:>9.3f} "
                       f"{m['poisson_norm']:>13.3f} {errors:>7} {wall:>7.1f}")
                 tuned = [e for r in results for e in r.events if e.get("type") == "mcv_tune"]
@@ -140,6 +147,36 @@ def score_edited_harness(task, edit_names: list[str]) -> None:
                 for r in results:
                     if r.error:
                         print(f"  {r.id}: {str(r.error.get('kind'))}: {str(r.error.get('message', ''))[:160]}")
+    return scores
+
+
+def plot_scores(task, label: str, harness: dict[str, float], path: Path) -> None:
+    """Grouped bars: val and test score of each method (the perfect control left out) and of
+    the edited harness, MAGIC's test score drawn as a line to beat."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    reports = {split: task.baseline_reports(split) for split in ("val", "test")}
+    names = [n for n in reports["val"] if n != "perfect"]
+    values = {split: [reports[split][n].metrics["score"] for n in names] + [harness[split]]
+              for split in ("val", "test")}
+    labels = [n.replace("_", "\n") for n in names] + [label]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    xs = range(len(labels))
+    for offset, split in ((-0.2, "val"), (0.2, "test")):
+        bars = ax.bar([x + offset for x in xs], values[split], width=0.4, label=split)
+        ax.bar_label(bars, fmt="%.3f", fontsize=7)
+    ax.axhline(reports["test"]["magic"].metrics["score"], color="grey", linestyle=":", linewidth=1)
+    ax.set_xticks(list(xs), labels, fontsize=8)
+    ax.set_ylabel("score (mean of normalised MSE and Poisson)")
+    ax.set_title(f"scrna_denoise on {task.data_label}", fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    print(f"figure: {path}")
 
 
 if __name__ == "__main__":
