@@ -597,3 +597,19 @@ def test_expected_loss_output_is_the_profile_at_zero_mse_weight_and_sharper_with
     share = lambda m: m / m.sum(axis=1, keepdims=True)
     assert (share(heavy)[:, 0] < 0.5 * share(none)[:, 0]).all()   # the rarest gene loses most
     assert (share(heavy)[:, -1] > share(none)[:, -1]).all()       # the commonest gains the mass
+
+
+def test_mcv_tuning_scores_an_answer_the_evaluator_would_reject_as_no_denoising():
+    """An incumbent whose answer has negative values (lowrank without clipping) scores 0 on the
+    inner split, as the evaluator scores it, and does not block the search."""
+    harness = load_harness()
+    rng = np.random.default_rng(5)
+    counts = rng.poisson(np.repeat(rng.gamma(0.5, 2.0, size=(3, 40)), 20, axis=0)).astype(np.float64)
+    counts[:, 0] += 1
+    assert harness.lowrank(counts, rank=2).min() < 0
+    events = []
+    ctx = types.SimpleNamespace(log=lambda kind, **data: events.append(data))
+    grid = {"methods": [("magic", {"t": 2, "k": 5})], "sharpen": (1.0,), "mix": (0.0,), "cells": 1000, "seed": 0}
+    call, _ = harness.mcv_tune(counts, ("lowrank", {"rank": 2}), 0.9, ctx, grid)
+    assert call == ("magic", {"t": 2, "k": 5}) and events[0]["incumbent_inner_score"] == 0.0
+    assert events[0]["inner_score"] > 0

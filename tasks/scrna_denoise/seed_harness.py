@@ -376,7 +376,15 @@ def mcv_tune(counts, incumbent, fraction, ctx, grid=None):
     (score, balance), base = mcv_scorer(train, test), train
 
     def scored(sub, settings):
-        return score(output_stage(sub, base, settings, fraction))
+        """The inner score of the answer the pipeline would give (clip and round included); an
+        answer the evaluator would reject (negative or non-finite) scores 0, as it does there."""
+        out = output_stage(sub, base, settings, fraction)
+        out = np.maximum(out, 0.0) if OPTIONS["clip_negative"] else out
+        out = np.round(out) if OPTIONS["round_output"] else out
+        if not np.all(np.isfinite(out)) or out.min() < 0:
+            return 0.0
+        value = score(out)
+        return value if np.isfinite(value) else 0.0
 
     own = {key: float(OPTIONS[key]) for key in ("sharpen", "mix", "loss_weight")}
     best = (scored(TOOLS[incumbent[0]][0](train, **incumbent[1]), own), incumbent, own)
