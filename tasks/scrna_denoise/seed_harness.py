@@ -22,6 +22,11 @@ OPTIONS = {
     "default_pipeline": "knn(10)",   # used when the model is not asked or gives no tool call
     "retry_unparsed": False,         # ask once more, with feedback, when a reply has no call
     "sharpen": 1.0,                  # raise each cell's profile to this power (>1 helps the MSE)
+    "mix": 0.0,                      # share of the unsharpened profile kept beside the sharpened one
+    "loss_weight": 0.0,              # > 0: output the profile of least expected loss (MSE weighted
+                                     # by this against Poisson) instead of sharpen/mix
+    "mcv_tune": False,               # choose method, parameters and output settings by molecular
+                                     # cross-validation on an inner split of the train counts
     "clip_negative": False,          # clip negative output values to 0
     "round_output": False,           # round the output to integer counts
     "max_tokens": 24,
@@ -139,14 +144,23 @@ def magic(counts: np.ndarray, t: int = 3, k: int = 5, decay: float = 1.0,
     input OpenProblems gives it: library-size normalise, square root, PCA (n_pcs), the
     alpha-decay kernel (k, decay, k_max = 3k), a Markov matrix, t diffusion steps of the full
     data, squared back; each cell keeps its library size."""
+    t = max(1, int(t))
+    return magic_steps(counts, (t,), k, decay, n_pcs, k_max)[t]
+
+
+def magic_steps(counts, ts, k=5, decay=1.0, n_pcs=100, k_max=None):
+    """``{t: magic(counts, t, k, ...)}`` for every t in ``ts`` from one kernel and one walk of
+    diffusion steps (what a search over t needs)."""
     counts = np.asarray(counts, dtype=np.float64)
     space = sqrt_space(counts)
     points = pca_scores(space, n_pcs) if space.shape[1] > n_pcs else space
     operator = markov(alpha_decay_kernel(points, k, decay, 3 * k if k_max is None else k_max))
-    diffused = space
-    for _ in range(max(1, int(t))):  # t products with the data: cheaper than a matrix power
+    wanted, out, diffused = {max(1, int(t)) for t in ts}, {}, space
+    for step in range(1, max(wanted) + 1):  # t products with the data: cheaper than a matrix power
         diffused = operator @ diffused
-    return rescale_to_library(diffused ** 2, counts)
+        if step in wanted:
+            out[step] = rescale_to_library(diffused ** 2, counts)
+    return out
 
 
 def truncated_svd(matrix: np.ndarray, rank: int, n_iter: int = 4) -> np.ndarray:
@@ -218,6 +232,184 @@ def sharpen(pred, counts, power):
     return rescale_to_library(normalise_rows(np.maximum(pred, 0)) ** power, counts)
 
 
+def sharpen_mix(pred, counts, power, mix):
+    """``sharpen`` with a share ``mix`` of the unsharpened profile added back: sharpening
+    pushes rare genes towards 0, which the log-space MSE rewards, while the mixed-in share
+    keeps them above 0, where the Poisson likelihood of a held-out count needs them."""
+    if mix <= 0:
+        return sharpen(pred, counts, power)
+    profile = normalise_rows(np.maximum(pred, 0))
+    return rescale_to_library((1 - mix) * normalise_rows(profile ** power) + mix * profile, counts)
+
+
+def expected_log1p(mu, scale):
+    """E[log1p(scale * Y)] for Y ~ Poisson(mu), entrywise (the pmf by its recursion)."""
+    top = float(mu.max()) if mu.size else 0.0
+    pmf, out = np.exp(-mu), np.zeros_like(mu)
+    for y in range(1, int(min(400, np.ceil(top + 8 * np.sqrt(top) + 10))) + 1):
+        pmf = pmf * mu / y
+        out += pmf * np.log1p(scale * y)
+    return out
+
+
+def expected_loss(pred, counts, fraction, weight, outer=8, inner=14):
+    """Per cell, the profile h (summing to 1) of least expected task loss when the held-out
+    counts are Y ~ Poisson(mu), mu = pred's profile times the cell's expected held-out depth
+    T = train total * (1 - fraction) / fraction:
+    ``weight * sum_j (log1p(1e4 h_j) - E[log1p(1e4 Y_j / T)])^2 - sum_j mu_j log h_j``
+    (the log MSE, and the Poisson likelihood, whose linear part the sum fixes). Stationarity
+    gives one equation per entry and a multiplier per cell: bisection on log h for each entry,
+    and on the multiplier for each cell until the profile sums to 1 (within a few percent; the
+    final rescaling makes it exact). Back on the count scale."""
+    counts = np.asarray(counts, dtype=np.float64)
+    depth = np.maximum(row_sums(counts) * (1 - fraction) / fraction, 1e-9)
+    mu = normalise_rows(np.maximum(np.asarray(pred, dtype=np.float64), 0)) * depth
+    target = expected_log1p(mu, 1e4 / depth)
+
+    def profile(multiplier):
+        lo, hi = np.full_like(mu, np.log(1e-12)), np.zeros_like(mu)
+        for _ in range(inner):
+            mid = (lo + hi) / 2
+            h = np.exp(mid)
+            slope = 2 * weight * (np.log1p(1e4 * h) - target) * (1e4 * h / (1 + 1e4 * h)) - mu + multiplier * h
+            up = slope > 0
+            hi, lo = np.where(up, mid, hi), np.where(up, lo, mid)
+        return np.exp((lo + hi) / 2)
+
+    lo, hi = np.log(depth) - 10, np.log(depth) + 3
+    for _ in range(outer):  # a larger multiplier gives a smaller profile sum
+        mid = (lo + hi) / 2
+        big = row_sums(profile(np.exp(mid))) > 1
+        lo, hi = np.where(big, mid, lo), np.where(big, hi, mid)
+    return rescale_to_library(profile(np.exp((lo + hi) / 2)), counts)
+
+
+def output_stage(pred, counts, settings, fraction):
+    """The output settings ``{"sharpen", "mix", "loss_weight"}`` applied to a prediction."""
+    if settings["loss_weight"] > 0:
+        return expected_loss(pred, counts, fraction, settings["loss_weight"])
+    if (settings["sharpen"], settings["mix"]) != (1.0, 0.0):
+        return sharpen_mix(pred, counts, settings["sharpen"], settings["mix"])
+    return pred
+
+
+# ---- self-tuning by molecular cross-validation (Batson et al. 2019, noise2self) ------------
+# The harness cannot see the held-out molecules, but it can make its own: thin its train
+# counts binomially again, denoise the inner train part with each candidate and score the
+# prediction of the inner held-out part with the task's metric definitions (copied below).
+# The best candidate then runs on the full train counts.
+
+MCV_GRID = {
+    "methods": [("magic", {"t": t, "k": k}) for k in (3, 5, 10) for t in (1, 2, 3, 4, 6)]
+               + [("knn", {"k": k}) for k in (5, 10, 20)],
+    "sharpen": (1.0, 1.5, 2.0, 2.5, 3.0),
+    "mix": (0.0, 0.1, 0.2, 0.3, 0.5),
+    # expected_loss for the method whose best sharpen/mix scored highest, its weight these
+    # multiples of the inner split's Poisson span / MSE span (1: the score's own balance)
+    "loss_weight": (0.5, 1.0, 2.0),
+    # above this many cells, tune on a seeded subsample of them (the chosen settings then run on
+    # all cells): tuning time stays flat, the per-example time limit holds on large data
+    "cells": 1000,
+    "seed": 0,
+}
+
+
+def log_normalise(counts):
+    totals = row_sums(counts)
+    return np.log1p(counts * np.divide(1e4, totals, out=np.zeros_like(totals), where=totals > 0))
+
+
+def mcv_losses(pred, test, test_log, scale):
+    """(mse, poisson) of ``pred`` as the task defines them: log1p of counts per 1e4, and the
+    Poisson negative log-likelihood of ``test`` after scaling by test total / train total."""
+    pred = np.asarray(pred, dtype=np.float64)
+    mse = float(np.mean((log_normalise(pred) - test_log) ** 2))
+    scaled = pred * scale
+    return mse, float(np.mean(scaled - test * np.log(scaled + 1e-6)))
+
+
+def mcv_scorer(train, test):
+    """(score, balance): score is pred -> normalised score (mean of normalised mse and
+    poisson: 0 = the inner train counts, 1 = the inner held-out counts themselves); balance is
+    the Poisson span / the MSE span, the weight of the MSE in the score's own units."""
+    test_log, scale = log_normalise(test), test.sum() / max(train.sum(), 1e-300)
+    none = mcv_losses(train, test, test_log, scale)
+    perfect = mcv_losses(test / scale, test, test_log, scale)
+
+    def score(pred):
+        losses = mcv_losses(pred, test, test_log, scale)
+        parts = [(n - v) / (n - p) if n > p else 0.0 for v, n, p in zip(losses, none, perfect)]
+        return (parts[0] + parts[1]) / 2
+    spans = [n - p for n, p in zip(none, perfect)]
+    return score, (spans[1] / spans[0] if spans[0] > 0 and spans[1] > 0 else 1.0)
+
+
+def inner_split(counts, fraction, seed=0):
+    """Every count thinned binomially into an inner train part (``fraction`` of it, as the
+    task thinned the full counts) and an inner held-out part."""
+    inner = np.random.default_rng(seed).binomial(np.rint(counts).astype(np.int64), fraction)
+    return inner.astype(np.float64), counts - inner
+
+
+def method_outputs(name, args_list, counts):
+    """[(args, prediction)] of one method for several argument sets; MAGIC shares one kernel
+    per k across its t values."""
+    if name != "magic":
+        return [(args, TOOLS[name][0](counts, **args)) for args in args_list]
+    out = []
+    for k in sorted({a.get("k", 10) for a in args_list}):
+        same = [a for a in args_list if a.get("k", 10) == k]
+        steps = magic_steps(counts, [a.get("t", 3) for a in same], k)
+        out += [(a, steps[max(1, int(a.get("t", 3)))]) for a in same]
+    return out
+
+
+def mcv_tune(counts, incumbent, fraction, ctx, grid=None):
+    """The (call, output settings) that predict an inner held-out split of ``counts`` (or of
+    a seeded subsample of its cells, above ``grid["cells"]``) best.
+    The incumbent (its call with OPTIONS' output settings) is scored first and wins ties, so
+    tuning never picks worse than it on the inner split. Reads nothing but ``counts``."""
+    grid = grid or MCV_GRID
+    if len(counts) > grid["cells"]:
+        counts = counts[np.sort(np.random.default_rng(grid["seed"]).choice(len(counts), grid["cells"], replace=False))]
+    train, test = inner_split(counts, fraction, grid["seed"])
+    (score, balance), base = mcv_scorer(train, test), train
+
+    def scored(sub, settings):
+        """The inner score of the answer the pipeline would give (clip and round included); an
+        answer the evaluator would reject (negative or non-finite) scores 0, as it does there."""
+        out = output_stage(sub, base, settings, fraction)
+        out = np.maximum(out, 0.0) if OPTIONS["clip_negative"] else out
+        out = np.round(out) if OPTIONS["round_output"] else out
+        if not np.all(np.isfinite(out)) or out.min() < 0:
+            return 0.0
+        value = score(out)
+        return value if np.isfinite(value) else 0.0
+
+    own = {key: float(OPTIONS[key]) for key in ("sharpen", "mix", "loss_weight")}
+    best = (scored(TOOLS[incumbent[0]][0](train, **incumbent[1]), own), incumbent, own)
+    first, count, leader = best[0], 1, None   # leader: (score, call, prediction) of the best method
+    calls = [incumbent] + [c for c in grid["methods"] if c != incumbent]
+    for name in dict.fromkeys(n for n, _ in calls):
+        for args, sub in method_outputs(name, [a for n, a in calls if n == name], train):
+            for power in grid["sharpen"]:
+                for mix in grid["mix"] if power != 1.0 else grid["mix"][:1]:   # unsharpened: mix changes nothing
+                    settings = {"sharpen": power, "mix": mix, "loss_weight": 0.0}
+                    value, count = scored(sub, settings), count + 1
+                    if value > best[0]:
+                        best = (value, (name, args), settings)
+                    if leader is None or value > leader[0]:
+                        leader = (value, (name, args), sub)
+    for multiple in grid.get("loss_weight", ()) if leader else ():
+        settings = {"sharpen": 1.0, "mix": 0.0, "loss_weight": float(multiple * balance)}
+        value, count = scored(leader[2], settings), count + 1
+        if value > best[0]:
+            best = (value, leader[1], settings)
+    ctx.log("mcv_tune", chosen={"call": [best[1][0], best[1][1]], **best[2]}, inner_score=round(best[0], 4),
+            incumbent_inner_score=round(first, 4), candidates=count, fraction=fraction, tuned_cells=len(counts))
+    return best[1], best[2]
+
+
 # ---- tool dispatch -----------------------------------------------------------------------
 
 # name -> (function, argument names, defaults, (low, high) bounds per argument)
@@ -283,13 +475,21 @@ def describe(counts):
 
 
 def denoise(counts, call, ctx):
-    """The whole pipeline on all cells: the tool call, then the output options."""
+    """The whole pipeline on all cells: the tool call (or, with mcv_tune, the call and output
+    settings the inner split chose), then the output options."""
+    settings = {key: float(OPTIONS[key]) for key in ("sharpen", "mix", "loss_weight")}
+    fraction = 0.9
+    if OPTIONS["mcv_tune"] or settings["loss_weight"] > 0:
+        fraction = float((getattr(ctx, "resources", None) or {}).get("train_fraction", 0.9))
+    if OPTIONS["mcv_tune"]:
+        call, settings = mcv_tune(counts, call, fraction, ctx)
     name, args = call
     pred = TOOLS[name][0](counts, **args)
     ctx.log("tool_call", name=name, args=args, result=summary(pred))
-    if OPTIONS["sharpen"] != 1.0:
-        pred = sharpen(pred, counts, float(OPTIONS["sharpen"]))
-        ctx.log("tool_call", name="sharpen", args={"power": OPTIONS["sharpen"]}, result=summary(pred))
+    if settings != {"sharpen": 1.0, "mix": 0.0, "loss_weight": 0.0}:
+        pred = output_stage(pred, counts, settings, fraction)
+        name = "expected_loss" if settings["loss_weight"] > 0 else "sharpen"
+        ctx.log("tool_call", name=name, args=settings, result=summary(pred))
     if OPTIONS["clip_negative"]:
         pred = np.maximum(pred, 0.0)
     if OPTIONS["round_output"]:

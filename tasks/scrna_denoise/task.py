@@ -276,6 +276,15 @@ class TaskImpl(Task):
             HarnessEdit("retry_unparsed_reply", "errors",
                         "When the model's reply holds no tool call, ask once more with feedback "
                         "before falling back to the default pipeline.", option_edit(retry_unparsed=True)),
+            # First of the accuracy edits: it scores the fixed choices below (and the incumbent's
+            # own) on the harness's own inner split, so it subsumes them when it is reached first.
+            HarnessEdit("mcv_self_tuning", "accuracy",
+                        "Choose the method (MAGIC t and k, or kNN k), the sharpening power and the share "
+                        "of the unsharpened profile kept, by molecular cross-validation on the harness's "
+                        "own train counts: thin them binomially again, score every candidate's prediction "
+                        "of the inner held-out part with the task's metric definitions, run the best on "
+                        "all train counts. The incumbent's own settings are a candidate and win ties.",
+                        option_edit(mcv_tune=True, ask_model=False)),
             HarnessEdit("sharpen_output", "accuracy",
                         "Raise each cell's denoised profile to the power 2: smoothing spreads counts "
                         "over zeros, which the log-space MSE punishes.", option_edit(sharpen=2.0)),
