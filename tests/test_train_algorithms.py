@@ -325,6 +325,10 @@ def test_credit_goes_to_used_calls_else_the_last_unrejected_one():
     assert [c["completion"] for c in credited_calls([call("a", used=True), call("b")])] == ["a"]
     assert [c["completion"] for c in credited_calls([call("a"), call("fallback", used=False)])] == ["a"]
     assert credited_calls([{"type": "tool"}]) == []
+    # a logged fallback replaced every reply before it (a retry included); a later call counts again
+    assert credited_calls([call("a"), call("retry"), {"type": "fallback"}]) == []
+    assert [c["completion"] for c in credited_calls([call("a"), {"type": "fallback"}, call("b")])] == ["b"]
+    assert [c["completion"] for c in credited_calls([call("a", used=True), {"type": "fallback"}])] == ["a"]
 
     events = [call("draft"), call("final", finish_reason="length")]
     [s] = samples_from_events(events, 0.5, group="ex1", example_id="ex1", temperature=0.8, seed=3)

@@ -36,7 +36,8 @@ worker is replaced; the trajectory records ``leftovers_stopped``). A result of m
   (``HarnessPool.run(sampling=...)``) the pool replaces the harness's own decoding settings).
   Pass ``used=True`` on the call whose output became the answer: a rollout's reward is credited
   to those calls (by default to the last call before the answer); mark a call whose output the
-  harness threw away (a fallback template replaced it) ``used=False``: it gets no credit.
+  harness threw away (a fallback template replaced it) ``used=False``, or log
+  ``ctx.log("fallback", ...)`` once the replies so far are replaced: those get no credit.
 - ``ctx.resources``: the task's public resources (``Task.public_resources``), e.g. the label
   list and train examples with targets for few-shot.
 - ``ctx.files``: name -> path of public files the harness may read (e.g. a read-only database).

@@ -101,8 +101,16 @@ def cut_torn_tail(path: Path) -> None:
 def credited_calls(events: list[dict]) -> list[dict]:
     """The model calls whose output became the answer: those the harness marked ``used``
     (``ctx.llm.chat(..., used=True)``); with none marked, the last call before the answer
-    unless it is marked ``used=False`` (an output the harness threw away gets no credit)."""
-    calls = [e for e in events if isinstance(e, dict) and e.get("type") == "llm_call"]
+    unless it is marked ``used=False`` or a ``fallback`` event follows it (an output the harness
+    threw away gets no credit)."""
+    calls = []
+    for event in events:
+        if not isinstance(event, dict):
+            continue
+        if event.get("type") == "llm_call":
+            calls.append(event)
+        elif event.get("type") == "fallback":   # ctx.log("fallback"): the outputs so far were replaced
+            calls = [{**c, "used": False} if c.get("used") is None else c for c in calls]
     marked = [c for c in calls if c.get("used") is True]
     if marked:
         return marked

@@ -283,8 +283,11 @@ def solve(inputs, ctx):
     if mode == "only":
         return retrieval_answer(inputs, ctx)
     answer, valid = solve_with_model(inputs, ctx)
-    if mode == "ensemble" or (mode == "fallback" and not valid):
-        return retrieval_answer(inputs, ctx, valid if mode == "ensemble" else ())
+    if mode == "fallback" and not valid:
+        ctx.log("fallback", reason="no valid charge name from the model: the neighbours' vote answers")
+        return retrieval_answer(inputs, ctx)
+    if mode == "ensemble":
+        return retrieval_answer(inputs, ctx, valid)
     return answer
 
 

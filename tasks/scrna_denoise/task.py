@@ -8,8 +8,8 @@ training groups); an answer is the denoised matrix for an example's cells. Split
 computed over all of a split's cells at once, as OpenProblems scores a whole data set.
 
 An answer counts as right (``ExampleScore.failure`` None) at a normalised score of at least
-``RIGHT_SCORE``: what the standard methods reach (kNN smoothing 0.18 and MAGIC 0.17 on the
-bundled data's val split; ALRA 0.03 does not). Below it a readable answer is "wrong"; a
+``RIGHT_SCORE``: what the standard methods reach (kNN smoothing 0.18 and MAGIC 0.31 on the
+bundled data's val split; ALRA 0.02 does not). Below it a readable answer is "wrong"; a
 missing, misshapen, non-finite or negative matrix is "format".
 """
 from __future__ import annotations
