@@ -154,3 +154,31 @@ def test_gold_sft_first_when_answers_are_unreadable(tmp_path, format_rate, expec
     decision = Decision(action="weights", rationale="r", training={"algorithm": "auto", "steps": 2, "examples": 8},
                         stats={"format_rate": format_rate})
     assert lever._choose(1, decision, tmp_path / "h.py", None, 8)[0] == expected
+
+
+@pytest.mark.slow
+def test_cuda_kernel_with_one_faster_kernel_trains_on_the_recorded_rollout(tmp_path, model_cache_dir):
+    """The whole lever on a recorded rollout holding one positive sample: no redraw, eaw
+    chosen, real LoRA steps, the adapter served under the generation's name."""
+    from conftest import CONF_DIR
+
+    task = load_task("cuda_kernel", {})
+    lever = _lever(tmp_path, task, [Example(id=f"t{i}", inputs={}) for i in range(8)])
+    lever.cfg = OmegaConf.merge(lever.cfg, {"model": OmegaConf.load(CONF_DIR / "model" / "smollm2_135m.yaml"),
+                                            "lora": OmegaConf.merge(OmegaConf.load(CONF_DIR / "lora" / "default.yaml"),
+                                                                    lever.cfg.lora, {"max_seq_len": 64}),
+                                            "cache_dir": str(model_cache_dir)})
+
+    class Engine:
+        served = {}
+
+        def add_adapter(self, name, path):
+            self.served[name] = path
+
+    lever.engine = Engine()
+    rewards = [0.0] * 32
+    rewards[5] = 0.6                                       # one correct kernel faster than the incumbent
+    _record(lever, 1, rewards)
+    trained = lever.train(1, WEIGHTS, tmp_path / "h.py", None, None)
+    assert trained.info["algorithm"] == "eaw" and len(trained.info["losses"]) == 2
+    assert (trained.path / "COMPLETE").is_file() and lever.engine.served == {trained.name: str(trained.path)}
