@@ -24,9 +24,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
-# generations of the harness-only base run: enough for a first kept edit where the seed
-# harness's answers are unusable (legal_charge's seed scores 0 until the few-shot edit)
-BASE_GENERATIONS = {"legal_charge": 2, "sql_qa": 1, "scrna_denoise": 0}
+# The base run of each task: enough harness generations for a first kept edit where the seed
+# harness's answers are unusable (legal_charge's seed scores 0 until the rules policy's
+# few-shot edit; sql_qa's until its few-shot edit); scrna_denoise starts from its seed.
+BASE_RUNS = {"legal_charge": ["feedback=rules", "budget.generations=2"],
+             "sql_qa": ["feedback=harness_only", "budget.generations=1"],
+             "scrna_denoise": ["feedback=harness_only", "budget.generations=0"]}
 # test is not needed for the table: skipping it keeps every run to rollout + train + val
 COMMON = ["quiet=true", "logger=none", "budget.test_examples=0", "budget.wall_clock_minutes=600"]
 
@@ -101,7 +104,7 @@ def table(rows: list[dict]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--tasks", nargs="+", default=list(BASE_GENERATIONS))
+    parser.add_argument("--tasks", nargs="+", default=list(BASE_RUNS))
     parser.add_argument("--algorithms", nargs="+", default=["grpo", "rs_sft", "eaw"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--ppo-task", default="legal_charge", help="the task that also runs ppo ('' for none)")
@@ -112,7 +115,7 @@ def main() -> None:
     rows: list[dict] = []
     for task in args.tasks:
         base = out / f"{task}_base"
-        sia(base, [f"task={task}", "feedback=harness_only", f"budget.generations={BASE_GENERATIONS.get(task, 1)}",
+        sia(base, [f"task={task}", *BASE_RUNS.get(task, ["feedback=harness_only", "budget.generations=1"]),
                    *args.overrides])
         print(f"{task}: base incumbent val {read_state(base)['incumbent']['val']:.3f}", flush=True)
         algorithms = args.algorithms + (["ppo"] if task == args.ppo_task and "ppo" not in args.algorithms else [])

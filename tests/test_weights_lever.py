@@ -182,3 +182,14 @@ def test_cuda_kernel_with_one_faster_kernel_trains_on_the_recorded_rollout(tmp_p
     trained = lever.train(1, WEIGHTS, tmp_path / "h.py", None, None)
     assert trained.info["algorithm"] == "eaw" and len(trained.info["losses"]) == 2
     assert (trained.path / "COMPLETE").is_file() and lever.engine.served == {trained.name: str(trained.path)}
+
+
+def test_a_forced_algorithm_the_rollout_cannot_train_fails_the_generation_not_the_run(tmp_path):
+    from sia.levers.lora import LeverFailed
+
+    task = load_task("sql_qa", {})
+    lever = _lever(tmp_path, task, [Example(id=f"t{i}", inputs={}) for i in range(8)])
+    _record(lever, 1, [1.0, 1.0, 1.0, 1.0] * 4 + [0.0] * 16)       # no group holds different rewards
+    forced = Decision(action="weights", rationale="r", training={"algorithm": "grpo", "steps": 2, "examples": 8})
+    with pytest.raises(LeverFailed, match="grpo cannot train on this rollout: .*every advantage is 0"):
+        lever.train(1, forced, tmp_path / "h.py", None, None)

@@ -74,11 +74,14 @@ class LoraLever:
             samples = self._gold_samples(gen_dir, harness, examples, generation)
         from sia.train.trainer import train_adapter
 
-        with getattr(self.engine, "asleep", contextlib.nullcontext)():   # vLLM frees the GPU meanwhile
-            result = train_adapter(self.cfg.model, self.cfg.lora, self.cfg.cache_dir, samples, algorithm=algorithm,
-                                   steps=int(training["steps"]), out_dir=out_dir, init_adapter=adapter_dir,
-                                   seed=int(self.cfg.seed) + generation, progress=self.progress,
-                                   threshold=(stats or {}).get("threshold"))
+        try:
+            with getattr(self.engine, "asleep", contextlib.nullcontext)():   # vLLM frees the GPU meanwhile
+                result = train_adapter(self.cfg.model, self.cfg.lora, self.cfg.cache_dir, samples,
+                                       algorithm=algorithm, steps=int(training["steps"]), out_dir=out_dir,
+                                       init_adapter=adapter_dir, seed=int(self.cfg.seed) + generation,
+                                       progress=self.progress, threshold=(stats or {}).get("threshold"))
+        except ValueError as exc:   # the samples cannot train this algorithm (e.g. no reward spread)
+            raise LeverFailed(f"{algorithm} cannot train on this rollout: {exc}") from None
         info = {"algorithm": algorithm, "rationale": why, "reward_stats": stats, "rollout_s": rollout_s,
                 "losses": result.losses,
                 "wall_s": result.wall_s, "steps": result.steps, "examples": result.examples,

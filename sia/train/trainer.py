@@ -65,9 +65,9 @@ def train_adapter(model_cfg, lora_cfg, cache_dir, samples: list[Sample], *, algo
     started = time.perf_counter()
     algo = importlib.import_module(f"sia.train.{algorithm}")
     with PeakRSS() as rss:
+        chosen, note = algo.prepare(list(samples), settings)   # bad samples fail before any loading
         model_dir = resolve_model_dir(model_cfg, cache_dir)
         tokenizer = load_tokenizer(model_dir)
-        chosen, note = algo.prepare(list(samples), settings)
         examples = _encode(tokenizer, chosen, int(lora_cfg.max_seq_len))
         pl.seed_everything(seed, verbose=False)  # LoRA init and dropout
         model = load_lora_model(model_cfg, lora_cfg, model_dir, init_adapter)
