@@ -67,7 +67,8 @@ def one(task: str, base: Path, out: Path, algorithm: str, seed: int, shared: dic
                f"lora.algorithm={algorithm}", f"seed={seed}", *extra])
     gen_dir = dest / f"gen_{generation:03d}"
     record = json.loads((gen_dir / "record.json").read_text())
-    info = json.loads((gen_dir / "train.json").read_text())
+    info_file = gen_dir / "train.json"    # absent when the generation failed (e.g. no reward spread for grpo)
+    info = json.loads(info_file.read_text()) if info_file.is_file() else {"skipped": record.get("failed")}
     if seed not in shared and (gen_dir / "rollouts.jsonl").is_file():
         shared[seed] = dest
         shared[("rollout_s", seed)] = float(info.get("rollout_s", 0.0))
