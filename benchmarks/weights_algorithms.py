@@ -60,21 +60,24 @@ def reopen(base: Path, dest: Path, rollouts_from: Path | None) -> int:
     return generation
 
 
-def one(task: str, base: Path, out: Path, algorithm: str, seed: int, shared: dict, extra: list[str]) -> dict:
+def one(task: str, base: Path, out: Path, algorithm: str, seed: int, rollouts: dict, extra: list[str]) -> dict:
+    """One algorithm from the base incumbent; ``rollouts``: seed -> (the run dir that drew that
+    seed's rollout, its seconds), filled by the first run of each seed."""
     dest = out / f"{task}_{algorithm}_s{seed}"
-    generation = reopen(base, dest, shared.get(seed))
+    generation = reopen(base, dest, rollouts[seed][0] if seed in rollouts else None)
     sia(dest, [f"task={task}", "feedback=weights_only", f"budget.generations={generation}",
                f"lora.algorithm={algorithm}", f"seed={seed}", *extra])
     gen_dir = dest / f"gen_{generation:03d}"
     record = json.loads((gen_dir / "record.json").read_text())
     info_file = gen_dir / "train.json"    # absent when the generation failed (e.g. no reward spread for grpo)
     info = json.loads(info_file.read_text()) if info_file.is_file() else {"skipped": record.get("failed")}
-    if seed not in shared and (gen_dir / "rollouts.jsonl").is_file():
-        shared[seed] = dest
-        shared[("rollout_s", seed)] = float(info.get("rollout_s", 0.0))
-    rollout_s = shared.get(("rollout_s", seed), 0.0)
+    # a failed generation is the rollout and the refusal: its whole time counts as the rollout's
+    own_rollout_s = float(info.get("rollout_s", record["wall_s"]))
+    if seed not in rollouts and (gen_dir / "rollouts.jsonl").is_file():
+        rollouts[seed] = (dest, own_rollout_s)
+    rollout_s = rollouts[seed][1] if seed in rollouts else 0.0
+    minutes = (record["wall_s"] - own_rollout_s + rollout_s) / 60
     base_val = read_state(base)["incumbent"]["val"]
-    minutes = (record["wall_s"] - float(info.get("rollout_s", 0.0)) + rollout_s) / 60
     gain = None if record.get("val") is None else record["val"] - base_val
     stats = info.get("reward_stats") or {}
     return {"task": task, "algorithm": algorithm, "seed": seed, "base_val": base_val, "val": record.get("val"),
@@ -120,10 +123,10 @@ def main() -> None:
                    *args.overrides])
         print(f"{task}: base incumbent val {read_state(base)['incumbent']['val']:.3f}", flush=True)
         algorithms = args.algorithms + (["ppo"] if task == args.ppo_task and "ppo" not in args.algorithms else [])
-        shared: dict = {}
+        rollouts: dict = {}
         for seed in args.seeds:
             for algorithm in algorithms:
-                row = one(task, base, out, algorithm, seed, shared, args.overrides)
+                row = one(task, base, out, algorithm, seed, rollouts, args.overrides)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 (out / "rows.json").write_text(json.dumps(rows, indent=1))

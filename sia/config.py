@@ -8,7 +8,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from sia.train.settings import ALGORITHMS as TRAIN_ALGORITHMS, algorithm_settings
+from sia.train.settings import ALGORITHMS as TRAIN_ALGORITHMS, algorithm_settings, micro_batches
 
 DEVICES = ("auto", "cpu", "cuda")
 MODEL_SOURCES = ("embedded", "path")
@@ -58,10 +58,11 @@ def config_problems(cfg: DictConfig) -> list[str]:
     _check_number(p, cfg, "lora.lr", 0, 1.0, "use e.g. lora.lr=1e-3")
     _check_int(p, cfg, "lora.batch_size", 1, "use e.g. lora.batch_size=8")
     _check_int(p, cfg, "lora.max_seq_len", 16, "use e.g. lora.max_seq_len=384")
-    micro, batch = _get(cfg, "lora.micro_batch_size"), _get(cfg, "lora.batch_size")
-    if micro is not None and isinstance(batch, int) and (not isinstance(micro, int) or micro < 1 or batch % micro):
-        p.append(f"lora.micro_batch_size={micro!r} must divide lora.batch_size={batch}; use e.g. "
-                 f"lora.micro_batch_size={max(1, batch // 2)}, or null for whole batches")
+    if isinstance(_get(cfg, "lora.batch_size"), int) and _get(cfg, "lora.micro_batch_size") is not None:
+        try:
+            micro_batches(cfg.lora)
+        except ValueError as exc:
+            p.append(str(exc))
     _check_int(p, cfg, "budget.generations", 0, "use budget.generations=0 to evaluate the first harness only")
     _check_int(p, cfg, "budget.val_examples", 1, "val needs at least one example, e.g. budget.val_examples=40")
     _check_int(p, cfg, "budget.test_examples", 0, "use budget.test_examples=0 to skip test reporting")

@@ -30,3 +30,15 @@ def algorithm_settings(lora_cfg, algorithm: str, threshold: float | None = None)
         threshold = lora_cfg.get("positive_threshold", 0.0) if hasattr(lora_cfg, "get") else 0.0
     settings["threshold"] = float(0.0 if threshold is None else threshold)
     return settings
+
+
+def micro_batches(lora_cfg) -> tuple[int, int]:
+    """(sequences per forward/backward pass, passes per optimizer step). One step still sees
+    ``lora.batch_size`` sequences; ``lora.micro_batch_size`` only bounds the activations held
+    at once (gradient accumulation: same gradient for equal-size micro-batches, less memory)."""
+    batch = int(lora_cfg.batch_size)
+    micro = lora_cfg.get("micro_batch_size") or batch
+    if not isinstance(micro, int) or isinstance(micro, bool) or micro < 1 or batch % micro:
+        raise ValueError(f"lora.micro_batch_size={micro!r} must divide lora.batch_size={batch}; use e.g. "
+                         f"lora.micro_batch_size={max(1, batch // 2)}, or null for whole batches")
+    return micro, batch // micro

@@ -25,7 +25,7 @@ from sia.train.policy import (disable_dropout, load_extra_state, load_lora_model
                               release_memory, save_adapter)
 from sia.train.resources import PeakRSS, quiet_lightning
 from sia.train.samples import Sample
-from sia.train.settings import algorithm_settings
+from sia.train.settings import algorithm_settings, micro_batches
 
 log = logging.getLogger(__name__)
 
@@ -120,18 +120,6 @@ def _encode(tokenizer, chosen: list[tuple[Sample, dict]], max_seq_len: int) -> l
     if not examples:
         raise ValueError(f"no sample's completion fits in lora.max_seq_len={max_seq_len} tokens; raise it")
     return examples
-
-
-def micro_batches(lora_cfg) -> tuple[int, int]:
-    """(sequences per forward/backward pass, passes per optimizer step). One step still sees
-    ``lora.batch_size`` sequences; ``lora.micro_batch_size`` only bounds the activations held
-    at once (gradient accumulation: same gradient for equal-size micro-batches, less memory)."""
-    batch = int(lora_cfg.batch_size)
-    micro = int(lora_cfg.get("micro_batch_size") or batch)
-    if micro < 1 or batch % micro:
-        raise ValueError(f"lora.micro_batch_size={micro} must divide lora.batch_size={batch}; "
-                         f"use e.g. lora.micro_batch_size={max(1, batch // 2)}")
-    return micro, batch // micro
 
 
 def _precompute(module, examples: list[dict], batch_size: int, pad_id: int, precision: str, device) -> None:

@@ -378,15 +378,13 @@ def mcv_tune(counts, incumbent, fraction, ctx, grid=None):
     def scored(sub, settings):
         """The inner score of the answer the pipeline would give (clip and round included); an
         answer the evaluator would reject (negative or non-finite) scores 0, as it does there."""
-        out = output_stage(sub, base, settings, fraction)
-        out = np.maximum(out, 0.0) if OPTIONS["clip_negative"] else out
-        out = np.round(out) if OPTIONS["round_output"] else out
+        out = finish(output_stage(sub, base, settings, fraction))
         if not np.all(np.isfinite(out)) or out.min() < 0:
             return 0.0
         value = score(out)
         return value if np.isfinite(value) else 0.0
 
-    own = {key: float(OPTIONS[key]) for key in ("sharpen", "mix", "loss_weight")}
+    own = output_settings()
     best = (scored(TOOLS[incumbent[0]][0](train, **incumbent[1]), own), incumbent, own)
     first, count, leader = best[0], 1, None   # leader: (score, call, prediction) of the best method
     calls = [incumbent] + [c for c in grid["methods"] if c != incumbent]
@@ -477,7 +475,7 @@ def describe(counts):
 def denoise(counts, call, ctx):
     """The whole pipeline on all cells: the tool call (or, with mcv_tune, the call and output
     settings the inner split chose), then the output options."""
-    settings = {key: float(OPTIONS[key]) for key in ("sharpen", "mix", "loss_weight")}
+    settings = output_settings()
     fraction = 0.9
     if OPTIONS["mcv_tune"] or settings["loss_weight"] > 0:
         fraction = float((getattr(ctx, "resources", None) or {}).get("train_fraction", 0.9))
@@ -490,6 +488,16 @@ def denoise(counts, call, ctx):
         pred = output_stage(pred, counts, settings, fraction)
         name = "expected_loss" if settings["loss_weight"] > 0 else "sharpen"
         ctx.log("tool_call", name=name, args=settings, result=summary(pred))
+    return finish(pred)
+
+
+def output_settings():
+    """The output stage's settings as OPTIONS gives them (mcv_tune may choose others)."""
+    return {key: float(OPTIONS[key]) for key in ("sharpen", "mix", "loss_weight")}
+
+
+def finish(pred):
+    """The last output options: clipping and rounding (mcv_tune scores what this returns)."""
     if OPTIONS["clip_negative"]:
         pred = np.maximum(pred, 0.0)
     if OPTIONS["round_output"]:
