@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from sia.train.settings import ALGORITHMS as TRAIN_ALGORITHMS, algorithm_settings, micro_batches
 
 DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 MODEL_SOURCES = ("embedded", "path")
 LOGGER_MODES = ("offline", "online", "disabled")
 
@@ -58,6 +59,8 @@ def config_problems(cfg: DictConfig) -> list[str]:
     _check_number(p, cfg, "lora.lr", 0, 1.0, "use e.g. lora.lr=1e-3")
     _check_int(p, cfg, "lora.batch_size", 1, "use e.g. lora.batch_size=8")
     _check_int(p, cfg, "lora.max_seq_len", 16, "use e.g. lora.max_seq_len=384")
+    if _get(cfg, "lora.max_epochs") is not None:
+        _check_number(p, cfg, "lora.max_epochs", 0, None, "e.g. lora.max_epochs=2, or null for no cap")
     if isinstance(_get(cfg, "lora.batch_size"), int) and _get(cfg, "lora.micro_batch_size") is not None:
         try:
             micro_batches(cfg.lora)
@@ -78,6 +81,7 @@ def config_problems(cfg: DictConfig) -> list[str]:
     _check_int(p, cfg, "agent.max_new_tokens", 1, "e.g. agent.max_new_tokens=48")
     _check_choice(p, cfg, "model.source", MODEL_SOURCES)
     _check_choice(p, cfg, "model.device", DEVICES)
+    _check_choice(p, cfg, "model.dtype", DTYPES)
     if _get(cfg, "model.device") == "cuda" and not _cuda_available():
         p.append("model.device='cuda' but this machine has no usable CUDA device (torch.cuda.is_available() is "
                  "False); set model.device=auto (or cpu), or run on a GPU machine")

@@ -57,6 +57,7 @@ class LoraConfig:
     batch_size: int = MISSING
     micro_batch_size: Optional[int] = None   # sequences per forward/backward (gradient accumulation); None: batch_size
     max_seq_len: int = MISSING
+    max_epochs: Optional[float] = None      # passes over the trained samples at most (caps budget.train_steps)
     precision: str = "???"
     activation_checkpointing: bool = False   # recompute activations in backward: far less memory, slower
     samples_per_prompt: int = MISSING       # K samples per train example in a rollout (one group)
@@ -105,6 +106,8 @@ class OfflineFeedbackConfig:
     abstain_threshold: float = 0.15   # share of unreadable val answers that calls for a format edit
     error_threshold: float = 0.10     # share of harness errors that calls for a robustness edit
     underfit_gap: float = 0.10        # train probe at most this far above val => the model lacks knowledge
+    baseline_gap: float = 0.5         # rules: incumbent val below this share of the best baseline's (after a
+    #                                   kept harness edit) => try the edits that bring a baseline's method in
     algorithm: str = "${lora.algorithm}"   # auto: the weights lever picks it from the reward statistics
 
 

@@ -100,12 +100,18 @@ class HarnessEdit:
     trajectory digest: ``format`` (abstentions, unparseable answers), ``errors`` (exceptions,
     timeouts), ``accuracy`` (well-formed but wrong answers), ``variance`` (unstable answers).
     ``apply`` returns the new source, or None when it does not apply to this harness.
+    ``baseline_use``: how the edit brings a non-LLM baseline's method (retrieval voting, copying
+    a train answer, a classical pipeline) into the harness: ``replace`` answers with it instead
+    of the model, ``ensemble`` combines the two, ``fallback`` uses it where the model's answer
+    is unusable; "" for none. The rules policy reaches for these, most complete first, when the
+    incumbent stays far below the task's best baseline.
     """
 
     name: str
     addresses: Literal["format", "errors", "accuracy", "variance"]
     description: str
     apply: Callable[[str], str | None]
+    baseline_use: Literal["", "fallback", "ensemble", "replace"] = ""
 
 
 @dataclass

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from sia.engine import build_engine
 from sia.engine import model_cache
 from sia.engine.base import GenRequest
-from sia.engine.hf import encode_text, plan_batches
+from sia.engine.hf import _RowSampler, encode_text, plan_batches
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -29,25 +29,32 @@ def _ask(question: str, **kwargs) -> GenRequest:
 
 @pytest.fixture(scope="module")
 def engine(model_cache_dir):
-    return build_engine(_model_cfg(), model_cache_dir)
+    # float32: these tests compare numbers across batches exactly (bf16 rounding differs by batch)
+    return build_engine(_model_cfg(dtype="float32"), model_cache_dir)
 
 
 # ---- without the model -----------------------------------------------------------------
 
-def test_plan_batches_groups_by_sampling_settings_and_caps_size():
+def test_plan_batches_sorts_by_length_and_caps_size_whatever_the_sampling():
     requests = [
         _ask("a"), _ask("b", temperature=0.7, seed=1), _ask("c"), _ask("d", temperature=0.7, seed=1),
-        _ask("e", temperature=0.7, seed=2), _ask("f"), _ask("g", top_p=0.5, seed=9),  # greedy: top_p/seed ignored
+        _ask("e", temperature=0.7, seed=2), _ask("f"), _ask("g", top_p=0.5, seed=9),
     ]
     lengths = [5, 3, 9, 1, 4, 2, 7]
     chunks = plan_batches(requests, lengths, max_batch_size=3)
-    assert sorted(i for chunk in chunks for i in chunk) == list(range(7))
-    assert all(len(chunk) <= 3 for chunk in chunks)
-    as_sets = [set(chunk) for chunk in chunks]
-    assert {1, 3} in as_sets and {4} in as_sets  # same temperature, different seeds: separate calls
-    greedy = [chunk for chunk in chunks if 0 in chunk or 2 in chunk or 5 in chunk or 6 in chunk]
-    assert sorted(i for chunk in greedy for i in chunk) == [0, 2, 5, 6]
-    assert greedy[0] == [5, 0, 6]  # shortest prompts first, so each chunk pads little
+    # Rollout samples (distinct seeds) and greedy calls share chunks: one generate per 3, not per seed.
+    assert chunks == [[3, 5, 1], [4, 0, 6], [2]]
+
+
+def test_auto_dtype_is_bf16_only_where_the_hardware_computes_it(monkeypatch):
+    from sia.engine import hf
+
+    cpu = torch.device("cpu")
+    assert hf.pick_dtype("float32", cpu) == torch.float32 and hf.pick_dtype("bfloat16", cpu) == torch.bfloat16
+    monkeypatch.setattr(hf, "cpu_has_native_bf16", lambda: True)
+    assert hf.pick_dtype("auto", cpu) == torch.bfloat16
+    monkeypatch.setattr(hf, "cpu_has_native_bf16", lambda: False)
+    assert hf.pick_dtype("auto", cpu) == torch.float32   # emulated bf16 would be slower than fp32
 
 
 def test_build_engine_names_a_bad_engine(tmp_path):
@@ -190,15 +197,36 @@ def test_logprobs_are_the_raw_model_not_the_tempered_distribution(engine):
 
 
 @pytest.mark.slow
-def test_seeded_sampling_is_reproducible(engine):
-    def sample(seed):
-        return engine.generate([_ask("Write a short poem about cats.", max_tokens=24, temperature=1.0, seed=seed)])[0]
+def test_seeded_sampling_is_reproducible_and_independent_of_the_batch(engine):
+    poem = "Write a short poem about cats."
+
+    def sample(seed, **kwargs):
+        return _ask(poem, max_tokens=24, temperature=1.0, seed=seed, **kwargs)
 
     rng_before = torch.get_rng_state()
-    first, again, other = sample(7), sample(7), sample(8)
+    first, again, other = (engine.generate([sample(s)])[0] for s in (7, 7, 8))
     assert first.text == again.text and first.token_logprobs == again.token_logprobs
     assert first.text != other.text
+    # One batch with a greedy call and other seeds: each sampled row still draws its own tokens.
+    batch = engine.generate([_ask(QUESTIONS[0], max_tokens=12), sample(8), sample(7), sample(7, top_p=0.5)])
+    assert batch[2].text == first.text and batch[1].text == other.text
+    assert batch[2].token_logprobs == pytest.approx(first.token_logprobs, abs=1e-4)
+    assert batch[0].text == engine.generate([_ask(QUESTIONS[0], max_tokens=12)])[0].text
     assert torch.equal(torch.get_rng_state(), rng_before)  # the caller's RNG is left alone
+
+
+def test_row_sampler_draws_within_top_p_and_leaves_greedy_rows_alone():
+    scores = torch.tensor([[2.0, 1.0, 0.0, -1.0], [0.0, 3.0, 0.0, 0.0]])
+    requests = [_ask("a", temperature=1.0, top_p=0.6, seed=s) for s in range(40)]
+    drawn = set()
+    for request in requests:   # softmax mass of token 0 is 0.64 >= 0.6: only token 0 survives
+        out = _RowSampler([request, _ask("greedy")], torch.device("cpu"))(None, scores.clone())
+        drawn.add(int(out[0].argmax()))
+        assert torch.equal(out[1], scores[1])
+    assert drawn == {0}
+    wide = {int(_RowSampler([_ask("a", temperature=1.0, seed=s)], torch.device("cpu"))(None, scores.clone())[0].argmax())
+            for s in range(40)}
+    assert len(wide) >= 3   # without top_p the tail is drawn too
 
 
 @pytest.mark.slow

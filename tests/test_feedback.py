@@ -122,6 +122,29 @@ def test_rules_prefers_a_harness_edit_when_the_model_overfits_train():
     assert decide("rules", _ctx(_rows(n_ok=2, n_wrong=8), history=history)).action == "weights"
 
 
+def test_rules_borrows_a_baselines_method_when_a_kept_edit_leaves_val_far_below_it():
+    vote = HarnessEdit("retrieval_vote", "variance", "answer the neighbours' vote",
+                       lambda s: with_options(s, labels=True, few_shot=5), baseline_use="replace")
+    on_abstain = HarnessEdit("vote_on_abstain", "format", "the vote where the model abstains",
+                             lambda s: with_options(s, labels=True), baseline_use="fallback")
+    rows = _rows(n_ok=1, n_format=6, n_wrong=3)                       # val 0.10
+    kept_edit = _history({"action": "seed", "kept": True}, {"action": "harness", "edit": "few_shot", "kept": True})
+
+    def ctx(history, baselines):
+        c = _ctx(rows, history=history)
+        c.edits, c.baselines = [*EDITS, on_abstain, vote], baselines
+        return c
+
+    decision = decide("rules", ctx(kept_edit, {"knn": 0.30, "majority": 0.05}))
+    assert decision.action == "harness" and decision.edit == "retrieval_vote"   # the most complete use first
+    assert "knn: 0.300" in decision.rationale and "val is 0.100" in decision.rationale
+    # Within half of the best baseline, or before any harness edit was kept: the usual order.
+    assert decide("rules", ctx(kept_edit, {"knn": 0.18})).edit == "label_list"
+    seed_only = _history({"action": "seed", "kept": True})
+    assert decide("rules", ctx(seed_only, {"knn": 0.30})).edit == "label_list"
+    assert decide("rules", ctx(kept_edit, {})).edit == "label_list"
+
+
 def test_rules_does_not_repeat_a_tried_edit_and_stops_when_nothing_is_left():
     history = _history({"action": "harness", "edit": "label_list", "kept": False},
                        {"action": "harness", "edit": "few_shot", "kept": False},

@@ -241,6 +241,16 @@ def test_bucket_sampler_groups_similar_lengths_and_reshuffles_each_epoch():
     assert list(BucketBatchSampler(lengths, 2, seed=3)) == first  # seeded
 
 
+def test_steps_are_capped_at_max_epochs_passes_over_the_samples():
+    from sia.train.settings import capped_steps
+
+    lora = OmegaConf.create({"batch_size": 8, "max_epochs": 2})
+    assert capped_steps(lora, 24, 44) == 11          # ceil(2 * 44 / 8): ~40 grpo samples, 2 passes
+    assert capped_steps(lora, 24, 160) == 24         # gold SFT on 160 examples: the budget's 24 steps bind
+    assert capped_steps(lora, 24, 3) == 1            # at least one step
+    assert capped_steps(OmegaConf.create({"batch_size": 8, "max_epochs": None}), 24, 3) == 24
+
+
 def test_micro_batches_split_each_batch_and_the_short_batch_comes_last():
     lengths = [10, 200, 12, 190, 14, 205, 11, 195, 13, 198]
     whole = list(BucketBatchSampler(lengths, batch_size=4, seed=3))

@@ -7,6 +7,11 @@
   answers mean the model lacks the knowledge, so it updates the weights (unless the train
   probe shows the model fits train far better than val: more training would only overfit).
   After a kept weight update it first tries one untried accuracy edit, the cheaper lever.
+  When a kept harness edit still leaves val below ``baseline_gap`` of the best non-LLM
+  baseline's val, the model-side edits have had their chance and the model adds less than the
+  baseline alone: it tries the edits that bring a baseline's method into the harness first
+  (``HarnessEdit.baseline_use``), the most complete one first (replace, ensemble, fallback);
+  later edits may let the model back in where that raises val.
 - ``HarnessOnlyPolicy`` / ``WeightsOnlyPolicy`` / ``AlternatePolicy``: the ablations.
 
 Each is built from its ``conf/feedback/<name>.yaml`` by ``hydra.utils.instantiate``.
@@ -19,6 +24,7 @@ from sia.agents.digest import Digest
 from sia.tasks import HarnessEdit
 
 SYMPTOM_ORDER = ("errors", "format", "accuracy", "variance")
+BASELINE_USE_ORDER = ("replace", "ensemble", "fallback")   # far below a baseline: adopt it most fully first
 MAX_FAILED_WEIGHT_UPDATES = 2
 
 
@@ -32,10 +38,10 @@ class OfflinePolicy:
     wants_train_probe = False
 
     def __init__(self, name: str, abstain_threshold: float = 0.15, error_threshold: float = 0.10,
-                 underfit_gap: float = 0.10, algorithm: str = "auto"):
+                 underfit_gap: float = 0.10, baseline_gap: float = 0.5, algorithm: str = "auto"):
         self.name = name
         self.abstain_threshold, self.error_threshold = abstain_threshold, error_threshold
-        self.underfit_gap = underfit_gap
+        self.underfit_gap, self.baseline_gap = underfit_gap, baseline_gap
         self.algorithm = algorithm            # lora.algorithm: auto lets the lever choose
 
     def decide(self, ctx: FeedbackContext) -> Decision:
@@ -44,11 +50,18 @@ class OfflinePolicy:
     # ---- helpers ---------------------------------------------------------------------
     @staticmethod
     def applicable_edit(ctx: FeedbackContext, symptoms: tuple[str, ...]) -> tuple[HarnessEdit, str] | None:
+        return OfflinePolicy._first_applicable(ctx, [e for s in symptoms for e in ctx.edits if e.addresses == s])
+
+    @staticmethod
+    def baseline_edit(ctx: FeedbackContext) -> tuple[HarnessEdit, str] | None:
+        return OfflinePolicy._first_applicable(
+            ctx, [e for use in BASELINE_USE_ORDER for e in ctx.edits if e.baseline_use == use])
+
+    @staticmethod
+    def _first_applicable(ctx: FeedbackContext, edits: list[HarnessEdit]) -> tuple[HarnessEdit, str] | None:
         tried = {h.edit for h in ctx.history if h.edit}
-        for symptom in symptoms:
-            for edit in ctx.edits:
-                if edit.addresses != symptom or edit.name in tried:
-                    continue
+        for edit in edits:
+            if edit.name not in tried:
                 new_code = edit.apply(ctx.harness_code)
                 if new_code is not None:
                     return edit, new_code
@@ -82,6 +95,17 @@ class OfflinePolicy:
     def weights_possible(self, ctx: FeedbackContext) -> bool:
         return ctx.offer.available and self.failed_weight_updates(ctx) < MAX_FAILED_WEIGHT_UPDATES
 
+    def far_below_baselines(self, ctx: FeedbackContext) -> str:
+        """Why the incumbent should borrow a baseline's method, or '' (no baselines, no kept
+        harness edit yet, or val within ``baseline_gap`` of the best baseline)."""
+        if not ctx.baselines or not any(h.action == "harness" and h.kept for h in ctx.history):
+            return ""
+        name, best = max(ctx.baselines.items(), key=lambda kv: kv[1])
+        if best <= 0 or ctx.digest.score >= self.baseline_gap * best:
+            return ""
+        return (f"after a kept harness edit val is {ctx.digest.score:.3f}, below {_pct(self.baseline_gap)} of the "
+                f"best non-LLM baseline's val ({name}: {best:.3f}): bring a baseline's method into the harness")
+
     @staticmethod
     def edit_rejected_since_last_kept(ctx: FeedbackContext, symptom: str) -> bool:
         addresses = {e.name: e.addresses for e in ctx.edits}
@@ -106,6 +130,11 @@ class RulesPolicy(OfflinePolicy):
             if found:
                 return self.harness(*found, f"{_pct(d.error_rate)} of val examples fail in the harness "
                                             f"({d.error_kinds})", d)
+        behind = self.far_below_baselines(ctx)
+        if behind:
+            found = self.baseline_edit(ctx)
+            if found:
+                return self.harness(*found, behind, d)
         if d.format_rate >= self.abstain_threshold:
             format_edit_failed = self.edit_rejected_since_last_kept(ctx, "format")
             if format_edit_failed and not any(h.action == "weights" for h in ctx.history):

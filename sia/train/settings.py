@@ -2,6 +2,8 @@
 check, kept free of torch so the config check before any work stays cheap."""
 from __future__ import annotations
 
+import math
+
 from sia.train.choose import ALGORITHMS
 
 # Defaults of each algorithm's settings (lora.<algorithm>.<key> overrides them).
@@ -42,3 +44,12 @@ def micro_batches(lora_cfg) -> tuple[int, int]:
         raise ValueError(f"lora.micro_batch_size={micro!r} must divide lora.batch_size={batch}; use e.g. "
                          f"lora.micro_batch_size={max(1, batch // 2)}, or null for whole batches")
     return micro, batch // micro
+
+
+def capped_steps(lora_cfg, steps: int, n_samples: int) -> int:
+    """``steps``, cut to ``lora.max_epochs`` passes over ``n_samples`` (at least one step)."""
+    epochs = lora_cfg.get("max_epochs") if hasattr(lora_cfg, "get") else None
+    if epochs is None:
+        return steps
+    per_pass = n_samples / int(lora_cfg.batch_size)
+    return max(1, min(steps, math.ceil(float(epochs) * per_pass)))

@@ -25,7 +25,7 @@ from sia.train.policy import (disable_dropout, load_extra_state, load_lora_model
                               release_memory, save_adapter)
 from sia.train.resources import PeakRSS, quiet_lightning
 from sia.train.samples import Sample
-from sia.train.settings import algorithm_settings, micro_batches
+from sia.train.settings import algorithm_settings, capped_steps, micro_batches
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,10 @@ def train_adapter(model_cfg, lora_cfg, cache_dir, samples: list[Sample], *, algo
         model_dir = resolve_model_dir(model_cfg, cache_dir)
         tokenizer = load_tokenizer(model_dir)
         examples = _encode(tokenizer, chosen, int(lora_cfg.max_seq_len))
+        asked, steps = steps, capped_steps(lora_cfg, steps, len(examples))
+        if steps < asked:
+            note = f"{note}; " * bool(note) + (f"{steps} of {asked} steps: lora.max_epochs={lora_cfg.max_epochs} "
+                                               f"passes over {len(examples)} samples")
         pl.seed_everything(seed, verbose=False)  # LoRA init and dropout
         model = load_lora_model(model_cfg, lora_cfg, model_dir, init_adapter)
         if algorithm in RATIO_BASED:

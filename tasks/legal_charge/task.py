@@ -308,17 +308,20 @@ class TaskImpl(Task):
                 "When no valid charge name came back, answer the similarity-weighted charge vote of the "
                 "5 train cases nearest by character-bigram TF-IDF.",
                 option_edit(retrieval_vote="fallback"),
+                baseline_use="fallback",
             ),
             HarnessEdit(
                 "ensemble_with_retrieval_vote", "accuracy",
                 "Let the model's charge names join the vote of the 5 nearest train cases (half the "
                 "neighbours' weight); keep the charges with half of the whole vote.",
                 option_edit(retrieval_vote="ensemble"),
+                baseline_use="ensemble",
             ),
             HarnessEdit(
                 "retrieval_vote_only", "variance",
                 "Answer the vote of the 5 nearest train cases without asking the model.",
                 option_edit(retrieval_vote="only"),
+                baseline_use="replace",
             ),
         ]
 

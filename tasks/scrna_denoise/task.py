@@ -284,16 +284,16 @@ class TaskImpl(Task):
                         "own train counts: thin them binomially again, score every candidate's prediction "
                         "of the inner held-out part with the task's metric definitions, run the best on "
                         "all train counts. The incumbent's own settings are a candidate and win ties.",
-                        option_edit(mcv_tune=True, ask_model=False)),
+                        option_edit(mcv_tune=True, ask_model=False), baseline_use="replace"),
             HarnessEdit("sharpen_output", "accuracy",
                         "Raise each cell's denoised profile to the power 2: smoothing spreads counts "
                         "over zeros, which the log-space MSE punishes.", option_edit(sharpen=2.0)),
             HarnessEdit("fixed_knn_smoothing", "accuracy",
-                        "Always run knn(15) without asking the model.", fixed("knn(15)")),
+                        "Always run knn(15) without asking the model.", fixed("knn(15)"), baseline_use="replace"),
             HarnessEdit("fixed_magic", "accuracy",
-                        "Always run magic(3, 10) without asking the model.", fixed("magic(3, 10)")),
+                        "Always run magic(3, 10) without asking the model.", fixed("magic(3, 10)"), baseline_use="replace"),
             HarnessEdit("fixed_alra", "accuracy",
-                        "Always run alra(20) without asking the model.", fixed("alra(20)")),
+                        "Always run alra(20) without asking the model.", fixed("alra(20)"), baseline_use="replace"),
             HarnessEdit("no_model_call", "variance",
                         "Skip the model and always run the default pipeline, so every example gets "
                         "the same method.", _when_asking(option_edit(ask_model=False))),

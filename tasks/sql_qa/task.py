@@ -282,11 +282,11 @@ class TaskImpl(Task):
             HarnessEdit("copy_adapt_on_failure", "format",
                         "When the final query is missing or SQLite rejects it, answer the most similar train "
                         "query instead, its literals replaced by the question's when the phrasing matches.",
-                        option_edit(copy_adapt="fallback")),
+                        option_edit(copy_adapt="fallback"), baseline_use="fallback"),
             HarnessEdit("prefer_adapted_train_query", "accuracy",
                         "When a train question has the same phrasing up to its literals, answer its query "
                         "with the question's literals without asking the model; the model otherwise.",
-                        option_edit(copy_adapt="prefer")),
+                        option_edit(copy_adapt="prefer"), baseline_use="ensemble"),
         ]
 
     def baselines(self) -> list:
