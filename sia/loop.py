@@ -105,6 +105,9 @@ class Loop:
             decision = self._decide(generation, inc)
         except InvalidDecision as exc:
             return GenerationRecord(generation=generation, action="invalid", failed=str(exc))
+        late = self._would_end_late(decision.action)
+        if late:
+            raise OutOfTime(late)
         record = GenerationRecord(generation=generation, action=decision.action, rationale=decision.rationale,
                                   edit=decision.edit, fallback=bool(decision.stats.get("fallback")),
                                   **_agent_cost(decision.stats.get("cost")))
@@ -142,6 +145,19 @@ class Loop:
         scores = self._score(generation, harness, adapter, full=True) if record.kept else {"val": val}
         return self._fill(record, scores)
 
+    def _would_end_late(self, action: str) -> str:
+        """Why a generation of ``action`` would end after the wall-clock budget, judged by the
+        last one of the same kind that ran to its evaluation; '' when it fits or is the first."""
+        same = [h for h in self.state.history if h.action == action and h.val is not None]
+        if not same:
+            return ""
+        forecast_s = self.state.elapsed_s + same[-1].wall_s
+        if forecast_s <= self.budget.wall_clock_minutes * 60:
+            return ""
+        return (f"wall-clock budget of {self.budget.wall_clock_minutes} min: the next generation ({action}) would "
+                f"end at ~{forecast_s / 60:.1f} min (generation {same[-1].generation}, the last {action} one, "
+                f"took {same[-1].wall_s:.0f} s)")
+
     def _finish(self, record: GenerationRecord, started: float, generate_before: float) -> None:
         record.wall_s = time.monotonic() - started
         if record.kept:
@@ -174,7 +190,12 @@ class Loop:
                 log.warning("%s; stopping before generation %d", self.state.stop_reason, generation)
                 break
             started = time.monotonic()
-            record = self._generation_zero() if generation == 0 else self._generation(generation)
+            try:
+                record = self._generation_zero() if generation == 0 else self._generation(generation)
+            except OutOfTime as exc:   # its decision stays on disk: a resume with more time runs it
+                self.state.stop_reason = str(exc)
+                log.warning("%s; stopping before generation %d", exc, generation)
+                break
             self._finish(record, started, generate_before)
             if record.action == "stop":
                 self.state.stop_reason = f"the feedback policy stopped: {record.rationale}"
@@ -182,6 +203,10 @@ class Loop:
         self.state.status = "done"
         self.run.save_state(self.state)
         return self.state
+
+
+class OutOfTime(Exception):
+    """The decided generation would end after the wall-clock budget."""
 
 
 def _agent_cost(cost: dict | None) -> dict:

@@ -79,7 +79,7 @@ class BudgetConfig:
     train_examples: int = MISSING
     train_steps: int = MISSING
     probe_train_examples: int = MISSING
-    wall_clock_minutes: float = MISSING
+    wall_clock_minutes: float = MISSING   # the run ends by then (see conf/budget/default.yaml)
     agent_tokens: Optional[int] = None      # meta/feedback agent tokens for the whole run; null = no cap
     agent_dollars: Optional[float] = None   # agent spend for the whole run; null = no cap
 

@@ -142,3 +142,33 @@ def test_the_feedback_side_never_sees_a_held_out_gold_answer(loop_parts):
                 assert not any(charge in reason for reason in reasons), (charge, reasons[:3])
     trusted = [json.loads(x) for x in (run.path / "trusted" / "gen_001_val.jsonl").read_text().splitlines()]
     assert all(row["details"] for row in trusted)     # gold-bearing details stay on the trusted side
+
+
+class StepClock:
+    """The loop's clock: every reading is 100 s after the one before (one generation = 100 s)."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def monotonic(self):
+        self.now += 100.0
+        return self.now
+
+
+def test_a_generation_that_would_end_after_the_wall_clock_budget_does_not_start(loop_parts, monkeypatch):
+    import sia.loop
+
+    cfg, task, run, state, engine, pool = loop_parts
+    cfg.budget.wall_clock_minutes = 4.5       # 270 s: after gens 0 and 1 (200 s) another 100 s harness gen overruns
+    monkeypatch.setattr(sia.loop, "time", StepClock())
+    labelled = with_options(task.seed_harness(), label_list=True)
+    script = {
+        1: Decision(action="harness", rationale="scripted: label list", harness_code=labelled, edit="label_list"),
+        2: Decision(action="harness", rationale="scripted: back to the seed", harness_code=task.seed_harness()),
+    }
+    final = _run(loop_parts, script)
+    assert [h.generation for h in final.history] == [0, 1]
+    assert final.elapsed_s == 200.0                 # under the budget: only the forecast stopped it
+    assert "would end at ~5.0 min" in final.stop_reason and "generation 1" in final.stop_reason
+    assert (run.path / "gen_002" / "decision.json").is_file()   # decided: a resume with more time runs it
+    assert not (run.path / "gen_002" / "scores_val.json").exists()

@@ -71,8 +71,9 @@ def train_adapter(model_cfg, lora_cfg, cache_dir, samples: list[Sample], *, algo
         examples = _encode(tokenizer, chosen, int(lora_cfg.max_seq_len))
         asked, steps = steps, capped_steps(lora_cfg, steps, len(examples))
         if steps < asked:
-            note = f"{note}; " * bool(note) + (f"{steps} of {asked} steps: lora.max_epochs={lora_cfg.max_epochs} "
-                                               f"passes over {len(examples)} samples")
+            cap = (f"{steps} of {asked} steps: lora.max_epochs={float(lora_cfg.max_epochs):g} passes over "
+                   f"{len(examples)} samples")
+            note = f"{note}; {cap}" if note else cap
         pl.seed_everything(seed, verbose=False)  # LoRA init and dropout
         model = load_lora_model(model_cfg, lora_cfg, model_dir, init_adapter)
         if algorithm in RATIO_BASED:
