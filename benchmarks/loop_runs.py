@@ -32,12 +32,17 @@ SUITES = {
 
 
 class PeakTreeRSS(threading.Thread):
-    """Peak resident memory summed over a process and all its descendants (loop, harness
-    workers, evaluator children), sampled every 0.5 s."""
+    """Peak memory summed over a process and all its descendants (loop, harness workers,
+    evaluator children), sampled every 0.5 s, two ways: RSS (counts a page shared by N
+    processes N times: the forked workers share the loop's libraries) and PSS (each shared page
+    split among its sharers: what the run takes from the machine). Also the loop process's own
+    RSS at the PSS peak."""
 
     def __init__(self, pid: int):
         super().__init__(daemon=True)
-        self.root, self.peak_mb, self._done = psutil.Process(pid), 0.0, threading.Event()
+        self.root, self._done = psutil.Process(pid), threading.Event()
+        self.peak_mb = self.peak_pss_mb = self.loop_mb_at_peak = 0.0
+        self.processes_at_peak = 0
 
     def run(self) -> None:
         while not self._done.wait(0.5):
@@ -45,13 +50,20 @@ class PeakTreeRSS(threading.Thread):
                 procs = [self.root, *self.root.children(recursive=True)]
             except psutil.NoSuchProcess:
                 return
-            total = 0
+            rss = pss = 0
             for p in procs:
                 try:
-                    total += p.memory_info().rss
+                    info = p.memory_full_info()
+                    rss, pss = rss + info.rss, pss + info.pss
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    pass
+            self.peak_mb = max(self.peak_mb, rss / 2**20)
+            if pss / 2**20 > self.peak_pss_mb:
+                self.peak_pss_mb, self.processes_at_peak = pss / 2**20, len(procs)
+                try:
+                    self.loop_mb_at_peak = self.root.memory_info().rss / 2**20
                 except psutil.NoSuchProcess:
                     pass
-            self.peak_mb = max(self.peak_mb, total / 2**20)
 
     def stop(self) -> None:
         self._done.set()
@@ -87,6 +99,8 @@ def run_once(overrides: list[str], out_root: Path) -> dict:
     summary = json.loads((run_dir / "summary.json").read_text())
     summary["process_wall_s"] = wall
     summary["peak_rss_mb"] = peak.peak_mb
+    summary["peak_pss_mb"], summary["loop_rss_mb_at_peak"] = peak.peak_pss_mb, peak.loop_mb_at_peak
+    summary["processes_at_peak"] = peak.processes_at_peak
     summary["first_gain_s"] = first_gain_s(json.loads((run_dir / "state.json").read_text())["history"])
     summary["overrides"] = overrides
     summary["run_dir"] = str(run_dir)
@@ -109,7 +123,8 @@ def show(s: dict) -> None:
     print(f"   decisions: {', '.join(s['decisions'])}")
     gain = s.get("first_gain_s")
     print(f"   first kept gain after {'-' if gain is None else f'{gain / 60:.1f} min'}; peak memory of the loop "
-          f"and all its workers {s['peak_rss_mb'] / 1024:.2f} GiB")
+          f"and all its workers {s['peak_pss_mb'] / 1024:.2f} GiB PSS ({s['processes_at_peak']} processes, the "
+          f"loop {s['loop_rss_mb_at_peak'] / 1024:.2f} GiB of it), {s['peak_rss_mb'] / 1024:.2f} GiB summed RSS")
     for name, row in (s.get("baselines") or {}).items():
         print(f"   baseline {name}: val {pct(row.get('val'))} test {pct(row.get('test'))}")
 

@@ -57,7 +57,7 @@ class LoraConfig:
     batch_size: int = MISSING
     micro_batch_size: Optional[int] = None   # sequences per forward/backward (gradient accumulation); None: batch_size
     max_seq_len: int = MISSING
-    max_epochs: Optional[float] = None      # passes over the trained samples at most (caps budget.train_steps)
+    rollout_epochs: Optional[float] = None  # passes over a rollout's samples at most (caps budget.train_steps)
     precision: str = "???"
     activation_checkpointing: bool = False   # recompute activations in backward: far less memory, slower
     samples_per_prompt: int = MISSING       # K samples per train example in a rollout (one group)

@@ -241,14 +241,15 @@ def test_bucket_sampler_groups_similar_lengths_and_reshuffles_each_epoch():
     assert list(BucketBatchSampler(lengths, 2, seed=3)) == first  # seeded
 
 
-def test_steps_are_capped_at_max_epochs_passes_over_the_samples():
+def test_reward_driven_steps_are_capped_at_rollout_epochs_passes_over_the_samples():
     from sia.train.settings import capped_steps
 
-    lora = OmegaConf.create({"batch_size": 8, "max_epochs": 2})
-    assert capped_steps(lora, 24, 44) == 11          # ceil(2 * 44 / 8): ~40 grpo samples, 2 passes
-    assert capped_steps(lora, 24, 160) == 24         # gold SFT on 160 examples: the budget's 24 steps bind
-    assert capped_steps(lora, 24, 3) == 1            # at least one step
-    assert capped_steps(OmegaConf.create({"batch_size": 8, "max_epochs": None}), 24, 3) == 24
+    lora = OmegaConf.create({"batch_size": 8, "rollout_epochs": 2})
+    assert capped_steps(lora, "grpo", 24, 44) == 11        # ceil(2 * 44 / 8): ~40 grpo samples, 2 passes
+    assert capped_steps(lora, "rs_sft", 24, 160) == 24     # many samples: the budget's 24 steps bind
+    assert capped_steps(lora, "eaw", 24, 3) == 1           # at least one step
+    assert capped_steps(lora, "sft", 24, 3) == 24          # gold pairs do not go stale: no cap
+    assert capped_steps(OmegaConf.create({"batch_size": 8, "rollout_epochs": None}), "grpo", 24, 3) == 24
 
 
 def test_micro_batches_split_each_batch_and_the_short_batch_comes_last():

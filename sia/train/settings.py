@@ -46,10 +46,11 @@ def micro_batches(lora_cfg) -> tuple[int, int]:
     return micro, batch // micro
 
 
-def capped_steps(lora_cfg, steps: int, n_samples: int) -> int:
-    """``steps``, cut to ``lora.max_epochs`` passes over ``n_samples`` (at least one step)."""
-    epochs = lora_cfg.get("max_epochs") if hasattr(lora_cfg, "get") else None
-    if epochs is None:
+def capped_steps(lora_cfg, algorithm: str, steps: int, n_samples: int) -> int:
+    """``steps``, cut to ``lora.rollout_epochs`` passes over ``n_samples`` for the reward-driven
+    algorithms (at least one step). Gold SFT is not capped: its pairs do not go stale."""
+    epochs = lora_cfg.get("rollout_epochs") if hasattr(lora_cfg, "get") else None
+    if epochs is None or algorithm == "sft":
         return steps
     per_pass = n_samples / int(lora_cfg.batch_size)
     return max(1, min(steps, math.ceil(float(epochs) * per_pass)))

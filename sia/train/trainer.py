@@ -69,9 +69,9 @@ def train_adapter(model_cfg, lora_cfg, cache_dir, samples: list[Sample], *, algo
         model_dir = resolve_model_dir(model_cfg, cache_dir)
         tokenizer = load_tokenizer(model_dir)
         examples = _encode(tokenizer, chosen, int(lora_cfg.max_seq_len))
-        asked, steps = steps, capped_steps(lora_cfg, steps, len(examples))
+        asked, steps = steps, capped_steps(lora_cfg, algorithm, steps, len(examples))
         if steps < asked:
-            cap = (f"{steps} of {asked} steps: lora.max_epochs={float(lora_cfg.max_epochs):g} passes over "
+            cap = (f"{steps} of {asked} steps: lora.rollout_epochs={float(lora_cfg.rollout_epochs):g} passes over "
                    f"{len(examples)} samples")
             note = f"{note}; {cap}" if note else cap
         pl.seed_everything(seed, verbose=False)  # LoRA init and dropout
