@@ -74,6 +74,9 @@ def config_problems(cfg: DictConfig) -> list[str]:
     _check_int(p, cfg, "budget.probe_train_examples", 0, "e.g. budget.probe_train_examples=16")
     _check_number(p, cfg, "budget.wall_clock_minutes", 0, None, "e.g. budget.wall_clock_minutes=30")
     _check_choice(p, cfg, "lora.algorithm", ("auto", *TRAIN_ALGORITHMS))
+    if _get(cfg, "feedback.baseline_gap") is not None:
+        _check_number(p, cfg, "feedback.baseline_gap", 0, 1, "e.g. feedback.baseline_gap=0.5 (0 turns the rule off)",
+                      low_inclusive=True)
     _check_int(p, cfg, "agent.workers", 1, "e.g. agent.workers=8")
     _check_number(p, cfg, "agent.example_timeout_s", 0, None, "e.g. agent.example_timeout_s=60")
     _check_int(p, cfg, "agent.memory_mb", 256, "e.g. agent.memory_mb=2048")

@@ -180,7 +180,8 @@ def test_cuda_kernel_with_one_faster_kernel_trains_on_the_recorded_rollout(tmp_p
     rewards[5] = 0.6                                       # one correct kernel faster than the incumbent
     _record(lever, 1, rewards)
     trained = lever.train(1, WEIGHTS, tmp_path / "h.py", None, None)
-    assert trained.info["algorithm"] == "eaw" and len(trained.info["losses"]) == 2
+    assert trained.info["algorithm"] == "eaw" and len(trained.info["losses"]) == trained.info["steps"] == 1
+    assert "1 of 2 steps: lora.rollout_epochs=2" in trained.info["note"]   # a few samples: 2 passes, 1 step
     assert (trained.path / "COMPLETE").is_file() and lever.engine.served == {trained.name: str(trained.path)}
 
 
