@@ -241,6 +241,15 @@ def test_bucket_sampler_groups_similar_lengths_and_reshuffles_each_epoch():
     assert list(BucketBatchSampler(lengths, 2, seed=3)) == first  # seeded
 
 
+def test_training_keeps_fp32_base_weights_on_cpu_under_auto_and_follows_an_explicit_dtype():
+    from sia.train.policy import training_dtype
+
+    cpu = torch.device("cpu")
+    assert training_dtype("auto", cpu) == torch.float32      # bf16-mixed autocasts the compute
+    assert training_dtype("bfloat16", cpu) == torch.bfloat16
+    assert training_dtype("float32", cpu) == torch.float32
+
+
 def test_reward_driven_steps_are_capped_at_rollout_epochs_passes_over_the_samples():
     from sia.train.settings import capped_steps
 

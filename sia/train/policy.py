@@ -14,26 +14,27 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
-from sia.engine.hf import pick_dtype, quiet_peft
+from sia.engine.hf import pick_device, pick_dtype, quiet_peft
 
 COMPLETE_MARKER = "COMPLETE"
 EXTRA_STATE = "extra_state.pt"  # non-adapter trainable state (the PPO value head)
 
 
-def training_dtype(setting: str) -> torch.dtype:
-    """The base weights' dtype while training. ``auto`` keeps float32 on CPU, where
-    ``lora.precision=bf16-mixed`` autocasts the compute anyway (the engine's ``auto`` serves in
-    bf16 there for speed); on a GPU it is the engine's choice."""
-    if setting == "auto" and not torch.cuda.is_available():
+def training_dtype(setting: str, device: torch.device) -> torch.dtype:
+    """The base weights' dtype while training on ``device``. ``auto`` keeps float32 on CPU,
+    where ``lora.precision=bf16-mixed`` autocasts the compute anyway (the engine's ``auto``
+    serves in bf16 there for speed); on a GPU it is the engine's choice."""
+    if setting == "auto" and device.type == "cpu":
         return torch.float32
-    return pick_dtype(setting, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    return pick_dtype(setting, device)
 
 
 def load_lora_model(model_cfg, lora_cfg, model_dir, init_adapter=None):
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=training_dtype(str(model_cfg.dtype)))
+    base = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=training_dtype(str(model_cfg.dtype), pick_device(model_cfg.device)))
     base.config.use_cache = False  # no KV cache while training
     with quiet_peft():
         if init_adapter is not None:
