@@ -140,16 +140,18 @@ class EchoLever:
             if not pairs:
                 raise LeverFailed(f"the harness rendered no SFT pair ({next((r.error for r in results), None)})")
             write_json_atomic(pairs_file, pairs)
-        if not (out / "COMPLETE").is_file():
+        # COMPLETE last: a SIGTERM (requeue) during any earlier write leaves no COMPLETE, so the
+        # resumed job redoes the whole step instead of finding an adapter without its train.json
+        if not ((out / "COMPLETE").is_file() and info_file.is_file()):
             merged = read_json(pairs_file)
             if adapter_dir is not None and (Path(adapter_dir) / PAIRS_FILE).is_file():
                 merged = read_json(Path(adapter_dir) / PAIRS_FILE) + merged
             write_json_atomic(out / PAIRS_FILE, merged)
-            write_text_atomic(out / "COMPLETE", "echo\n")
             steps = int(training.get("steps", 1))
             write_json_atomic(info_file, {"algorithm": "sft", "losses": [round(2.0 / (1 + i), 4) for i in range(steps)],
                                           "wall_s": time.perf_counter() - started, "steps": steps,
                                           "examples": len(merged)})
+            write_text_atomic(out / "COMPLETE", "echo\n")
         name = f"gen{generation:03d}"
         self.engine.add_adapter(name, str(out))
         return TrainedAdapter(name=name, path=out, info=read_json(info_file))
