@@ -184,6 +184,7 @@ class Loop:
         while self.state.status == "running":
             generation = self.state.next_generation
             if generation > self.budget.generations:
+                self.state.stop_reason = f"all {self.budget.generations} generations of budget.generations spent"
                 break
             if generation > 0 and self.state.elapsed_s >= deadline_s:
                 self.state.stop_reason = f"wall-clock budget of {self.budget.wall_clock_minutes} min spent"

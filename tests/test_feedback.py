@@ -101,6 +101,10 @@ def test_rules_escalates_to_weights_when_a_format_edit_was_rejected():
     rejected.append(GenerationRecord(generation=2, action="harness", edit="few_shot", kept=False))
     decision = decide("rules", _ctx(rows, history=rejected))
     assert decision.action == "weights" and "did not help" in decision.rationale
+    # one cheap accuracy edit, not all of them: with another one untried it still trains now
+    more = _ctx(rows, history=rejected)
+    more.edits = EDITS + [HarnessEdit("vote", "accuracy", "vote", lambda s: with_options(s, labels=False, few_shot=5))]
+    assert decide("rules", more).action == "weights"
     assert decide("rules", _ctx(rows, history=rejected, weights=False)).action == "stop"
 
 
@@ -115,11 +119,15 @@ def test_rules_tries_a_cheap_accuracy_edit_after_kept_weights():
 
 def test_rules_prefers_a_harness_edit_when_the_model_overfits_train():
     train = [{"id": "t", "score": 1.0, "failure": None, "reason": ""}] * 4
-    history = _history({"action": "seed", "kept": True}, {"action": "weights", "kept": False})
+    history = _history({"action": "seed", "kept": True}, {"action": "weights", "kept": True},
+                       {"action": "harness", "edit": "label_list", "kept": True})
     decision = decide("rules", _ctx(_rows(n_ok=2, n_wrong=8), history=history, train_rows=train))
     assert decision.action == "harness" and decision.edit == "few_shot"
     assert "overfitting" in decision.rationale
     assert decide("rules", _ctx(_rows(n_ok=2, n_wrong=8), history=history)).action == "weights"
+    # the base weights cannot overfit: the same gap without a kept update trains
+    untrained = _history({"action": "seed", "kept": True}, {"action": "weights", "kept": False})
+    assert decide("rules", _ctx(_rows(n_ok=2, n_wrong=8), history=untrained, train_rows=train)).action == "weights"
 
 
 def test_rules_borrows_a_baselines_method_when_a_kept_edit_leaves_val_far_below_it():

@@ -83,6 +83,7 @@ def test_broken_harness_fails_its_generation_and_the_run_goes_on(loop_parts):
 
     history = final.history
     assert [h.generation for h in history] == [0, 1, 2]
+    assert final.stop_reason == "all 2 generations of budget.generations spent"
     assert history[1].kept is False and "does not load" in history[1].failed
     assert "SyntaxError" in history[1].failed
     assert history[2].kept is True and history[2].val > history[0].val

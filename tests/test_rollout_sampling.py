@@ -74,3 +74,30 @@ def test_without_sampling_the_harness_settings_stand(tmp_path):
 def test_bad_sampling_is_refused_with_the_fix(tmp_path, bad):
     with HarnessPool(Engine(), workers=1) as pool, pytest.raises(ValueError, match="e.g."):
         pool.run(str(tmp_path / "h.py"), [Job(id="a", inputs={})], {}, {}, sampling=bad)
+
+
+VOTING_HARNESS = """
+def solve(inputs, ctx):
+    msgs = [{"role": "user", "content": inputs["q"]}]
+    first = ctx.llm.chat(msgs)
+    picked = ctx.llm.sample(msgs, 3, temperature=0.5, seed=1)[1]   # chosen after the fact (a vote)
+    ctx.llm.mark_used(picked)
+    try:
+        ctx.llm.mark_used(object())
+    except ValueError as exc:
+        ctx.log("refused", message=str(exc))
+    return picked.text
+"""
+
+
+def test_mark_used_credits_an_earlier_call_and_refuses_anything_else(tmp_path):
+    harness = tmp_path / "h.py"
+    harness.write_text(VOTING_HARNESS)
+    with HarnessPool(Engine(), workers=1, example_timeout_s=30) as pool:
+        [result] = pool.run(str(harness), [Job(id="a", inputs={"q": "x"})], {}, {}, progress=False)
+    assert result.error is None, result.error
+    calls = [e for e in result.events if e["type"] == "llm_call"]
+    assert [e["used"] for e in calls] == [None, None, True, None]
+    assert result.answer == calls[2]["completion"] == "t0.5-s2"
+    refused = [e for e in result.events if e["type"] == "refused"]
+    assert refused and "mark_used takes a Completion" in refused[0]["message"]

@@ -58,14 +58,21 @@ class FakeLLM:
     """Replies with canned texts, cut at the first stop string like the engine does."""
 
     def __init__(self, replies):
-        self.replies, self.calls = list(replies), []
+        self.replies, self.calls, self.used = list(replies), [], []
 
     def chat(self, messages, max_tokens=None, temperature=0.0, top_p=1.0, stop=None, seed=None):
-        self.calls.append({"messages": messages, "max_tokens": max_tokens, "stop": stop})
+        self.calls.append({"messages": messages, "max_tokens": max_tokens, "stop": stop,
+                           "temperature": temperature})
         text = self.replies.pop(0)
         for s in stop or []:
             text = text.split(s)[0]
-        return Completion(text=text, prompt_tokens=10, completion_tokens=5)
+        return Completion(text=text, prompt_tokens=10, completion_tokens=5, call=len(self.calls) - 1)
+
+    def sample(self, messages, n, temperature=0.8, top_p=1.0, max_tokens=None, stop=None, seed=None):
+        return [self.chat(messages, max_tokens, temperature, top_p, stop, seed) for _ in range(n)]
+
+    def mark_used(self, completion):
+        self.used.append(completion.call)
 
 
 class FakeCtx:
@@ -490,6 +497,57 @@ def test_few_shot_retrieves_train_questions_by_word_overlap(splits, public):
     assert splits.train[0].inputs["question"] not in [s["question"] for s in shots]  # never its own answer
 
 
+def test_value_hints_name_the_column_of_each_value_the_question_names(splits, public):
+    _, resources, files = public
+    harness = fresh_harness()
+    schema = resources["schemas"]["shop"]
+    example = next(e for e in splits.val if e.target["template"] == "customers_in_city")
+    city = example.target["sql"].split("'")[1]
+    assert harness.mentioned_values(example.inputs["question"], schema, files["shop"]) == [(city, "customers", "city")]
+    asked = "Which orders did Zoe Petrov place, and how many are 'pending'?"
+    assert harness.mentioned_values(asked, schema, files["shop"]) == [
+        ("Zoe Petrov", "customers", "name"), ("pending", "orders", "status")]
+    assert harness.mentioned_values("How many departments are there?", schema, files["shop"]) == []
+    harness.OPTIONS.update(value_hints=True, few_shot=1)
+    messages = harness.build_messages(example.inputs, FakeCtx([], resources, files))
+    assert messages[-1]["content"] == (f"Question: {example.inputs['question']}\n"
+                                       f"Values: {city!r} is a value of customers.city")
+    assert messages[1]["content"].startswith("Question: ") and "\nValues: " in messages[1]["content"]  # the shot too
+
+
+def test_vote_answers_the_result_most_candidates_share_and_credits_its_call(splits, public):
+    _, resources, files = public
+    harness = fresh_harness()
+    harness.OPTIONS.update(vote_samples=4)
+    example = next(e for e in splits.val if e.target["template"] == "customers_in_city")
+    gold, city = example.target["sql"], example.target["sql"].split("'")[1]
+    reordered = f"SELECT c.name FROM customers AS c WHERE c.city = '{city}' ORDER BY c.name DESC"
+    ctx = FakeCtx(["SELECT nme FROM customers",                        # greedy: rejected, no vote
+                   "SELECT name FROM customers",                       # runs, alone
+                   reordered, "", gold], resources, files)             # the same rows twice; no SQL
+    assert harness.solve(example.inputs, ctx) == reordered
+    assert ctx.llm.used == [2]                                         # the call that gave the answer
+    assert [c["temperature"] for c in ctx.llm.calls] == [0.0] + [0.7] * 4
+    vote = next(e for e in ctx.events if e["kind"] == "vote")
+    assert vote["groups"] == [[2, 4], [1]]
+    # no candidate runs: the greedy query stands, nothing is credited
+    ctx = FakeCtx(["SELECT nme FROM customers"] + ["SELEC 1"] * 4, resources, files)
+    assert harness.solve(example.inputs, ctx) == "SELECT nme FROM customers" and ctx.llm.used == []
+
+
+def test_retry_names_the_columns_of_the_tables_a_rejected_query_uses(splits, public):
+    _, resources, files = public
+    harness = fresh_harness()
+    harness.OPTIONS.update(retry_on_error=True, max_retries=1)
+    example = next(e for e in splits.val if e.target["template"] == "customers_in_city")
+    ctx = FakeCtx(["SELECT email_address FROM customers", example.target["sql"]], resources, files)
+    assert harness.solve(example.inputs, ctx) == example.target["sql"]
+    feedback = ctx.llm.calls[1]["messages"][-1]["content"]
+    assert feedback.startswith("SQLite error: no such column: email_address. customers has columns id, name, "
+                               "email, phone, city, country, signup_date, support_rep_id.")
+    assert "orders has columns" not in feedback
+
+
 def test_sft_pair_renders_the_inference_prompt_and_gold(splits, public):
     _, resources, files = public
     harness = fresh_harness()
@@ -533,7 +591,8 @@ def test_harness_edits_compile_and_change_options(task):
     for edit in edits:
         stacked = edit.apply(stacked) or stacked
     assert read_options(stacked) == {**before, "few_shot": 3, "retry_on_error": True, "max_retries": 2,
-                                     "sample_values": True, "execute_check": True, "copy_adapt": "prefer"}
+                                     "sample_values": True, "execute_check": True, "copy_adapt": "prefer",
+                                     "value_hints": True, "vote_samples": 4}
     assert task.meta.primary_metric == "execution_accuracy" and task.meta.reward_shape == "binary"
 
 

@@ -122,7 +122,10 @@ class RulesPolicy(OfflinePolicy):
 
     def decide(self, ctx: FeedbackContext) -> Decision:
         d = ctx.digest
-        overfit = d.train_score is not None and d.train_score - d.score > self.underfit_gap
+        # Overfitting is a trained adapter's: with the base weights a train/val gap is the split's
+        # (e.g. held-out query shapes that retrieval cannot reach), and training may close it.
+        trained = any(h.action == "weights" and h.kept for h in ctx.history)
+        overfit = trained and d.train_score is not None and d.train_score - d.score > self.underfit_gap
         can_train = self.weights_possible(ctx) and not overfit
         last = ctx.history[-1] if ctx.history else None
         if d.error_rate >= self.error_threshold:
@@ -137,9 +140,10 @@ class RulesPolicy(OfflinePolicy):
                 return self.harness(*found, behind, d)
         if d.format_rate >= self.abstain_threshold:
             format_edit_failed = self.edit_rejected_since_last_kept(ctx, "format")
-            if format_edit_failed and not any(h.action == "weights" for h in ctx.history):
+            if (format_edit_failed and not any(h.action == "weights" for h in ctx.history)
+                    and not self.edit_rejected_since_last_kept(ctx, "accuracy")):
                 found = self.applicable_edit(ctx, ("accuracy",))
-                if found:   # cheap lever first: worked examples also show the format
+                if found:   # cheap lever first (once): worked examples also show the format
                     return self.harness(*found, f"{_pct(d.format_rate)} of val answers are unreadable and a "
                                                 f"format edit did not help; try an accuracy edit before training", d)
             if can_train and format_edit_failed:

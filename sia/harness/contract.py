@@ -38,6 +38,8 @@ worker is replaced; the trajectory records ``leftovers_stopped``). A result of m
   to those calls (by default to the last call before the answer); mark a call whose output the
   harness threw away (a fallback template replaced it) ``used=False``, or log
   ``ctx.log("fallback", ...)`` once the replies so far are replaced: those get no credit.
+  A harness that picks its answer among earlier outputs (a vote over samples) credits the one
+  it picked with ``ctx.llm.mark_used(completion)``.
 - ``ctx.resources``: the task's public resources (``Task.public_resources``), e.g. the label
   list and train examples with targets for few-shot.
 - ``ctx.files``: name -> path of public files the harness may read (e.g. a read-only database).
@@ -58,6 +60,7 @@ class Completion:
     completion_tokens: int
     logprobs: list[float] = field(default_factory=list)
     finish_reason: str = "length"
+    call: int = -1          # where this call's event sits in the example's trajectory
 
 
 ErrorKind = Literal["import", "exception", "timeout", "memory", "crash", "llm_budget", "bad_answer"]

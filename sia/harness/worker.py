@@ -103,6 +103,13 @@ class LLM:
                used=None) -> list[Completion]:
         return self._generate(messages, n, max_tokens, temperature, top_p, stop, seed, used)
 
+    def mark_used(self, completion) -> None:
+        """Credit an earlier call of this example as the source of the answer (see contract)."""
+        events, k = self._state.events, getattr(completion, "call", None)
+        if not (isinstance(k, int) and 0 <= k < len(events) and events[k].get("type") == "llm_call"):
+            raise ValueError("mark_used takes a Completion that ctx.llm returned for this example")
+        events[k]["used"] = True
+
     def _generate(self, messages, n, max_tokens, temperature, top_p, stop, seed, used=None) -> list[Completion]:
         messages = _check_messages(messages)
         if not isinstance(n, int) or n < 1:
@@ -138,6 +145,7 @@ class LLM:
                            logprobs=list(r.get("logprobs") or []), finish_reason=r.get("finish_reason", "length"))
             # temperature/seed: what the engine used (a rollout's override), not what was asked;
             # used: the harness says this output became its answer.
+            c.call = len(state.events)
             state.events.append({"type": "llm_call", "messages": messages, "completion": c.text,
                                  "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
                                  "latency_s": round(latency, 6), "logprobs": c.logprobs,

@@ -14,6 +14,11 @@ Knobs (OPTIONS), the levers a rewrite can turn:
                   answer the most similar train query instead, its literals replaced by the
                   question's when the two questions share a phrasing; "prefer": answer such
                   an adapted train query without asking the model, the model otherwise
+  value_hints     tell the model which column holds each database value the question names
+                  ('Ireland' -> customers.country), found by looking the values up in the database
+  vote_samples    n > 0: also sample n queries at vote_temperature, run every candidate and
+                  answer one of those whose result most candidates agree on (rejected or empty
+                  results get no vote; execution-guided self-consistency)
   max_tokens      per model call
   query_timeout_s time limit of one run_sql query
 """
@@ -30,6 +35,9 @@ OPTIONS = {
     "max_retries": 1,
     "execute_check": False,
     "copy_adapt": "off",
+    "value_hints": False,
+    "vote_samples": 0,
+    "vote_temperature": 0.7,
     "max_tokens": 96,
     "query_timeout_s": 2.0,
 }
@@ -37,6 +45,8 @@ OPTIONS = {
 SYSTEM = ("You translate questions into SQLite queries. Use only the tables and columns of the "
           "schema. Answer with one SQL query in a ```sql block.")
 MAX_ROWS_SHOWN = 5
+MAX_VALUES_SCANNED = 5000   # distinct values read per text column when looking for hints
+MAX_HINTS = 4
 
 
 # ---- the database tool --------------------------------------------------------------------
@@ -86,6 +96,50 @@ def schema_text(schema, fmt="compact", samples=False):
     return "\n".join(lines)
 
 
+def _ident(name):
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _is_text(column):
+    kind = (column.get("type") or "").upper()
+    return "CHAR" in kind or "TEXT" in kind or "CLOB" in kind
+
+
+def mentioned_values(question, schema, db_path):
+    """(value, table, column) for each text value of the database the question names as a
+    whole phrase; longest first, a value inside a longer one found is dropped."""
+    text = question.lower()
+    found = []
+    for table in schema["tables"]:
+        for column in table["columns"]:
+            if not _is_text(column):
+                continue
+            sql = (f"SELECT DISTINCT {_ident(column['name'])} FROM {_ident(table['name'])} "
+                   f"WHERE {_ident(column['name'])} IS NOT NULL")
+            for (value,) in run_sql(sql, db_path, max_rows=MAX_VALUES_SCANNED).get("rows", []):
+                if isinstance(value, str) and len(value) >= 2 and \
+                        re.search(r"(?<!\w)" + re.escape(value.lower()) + r"(?!\w)", text):
+                    found.append((value, table["name"], column["name"]))
+    found.sort(key=lambda f: (-len(f[0]), f))
+    kept = []
+    for value, table, column in found:
+        if not any(value.lower() in longer.lower() and value != longer for longer, _, _ in kept):
+            kept.append((value, table, column))
+    return kept[:MAX_HINTS]
+
+
+def hinted(question, db_id, ctx):
+    """The question as the model sees it: with value hints when that option is on."""
+    if not OPTIONS["value_hints"]:
+        return "Question: " + question
+    schema = ctx.resources["schemas"][db_id]
+    hints = mentioned_values(question, schema, ctx.files[db_id])
+    if not hints:
+        return "Question: " + question
+    said = "; ".join(f"{value!r} is a value of {table}.{column}" for value, table, column in hints)
+    return f"Question: {question}\nValues: {said}"
+
+
 def _words(text):
     return set(re.findall(r"[a-z0-9]+", text.lower()))
 
@@ -110,9 +164,9 @@ def build_messages(inputs, ctx):
     system = SYSTEM + "\n\nSchema:\n" + schema_text(schema, OPTIONS["schema_format"], OPTIONS["sample_values"])
     messages = [{"role": "system", "content": system}]
     for shot in few_shot_examples(inputs["question"], db_id, resources.get("train", []), OPTIONS["few_shot"]):
-        messages.append({"role": "user", "content": "Question: " + shot["question"]})
+        messages.append({"role": "user", "content": hinted(shot["question"], shot.get("db_id", db_id), ctx)})
         messages.append({"role": "assistant", "content": fenced(shot["sql"])})
-    messages.append({"role": "user", "content": "Question: " + inputs["question"]})
+    messages.append({"role": "user", "content": hinted(inputs["question"], db_id, ctx)})
     return messages
 
 
@@ -258,24 +312,64 @@ def extract_sql(text):
     return _cut_statement(sql).strip()
 
 
-def ask(messages, ctx):
+def ask_call(messages, ctx):
+    """(sql, completion) of one greedy model call."""
     # stop at ';': the query is complete there and CPU time is not spent on prose
     completion = ctx.llm.chat(messages, max_tokens=OPTIONS["max_tokens"], stop=[";"])
-    return extract_sql(completion.text)
+    return extract_sql(completion.text), completion
 
 
-def feedback_for(sql, db_path, ctx):
+def ask(messages, ctx):
+    return ask_call(messages, ctx)[0]
+
+
+def result_key(result):
+    """Candidates agree when their results hold the same rows (in any order)."""
+    return repr(sorted(repr(row) for row in result["rows"])) + repr(result["truncated"])
+
+
+def vote(messages, sql, completion, db_path, ctx):
+    """The query whose result most candidates share: ``sql`` (the greedy answer, from
+    ``completion``) and vote_samples sampled ones; ``sql`` unless some candidate runs and
+    returns rows. The call that gave the chosen query is credited (``mark_used``)."""
+    samples = ctx.llm.sample(messages, OPTIONS["vote_samples"], temperature=OPTIONS["vote_temperature"],
+                             max_tokens=OPTIONS["max_tokens"], stop=[";"])
+    candidates = [(sql, completion)] + [(extract_sql(c.text), c) for c in samples]
+    groups = {}
+    for k, (query, _) in enumerate(candidates):
+        result = run_sql(query, db_path) if query else {"error": "no query"}
+        if "error" not in result and result["rows"]:
+            groups.setdefault(result_key(result), []).append(k)
+    ctx.log("vote", candidates=[q for q, _ in candidates], groups=sorted(groups.values(), key=len, reverse=True))
+    if not groups:
+        return sql
+    best = min(groups.values(), key=lambda ks: (-len(ks), ks[0]))   # most votes, then the earliest
+    query, chosen = candidates[best[0]]
+    ctx.llm.mark_used(chosen)
+    return query
+
+
+def feedback_for(sql, db_path, ctx, schema=None):
     """What to tell the model about its query, or None when it may stand."""
     if not sql:
         return "No SQL query found. Answer with one SQL query in a ```sql block." if OPTIONS["retry_on_error"] else None
     result = run_sql(sql, db_path, ctx)
     if "error" in result:
         if OPTIONS["retry_on_error"]:
-            return f"SQLite error: {result['error']}. Write a corrected query."
+            return f"SQLite error: {result['error']}.{columns_hint(result['error'], sql, schema)} Write a corrected query."
         return None
     if OPTIONS["execute_check"] and not result["rows"]:
         return "The query returned no rows. Check table names, columns and values, then write a corrected query."
     return None
+
+
+def columns_hint(error, sql, schema):
+    """For an unknown column or table: the columns of the tables the query names."""
+    if schema is None or ("no such column" not in error and "no such table" not in error):
+        return ""
+    named = words(sql)
+    return "".join(f" {t['name']} has columns {', '.join(c['name'] for c in t['columns'])}."
+                   for t in schema["tables"] if t["name"].lower() in named)
 
 
 def copied(inputs, ctx):
@@ -302,13 +396,15 @@ def solve(inputs, ctx):
 
 def solve_with_model(inputs, ctx):
     messages = build_messages(inputs, ctx)
-    sql = ask(messages, ctx)
+    sql, completion = ask_call(messages, ctx)
+    if OPTIONS["vote_samples"] > 0:
+        sql = vote(messages, sql, completion, ctx.files[inputs["db_id"]], ctx)
     if OPTIONS["retry_on_error"] or OPTIONS["execute_check"]:
         db_path = ctx.files[inputs["db_id"]]
         # execute_check alone gets one look at the result; retry_on_error gets max_retries
         tries = max(OPTIONS["max_retries"] if OPTIONS["retry_on_error"] else 0, 1 if OPTIONS["execute_check"] else 0)
         for _ in range(tries):
-            feedback = feedback_for(sql, db_path, ctx)
+            feedback = feedback_for(sql, db_path, ctx, ctx.resources["schemas"][inputs["db_id"]])
             if feedback is None:
                 break
             ctx.log("retry", reason=feedback, sql=sql)

@@ -31,6 +31,7 @@ SPLIT_BY = ("instance", "template")
 OUTCOMES = ("invalid_sql", "no_sql", "timeout", "wrong_result")
 DEFAULTS = schema_defaults(Config)   # tasks/sql_qa/config_schema.py holds every default
 FEW_SHOT_K = 3   # three short question/SQL pairs fit SmolLM2's 2k context next to the schema
+VOTE_SAMPLES = 4   # five candidates in all: ~3.5x the evaluation time of one greedy query on CPU
 # The evaluator could not run these answers ("format"); every other short fall ran and is "wrong".
 UNREADABLE = ("no_sql", "invalid_sql")
 
@@ -271,6 +272,10 @@ class TaskImpl(Task):
                         "Run the query with run_sql; when SQLite rejects it (or no SQL came back), ask again "
                         "with the error message, up to two times.",
                         option_edit(retry_on_error=True, max_retries=2)),
+            HarnessEdit("value_hints", "format",
+                        "Look up the database values the question names and tell the model which column "
+                        "holds each ('Ireland' is a value of customers.country), so it filters the right column.",
+                        option_edit(value_hints=True)),
             HarnessEdit("schema_sample_values", "accuracy",
                         "Add the most frequent values of each text column to the compact schema, so "
                         "literals in WHERE clauses match the data.",
@@ -279,6 +284,11 @@ class TaskImpl(Task):
                         "Run the query before answering; when it returns no rows, ask the model once to "
                         "check table names, columns and values.",
                         option_edit(execute_check=True)),
+            HarnessEdit("vote_over_samples", "accuracy",
+                        f"Sample {VOTE_SAMPLES} more queries, run them all and answer one whose result most "
+                        f"candidates share (execution-guided self-consistency; rejected or empty results get "
+                        f"no vote).",
+                        option_edit(vote_samples=VOTE_SAMPLES)),
             HarnessEdit("copy_adapt_on_failure", "format",
                         "When the final query is missing or SQLite rejects it, answer the most similar train "
                         "query instead, its literals replaced by the question's when the phrasing matches.",
