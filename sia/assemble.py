@@ -32,7 +32,7 @@ def assemble(cfg, run_dir: RunDir, task: Task, engine, pool, tracker, state: Run
     baselines = score_baselines(task, data, Path(cfg.cache_dir))
     inc = state.incumbent
     if inc is not None and inc.adapter:   # resumed: serve the incumbent's adapter again
-        engine.add_adapter(inc.adapter, str(run_dir.gen_dir(inc.generation) / "adapter"))
+        engine.add_adapter(inc.adapter, str(run_dir.incumbent_adapter_dir(state)))
     loop = Loop(run=run_dir, task=task, data=data, parts=parts, tracker=tracker, state=state, budget=cfg.budget,
                 generate_seconds=lambda: engine.stats.generate_seconds, baselines=baselines)
     return loop

@@ -123,8 +123,8 @@ class Loop:
                 if problem:
                     raise LeverFailed(f"the new harness does not load: {problem}")
             else:
-                inc_dir = self.run.gen_dir(inc.generation) / "adapter" if inc.adapter else None
-                trained = self.parts.lever.train(generation, decision, harness, inc.adapter, inc_dir)
+                trained = self.parts.lever.train(generation, decision, harness, inc.adapter,
+                                                 self.run.incumbent_adapter_dir(self.state))
                 adapter, losses = trained.name, trained.info.get("losses") or [None]
                 record.algorithm = trained.info.get("algorithm")
                 if trained.info.get("rationale"):

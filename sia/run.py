@@ -71,6 +71,16 @@ class RunDir:
         d.mkdir(parents=True, exist_ok=True)
         return d
 
+    def incumbent_adapter_dir(self, state: RunState) -> Path | None:
+        """Where the incumbent's adapter lives: the folder of the weights generation that
+        trained it, which a later kept harness edit keeps using (its own folder has none)."""
+        inc = state.incumbent
+        if inc is None or not inc.adapter:
+            return None
+        trained = next((h.generation for h in state.history if h.action == "weights" and h.adapter == inc.adapter),
+                       inc.generation)
+        return self.gen_dir(trained) / "adapter"
+
     def has_state(self) -> bool:
         return self.state_file.is_file()
 

@@ -50,3 +50,15 @@ def test_version_1_state_files_are_migrated(tmp_path):
     assert state.version == 2 and state.generate_s == 12.5 and state.next_generation == 2
     assert state.incumbent.generation == 1 and state.history[1].label == "harness:few_shot"
     assert state.history[0].val_metrics == {"f1": 0.1}
+
+
+def test_the_incumbent_adapter_is_found_where_it_was_trained_not_where_it_was_last_kept(tmp_path):
+    run, state = RunDir(tmp_path / "run"), new_state()
+    assert run.incumbent_adapter_dir(state) is None
+    state.history = [GenerationRecord(generation=0, action="seed", kept=True),
+                     GenerationRecord(generation=1, action="weights", kept=True, adapter="gen001"),
+                     GenerationRecord(generation=2, action="harness", kept=True, adapter="gen001")]
+    state.incumbent = Incumbent(generation=2, harness=str(run.path / "gen_002" / "harness.py"), adapter="gen001")
+    assert run.incumbent_adapter_dir(state) == run.path / "gen_001" / "adapter"
+    state.incumbent = Incumbent(generation=2, harness="h.py", adapter=None)   # a harness on the base weights
+    assert run.incumbent_adapter_dir(state) is None
