@@ -105,21 +105,33 @@ def _is_text(column):
     return "CHAR" in kind or "TEXT" in kind or "CLOB" in kind
 
 
+_TEXT_VALUES = {}   # db path -> its text values: read once per worker, not per question and shot
+
+
+def text_values(schema, db_path):
+    """(value, table, column) for the distinct text values of each text column."""
+    key = str(db_path)
+    if key not in _TEXT_VALUES:
+        values = []
+        for table in schema["tables"]:
+            for column in table["columns"]:
+                if not _is_text(column):
+                    continue
+                sql = (f"SELECT DISTINCT {_ident(column['name'])} FROM {_ident(table['name'])} "
+                       f"WHERE {_ident(column['name'])} IS NOT NULL")
+                values += [(value, table["name"], column["name"])
+                           for (value,) in run_sql(sql, db_path, max_rows=MAX_VALUES_SCANNED).get("rows", [])
+                           if isinstance(value, str) and len(value) >= 2]
+        _TEXT_VALUES[key] = values
+    return _TEXT_VALUES[key]
+
+
 def mentioned_values(question, schema, db_path):
     """(value, table, column) for each text value of the database the question names as a
     whole phrase; longest first, a value inside a longer one found is dropped."""
     text = question.lower()
-    found = []
-    for table in schema["tables"]:
-        for column in table["columns"]:
-            if not _is_text(column):
-                continue
-            sql = (f"SELECT DISTINCT {_ident(column['name'])} FROM {_ident(table['name'])} "
-                   f"WHERE {_ident(column['name'])} IS NOT NULL")
-            for (value,) in run_sql(sql, db_path, max_rows=MAX_VALUES_SCANNED).get("rows", []):
-                if isinstance(value, str) and len(value) >= 2 and \
-                        re.search(r"(?<!\w)" + re.escape(value.lower()) + r"(?!\w)", text):
-                    found.append((value, table["name"], column["name"]))
+    found = [(value, table, column) for value, table, column in text_values(schema, db_path)
+             if re.search(r"(?<!\w)" + re.escape(value.lower()) + r"(?!\w)", text)]
     found.sort(key=lambda f: (-len(f[0]), f))
     kept = []
     for value, table, column in found:
@@ -349,7 +361,7 @@ def vote(messages, sql, completion, db_path, ctx):
     return query
 
 
-def feedback_for(sql, db_path, ctx, schema=None):
+def feedback_for(sql, db_path, ctx, schema):
     """What to tell the model about its query, or None when it may stand."""
     if not sql:
         return "No SQL query found. Answer with one SQL query in a ```sql block." if OPTIONS["retry_on_error"] else None
@@ -365,7 +377,7 @@ def feedback_for(sql, db_path, ctx, schema=None):
 
 def columns_hint(error, sql, schema):
     """For an unknown column or table: the columns of the tables the query names."""
-    if schema is None or ("no such column" not in error and "no such table" not in error):
+    if "no such column" not in error and "no such table" not in error:
         return ""
     named = words(sql)
     return "".join(f" {t['name']} has columns {', '.join(c['name'] for c in t['columns'])}."
