@@ -4,6 +4,7 @@ outside model generation and training).
 
     python benchmarks/loop_runs.py default          # the default run, rules vs harness_only
     python benchmarks/loop_runs.py lawbench         # the LawBench dev file, within an hour here
+    python benchmarks/loop_runs.py sql_template     # sql_qa with whole query templates held out
     python benchmarks/loop_runs.py smoke            # loop overhead on the smoke budget
     python benchmarks/loop_runs.py custom -- feedback=alternate budget=smoke
 """
@@ -27,6 +28,7 @@ SUITES = {
     "lawbench": [["feedback=rules", f"task.data.path={LAWBENCH}", "budget.val_examples=30",
                   "budget.test_examples=50", "budget.train_examples=150", "budget.train_steps=30",
                   "budget.generations=5", "budget.wall_clock_minutes=50"]],
+    "sql_template": [["task=sql_qa", "task.data.split_by=template"]],
     "smoke": [["budget=smoke", "feedback=alternate"]],
 }
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from sia.train.settings import ALGORITHMS as TRAIN_ALGORITHMS, algorithm_settings, micro_batches
+from sia.train.settings import ALGORITHMS as TRAIN_ALGORITHMS, PRECISIONS, algorithm_settings, micro_batches
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -74,6 +74,7 @@ def config_problems(cfg: DictConfig) -> list[str]:
     _check_int(p, cfg, "budget.probe_train_examples", 0, "e.g. budget.probe_train_examples=16")
     _check_number(p, cfg, "budget.wall_clock_minutes", 0, None, "e.g. budget.wall_clock_minutes=30")
     _check_choice(p, cfg, "lora.algorithm", ("auto", *TRAIN_ALGORITHMS))
+    _check_choice(p, cfg, "lora.precision", PRECISIONS)
     if _get(cfg, "feedback.baseline_gap") is not None:
         _check_number(p, cfg, "feedback.baseline_gap", 0, 1, "e.g. feedback.baseline_gap=0.5 (0 turns the rule off)",
                       low_inclusive=True)

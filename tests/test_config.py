@@ -39,6 +39,7 @@ def test_overrides_compose(compose_cfg):
     ("budget.val_examples=-5", "budget.val_examples=-5", "budget.val_examples=40"),
     ("budget.wall_clock_minutes=-3", "budget.wall_clock_minutes=-3", "budget.wall_clock_minutes=30"),
     ("lora.algorithm=bogus", "lora.algorithm='bogus'", "set lora.algorithm=<one of them>"),
+    ("lora.precision=bf16", "lora.precision='bf16' is not one of auto, 32-true", "set lora.precision=<one of them>"),
     ("feedback.baseline_gap=1.5", "feedback.baseline_gap=1.5 must be a number >= 0 and <= 1",
      "feedback.baseline_gap=0.5"),
     ("lora.rollout_epochs=0", "lora.rollout_epochs=0.0 must be a number > 0", "lora.rollout_epochs=2, or null"),

@@ -250,6 +250,17 @@ def test_training_keeps_fp32_base_weights_on_cpu_under_auto_and_follows_an_expli
     assert training_dtype("float32", cpu) == torch.float32
 
 
+def test_auto_precision_autocasts_bf16_only_where_the_cpu_computes_it_natively(monkeypatch):
+    from sia.train import policy
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(policy, "cpu_has_native_bf16", lambda: True)
+    assert policy.training_precision("auto", cpu) == "bf16-mixed"
+    monkeypatch.setattr(policy, "cpu_has_native_bf16", lambda: False)
+    assert policy.training_precision("auto", cpu) == "32-true"      # emulated bf16 is far slower
+    assert policy.training_precision("bf16-mixed", cpu) == "bf16-mixed"   # an explicit choice stands
+
+
 def test_reward_driven_steps_are_capped_at_rollout_epochs_passes_over_the_samples():
     from sia.train.settings import capped_steps
 

@@ -155,8 +155,9 @@ def plan(model_cfg, lora_cfg) -> list[Phase]:
     n_train = int(_get(g, "train_gpus", 1))
     tokens = int(_get(lora_cfg, "batch_size", 8)) * int(_get(lora_cfg, "max_seq_len", 384))
     # Activations run in the base's dtype (a bf16 base under "32-true" still computes in bf16);
-    # a 16-bit precision setting casts an fp32 base down.
-    act_bytes = 2.0 if str(_get(lora_cfg, "precision", "32-true")).startswith(("16", "bf16")) else dtype
+    # a 16-bit precision setting (auto is one on a GPU) casts an fp32 base down.
+    precision = str(_get(lora_cfg, "precision", "32-true"))
+    act_bytes = 2.0 if precision == "auto" or precision.startswith(("16", "bf16")) else dtype
     k = arch.experts_per_token if arch.experts else 1
     activations = tokens * arch.layers * (12 * arch.hidden + 5 * k * arch.intermediate) * act_bytes / GIB
     logits = tokens * arch.vocab * 8 / GIB  # fp32 logits and their gradient

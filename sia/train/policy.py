@@ -14,15 +14,26 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
-from sia.engine.hf import pick_device, pick_dtype, quiet_peft
+from sia.engine.hf import cpu_has_native_bf16, pick_device, pick_dtype, quiet_peft
 
 COMPLETE_MARKER = "COMPLETE"
 EXTRA_STATE = "extra_state.pt"  # non-adapter trainable state (the PPO value head)
 
 
+def training_precision(setting: str, device: torch.device) -> str:
+    """Lightning's precision for ``lora.precision``. ``auto``: bf16-mixed where bf16 is native
+    (a GPU that has it, a CPU with AVX512-BF16 or AMX), 16-mixed on other GPUs, else 32-true:
+    on a CPU without bf16 instructions autocast emulates it, several times slower than fp32."""
+    if setting != "auto":
+        return setting
+    if device.type == "cuda":
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
+
+
 def training_dtype(setting: str, device: torch.device) -> torch.dtype:
     """The base weights' dtype while training on ``device``. ``auto`` keeps float32 on CPU,
-    where ``lora.precision=bf16-mixed`` autocasts the compute anyway (the engine's ``auto``
+    where a bf16-mixed ``lora.precision`` autocasts the compute anyway (the engine's ``auto``
     serves in bf16 there for speed); on a GPU it is the engine's choice."""
     if setting == "auto" and device.type == "cpu":
         return torch.float32

@@ -6,6 +6,9 @@ import math
 
 from sia.train.choose import ALGORITHMS
 
+# lora.precision: auto picks one of the others for the device (sia.train.policy.training_precision).
+PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true")
+
 # Defaults of each algorithm's settings (lora.<algorithm>.<key> overrides them).
 DEFAULTS = {
     "sft": {},

@@ -22,7 +22,7 @@ from sia.engine.hf import load_tokenizer, pick_device
 from sia.engine.model_cache import resolve_model_dir
 from sia.train.batching import BucketBatchSampler, batch_tokens, collate, encode_sample
 from sia.train.policy import (disable_dropout, load_extra_state, load_lora_model, precision_context,
-                              release_memory, save_adapter)
+                              release_memory, save_adapter, training_precision)
 from sia.train.resources import PeakRSS, quiet_lightning
 from sia.train.samples import Sample
 from sia.train.settings import algorithm_settings, capped_steps, micro_batches
@@ -83,8 +83,9 @@ def train_adapter(model_cfg, lora_cfg, cache_dir, samples: list[Sample], *, algo
         if extra is not None:
             module.load_extra_state(extra)
         device = pick_device(model_cfg.device)
+        precision = training_precision(str(lora_cfg.precision), device)
         micro, accumulate = micro_batches(lora_cfg)
-        _precompute(module, examples, micro, tokenizer.pad_token_id, str(lora_cfg.precision), device)
+        _precompute(module, examples, micro, tokenizer.pad_token_id, precision, device)
         recorder = _Recorder()
         sampler = BucketBatchSampler([len(e["input_ids"]) for e in examples], int(lora_cfg.batch_size), seed,
                                      micro_batch_size=micro)
@@ -94,7 +95,7 @@ def train_adapter(model_cfg, lora_cfg, cache_dir, samples: list[Sample], *, algo
             trainer = pl.Trainer(
                 max_steps=steps, max_epochs=-1,  # cycle through the data until max_steps
                 accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
-                precision=lora_cfg.precision, enable_checkpointing=False, logger=wandb_logger or False,
+                precision=precision, enable_checkpointing=False, logger=wandb_logger or False,
                 enable_progress_bar=progress, enable_model_summary=False, log_every_n_steps=1,
                 use_distributed_sampler=False, callbacks=[recorder], accumulate_grad_batches=accumulate,
             )
