@@ -145,7 +145,7 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=128, help="tokens per sequence (lora.max_seq_len)")
     parser.add_argument("--completion", type=int, default=32, help="completion tokens per sequence")
     parser.add_argument("--examples", type=int, default=64)
-    parser.add_argument("--precision", default="32-true", help="lora.precision: auto | 32-true | bf16-mixed")
+    parser.add_argument("--precision", default="32-true", help="lora.precision: 32-true | bf16-mixed")
     parser.add_argument("--gold-update", action="store_true",
                         help="the default run's update: 160 legal-charge-like pairs, 24 steps, 384 tokens")
     parser.add_argument("--pairs", help="replay a run's sft_pairs.json instead of synthetic samples")

@@ -251,12 +251,13 @@ def test_training_keeps_fp32_base_weights_on_cpu_under_auto_and_follows_an_expli
 
 
 def test_auto_precision_autocasts_bf16_only_where_the_cpu_computes_it_natively(monkeypatch):
+    from sia.engine import hf
     from sia.train import policy
 
     cpu = torch.device("cpu")
-    monkeypatch.setattr(policy, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(hf, "cpu_has_native_bf16", lambda: True)
     assert policy.training_precision("auto", cpu) == "bf16-mixed"
-    monkeypatch.setattr(policy, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(hf, "cpu_has_native_bf16", lambda: False)
     assert policy.training_precision("auto", cpu) == "32-true"      # emulated bf16 is far slower
     assert policy.training_precision("bf16-mixed", cpu) == "bf16-mixed"   # an explicit choice stands
 

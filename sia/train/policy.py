@@ -14,21 +14,21 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
-from sia.engine.hf import cpu_has_native_bf16, pick_device, pick_dtype, quiet_peft
+from sia.engine.hf import pick_device, pick_dtype, quiet_peft
 
 COMPLETE_MARKER = "COMPLETE"
 EXTRA_STATE = "extra_state.pt"  # non-adapter trainable state (the PPO value head)
 
 
+# Lightning's precision for each dtype the engine's ``auto`` can pick.
+_AUTO_PRECISION = {torch.bfloat16: "bf16-mixed", torch.float16: "16-mixed", torch.float32: "32-true"}
+
+
 def training_precision(setting: str, device: torch.device) -> str:
-    """Lightning's precision for ``lora.precision``. ``auto``: bf16-mixed where bf16 is native
-    (a GPU that has it, a CPU with AVX512-BF16 or AMX), 16-mixed on other GPUs, else 32-true:
-    on a CPU without bf16 instructions autocast emulates it, several times slower than fp32."""
-    if setting != "auto":
-        return setting
-    if device.type == "cuda":
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
+    """Lightning's precision for ``lora.precision``. ``auto``: mixed precision in the dtype the
+    engine's ``auto`` serves in (``pick_dtype``: bf16 where it is native, fp16 on other GPUs),
+    else 32-true: on a CPU without bf16 instructions autocast emulates it, several times slower."""
+    return _AUTO_PRECISION[pick_dtype("auto", device)] if setting == "auto" else setting
 
 
 def training_dtype(setting: str, device: torch.device) -> torch.dtype:
