@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sia.config import ConfigError, resume_problems, validate
 from sia.run import RunDir, new_state, write_json_atomic, write_text_atomic
+from sia.schema import BudgetConfig
 from sia.tasks import UnknownTaskError, load_task
 
 log = logging.getLogger("sia")
@@ -27,30 +28,72 @@ def _setup_logging(quiet: bool) -> None:
         hf_logging.disable_progress_bar()
 
 
-def resolve_run(cfg: DictConfig) -> tuple[DictConfig, RunDir, bool]:
-    """The config and run dir to use; a run dir that already holds state is resumed (this is
-    also what a SLURM requeue of the same job does)."""
+# What a resume may change: more time, generations, training or agent spend. The split sizes
+# stay, or the new val scores would not compare with the saved ones.
+RESUMABLE_BUDGET = ("generations", "wall_clock_minutes", "train_steps", "train_examples", "agent_tokens",
+                    "agent_dollars")
+
+
+def budget_overrides() -> list[str]:
+    """The ``budget.<key>`` names this command line sets (``budget=smoke`` sets them all)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    names = [o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task]
+    return [n for n in names if n.startswith("budget.")] + \
+        ([f"budget.{k}" for k in BudgetConfig.__dataclass_fields__] if "budget" in names else [])
+
+
+def _new_budget(saved: DictConfig, cfg: DictConfig, names: list[str]) -> list[str]:
+    """Writes into ``saved`` the budget values of ``cfg`` named in ``names`` that differ from the
+    saved ones; returns what changed as "budget.key=old->new". Only RESUMABLE_BUDGET may change."""
+    changed, problems = [], []
+    for name in dict.fromkeys(names):
+        old, new = OmegaConf.select(saved, name), OmegaConf.select(cfg, name)
+        if old == new:
+            continue
+        if name.removeprefix("budget.") not in RESUMABLE_BUDGET:
+            problems.append(f"{name}: a resumed run keeps it ({old}, not {new}): its saved val scores would "
+                            f"not compare; a resume may change budget.<key> for {', '.join(RESUMABLE_BUDGET)}")
+            continue
+        OmegaConf.update(saved, name, new, merge=False)
+        changed.append(f"{name}={old}->{new}")
+    if problems:
+        raise ConfigError(problems)
+    return changed
+
+
+def resolve_run(cfg: DictConfig, budget_names: list[str] = ()) -> tuple[DictConfig, RunDir, bool, list[str]]:
+    """The config and run dir to use, whether it resumes, and the budget a resume changed. A run
+    dir that already holds state is resumed (this is also what a SLURM requeue of the same job
+    does). ``resume=DIR`` runs on the run's saved config, except ``quiet`` and the budget values
+    in ``budget_names`` (more time or generations): those go into the run's config.yaml, so a
+    requeue keeps them."""
     if cfg.resume:
         problems = resume_problems(cfg.resume)
         if problems:
             raise ConfigError(problems)
         run = RunDir(Path(cfg.resume))
         saved = OmegaConf.load(run.path / "config.yaml")
+        changed = _new_budget(saved, cfg, list(budget_names))
+        if changed:
+            write_text_atomic(run.path / "config.yaml", OmegaConf.to_yaml(saved, resolve=True))
         saved.quiet = cfg.quiet
         saved.resume = str(run.path)
-        return saved, run, True
+        return saved, run, True, changed
     run = RunDir(Path(cfg.run_dir))
-    return cfg, run, run.has_state()
+    return cfg, run, run.has_state(), []
 
 
-def _checked(cfg: DictConfig):
-    cfg, run_dir, resuming = resolve_run(cfg)
+def _checked(cfg: DictConfig, budget_names: list[str]):
+    cfg, run_dir, resuming, changed = resolve_run(cfg, budget_names)
     try:
         task = load_task(cfg.task.name, cfg.task)
     except UnknownTaskError as exc:
         raise ConfigError([f"task.name: {exc}"]) from None
     validate(cfg, task.config_problems())
-    return cfg, run_dir, resuming, task
+    return cfg, run_dir, resuming, changed, task
 
 
 def _stop_on_sigterm(signum, frame):
@@ -64,7 +107,7 @@ def run(cfg: DictConfig) -> int:
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     _setup_logging(cfg.quiet)
     try:
-        cfg, run_dir, resuming, task = _checked(cfg)
+        cfg, run_dir, resuming, more_budget, task = _checked(cfg, budget_overrides() if cfg.resume else [])
     except ConfigError as exc:
         print(f"sia: {exc}", file=sys.stderr)
         return 2
@@ -77,9 +120,14 @@ def run(cfg: DictConfig) -> int:
 
     if resuming:
         state = run_dir.load_state()
-        if state.status == "done":
-            print(f"sia: run {run_dir.path} is already finished; see {run_dir.path / 'summary.json'}")
+        if state.status == "done" and not more_budget:
+            print(f"sia: run {run_dir.path} is already finished ({state.stop_reason or 'its budget spent'}); see "
+                  f"{run_dir.path / 'summary.json'}; to go on, resume it with a larger budget, e.g. "
+                  f"resume={run_dir.path} budget.wall_clock_minutes={2 * cfg.budget.wall_clock_minutes:g}")
             return 0
+        if state.status == "done":   # the loop checks the new budget before each generation
+            state.status, state.stop_reason = "running", None
+            print(f"sia: going on with {', '.join(more_budget)}", flush=True)
         log.info("resuming %s at generation %d", run_dir.path, state.next_generation)
     else:
         write_text_atomic(run_dir.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))

@@ -17,7 +17,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from sia.harness.contract import Job, JobResult
 from sia.run import RunDir, read_json, write_json_atomic, write_jsonl_atomic, write_text_atomic
@@ -64,13 +64,15 @@ class SplitEvaluator:
         self.task, self.bench, self.run = task, bench, run
 
     def evaluate(self, generation: int, split: str, examples: list[Example], harness: Path,
-                 adapter: str | None) -> SplitScores:
+                 adapter: str | None, on_progress: Callable[[int, int], None] | None = None) -> SplitScores:
+        """Scores of ``harness`` on ``examples``, read back when already on disk. ``on_progress``:
+        see ``HarnessPool.run`` (what it raises leaves nothing on disk)."""
         gen_dir = self.run.gen_dir(generation)
         scores_file = gen_dir / f"scores_{split}.json"
         if scores_file.is_file():
             return SplitScores.from_json(read_json(scores_file))
         results = self.bench.run(harness, [Job(id=e.id, inputs=e.inputs) for e in examples], adapter,
-                                 desc=f"gen {generation} {split}")
+                                 desc=f"gen {generation} {split}", on_progress=on_progress)
         report = self.task.evaluate(examples, [r.answer if r.error is None else None for r in results], split)
         rows, trajectories, trusted = [], [], []
         for example, result, scored in zip(examples, results, report.per_example):

@@ -21,6 +21,7 @@ from sia.agents.digest import digest
 from sia.data import RunData
 from sia.evaluation import SplitScores
 from sia.levers.lora import LeverFailed
+from sia.pace import OutOfTime, PaceGuard
 from sia.parts import Parts
 from sia.records import GenerationRecord, Incumbent, RunState
 from sia.run import RunDir, read_json, write_json_atomic, write_text_atomic
@@ -42,9 +43,13 @@ class Loop:
         scores = {"val": ev.evaluate(generation, "val", self.data.val, harness, adapter)}
         if full and self.data.test:
             scores["test"] = ev.evaluate(generation, "test", self.data.test, harness, adapter)
-        if full and self.data.probe and getattr(self.parts.policy, "wants_train_probe", False):
-            scores["train"] = ev.evaluate(generation, "train", self.data.probe, harness, adapter)
+        if full and self._probe():
+            scores["train"] = ev.evaluate(generation, "train", self._probe(), harness, adapter)
         return scores
+
+    def _probe(self) -> list:
+        """The train examples a kept generation is also scored on (for policies that read them)."""
+        return self.data.probe if getattr(self.parts.policy, "wants_train_probe", False) else []
 
     @staticmethod
     def _fill(record: GenerationRecord, scores: dict[str, SplitScores]) -> GenerationRecord:
@@ -99,13 +104,13 @@ class Loop:
         write_json_atomic(path, decision.to_json())
         return decision
 
-    def _generation(self, generation: int) -> GenerationRecord:
+    def _generation(self, generation: int, started: float) -> GenerationRecord:
         inc = self.state.incumbent
         try:
             decision = self._decide(generation, inc)
         except InvalidDecision as exc:
             return GenerationRecord(generation=generation, action="invalid", failed=str(exc))
-        late = self._would_end_late(decision.action)
+        late = self._training_would_end_late() if decision.action == "weights" else ""
         if late:
             raise OutOfTime(late)
         record = GenerationRecord(generation=generation, action=decision.action, rationale=decision.rationale,
@@ -139,24 +144,33 @@ class Loop:
             log.warning("generation %d failed: %s", generation, exc)
             record.failed = str(exc)
             return record
-        val = self.parts.evaluator.evaluate(generation, "val", self.data.val, harness, adapter)
+        val = self.parts.evaluator.evaluate(generation, "val", self.data.val, harness, adapter,
+                                            on_progress=self._pace_guard(started))
         record.kept = self.task.meta.better(val.primary, inc.val)
         record.harness, record.adapter = str(harness), adapter
         scores = self._score(generation, harness, adapter, full=True) if record.kept else {"val": val}
         return self._fill(record, scores)
 
-    def _would_end_late(self, action: str) -> str:
-        """Why a generation of ``action`` would end after the wall-clock budget, judged by the
-        last one of the same kind that ran to its evaluation; '' when it fits or is the first."""
-        same = [h for h in self.state.history if h.action == action and h.val is not None]
+    def _training_would_end_late(self) -> str:
+        """Why a weights generation would end after the wall-clock budget, judged by the last one
+        that ran to its evaluation (training, unlike a val run, is not watched as it goes); ''
+        when it fits or is the first."""
+        same = [h for h in self.state.history if h.action == "weights" and h.val is not None]
         if not same:
             return ""
         forecast_s = self.state.elapsed_s + same[-1].wall_s
         if forecast_s <= self.budget.wall_clock_minutes * 60:
             return ""
-        return (f"wall-clock budget of {self.budget.wall_clock_minutes} min: the next generation ({action}) would "
-                f"end at ~{forecast_s / 60:.1f} min (generation {same[-1].generation}, the last {action} one, "
+        return (f"wall-clock budget of {self.budget.wall_clock_minutes} min: the next generation (weights) would "
+                f"end at ~{forecast_s / 60:.1f} min (generation {same[-1].generation}, the last weights one, "
                 f"took {same[-1].wall_s:.0f} s)")
+
+    def _pace_guard(self, started: float) -> PaceGuard:
+        """Stops a candidate's val run once its own pace says the generation ends too late."""
+        return PaceGuard(budget_s=self.budget.wall_clock_minutes * 60,
+                         spent_s=self.state.elapsed_s + time.monotonic() - started,
+                         jobs_after=len(self.data.test) + len(self._probe()),
+                         first_wave=getattr(self.parts.evaluator.bench.pool, "workers", 1), clock=time.monotonic)
 
     def _finish(self, record: GenerationRecord, started: float, generate_before: float) -> None:
         record.wall_s = time.monotonic() - started
@@ -192,10 +206,11 @@ class Loop:
                 break
             started = time.monotonic()
             try:
-                record = self._generation_zero() if generation == 0 else self._generation(generation)
-            except OutOfTime as exc:   # its decision stays on disk: a resume with more time runs it
+                record = self._generation_zero() if generation == 0 else self._generation(generation, started)
+            except OutOfTime as exc:   # its decision (and a trained adapter) stay on disk: a resume with more time runs it
+                self.state.elapsed_s += time.monotonic() - started   # a val run stopped midway took time too
                 self.state.stop_reason = str(exc)
-                log.warning("%s; stopping before generation %d", exc, generation)
+                log.warning("%s; stopping at generation %d (a resume with more time runs it)", exc, generation)
                 break
             self._finish(record, started, generate_before)
             if record.action == "stop":
@@ -204,10 +219,6 @@ class Loop:
         self.state.status = "done"
         self.run.save_state(self.state)
         return self.state
-
-
-class OutOfTime(Exception):
-    """The decided generation would end after the wall-clock budget."""
 
 
 def _agent_cost(cost: dict | None) -> dict:

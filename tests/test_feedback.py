@@ -38,7 +38,8 @@ EDITS = [
 ]
 
 
-def _rows(n_ok=0, n_wrong=0, n_format=0, n_error=0, n_partial=0):
+def _rows(n_ok=0, n_wrong=0, n_format=0, n_error=0, n_partial=0, tokens=40):
+    """Val score rows; each example's model calls used ``tokens`` (0: the harness asked nothing)."""
     rows = [{"id": f"ok{i}", "score": 1.0, "failure": None, "reason": ""} for i in range(n_ok)]
     rows += [{"id": f"w{i}", "score": 0.0, "failure": "wrong", "reason": "a wrong charge"} for i in range(n_wrong)]
     rows += [{"id": f"p{i}", "score": 0.5, "failure": "wrong", "reason": "one of two charges (missing one)"}
@@ -47,7 +48,7 @@ def _rows(n_ok=0, n_wrong=0, n_format=0, n_error=0, n_partial=0):
              for i in range(n_format)]
     rows += [{"id": f"e{i}", "score": 0.0, "failure": "error", "reason": "x",
               "error": {"kind": "timeout", "message": "t"}} for i in range(n_error)]
-    return rows
+    return [dict(row, tokens=tokens) for row in rows]
 
 
 def _history(*items):
@@ -159,6 +160,20 @@ def test_rules_does_not_repeat_a_tried_edit_and_stops_when_nothing_is_left():
                        {"action": "weights", "kept": False}, {"action": "weights", "kept": False})
     assert decide("rules", _ctx(_rows(n_format=10), history=history)).action == "stop"
     assert decide("rules", _ctx(_rows(n_format=10), history=history[:2])).action == "weights"
+
+
+def test_rules_never_trains_for_a_harness_that_asks_the_model_nothing():
+    """A kept retrieval-vote harness answers without the model: new weights change nothing, so
+    the rules try a harness edit instead, and stop (saying why) when none is left."""
+    asked, silent = _rows(n_ok=2, n_wrong=8), _rows(n_ok=2, n_wrong=8, tokens=0)
+    assert decide("rules", _ctx(asked)).action == "weights"
+    decision = decide("rules", _ctx(silent))
+    assert decision.action == "harness" and decision.edit == "few_shot"     # the accuracy edit first
+    tried = _history({"action": "harness", "edit": "label_list", "kept": False},
+                     {"action": "harness", "edit": "few_shot", "kept": False})
+    assert decide("rules", _ctx(asked, history=tried)).action == "weights"
+    stop = decide("rules", _ctx(silent, history=tried))
+    assert stop.action == "stop" and "asks the model nothing" in stop.rationale
 
 
 def test_ablations():

@@ -145,31 +145,56 @@ def test_the_feedback_side_never_sees_a_held_out_gold_answer(loop_parts):
     assert all(row["details"] for row in trusted)     # gold-bearing details stay on the trusted side
 
 
-class StepClock:
-    """The loop's clock: every reading is 100 s after the one before (one generation = 100 s)."""
+class Clock:
+    """The loop's clock, moved only by the model: each request the engine serves takes 100 s."""
 
     def __init__(self):
         self.now = 0.0
 
     def monotonic(self):
-        self.now += 100.0
         return self.now
 
 
-def test_a_generation_that_would_end_after_the_wall_clock_budget_does_not_start(loop_parts, monkeypatch):
+class ClockedEngine(ScriptedEngine):
+    def __init__(self, clock):
+        super().__init__()
+        self.clock = clock
+
+    def generate(self, requests, adapter=None):
+        self.clock.now += 100.0 * len(requests)
+        return super().generate(requests, adapter)
+
+
+def test_a_candidate_is_stopped_by_its_own_pace_not_by_the_last_generations(loop_parts, monkeypatch, tmp_path):
+    """8 val + 8 test examples, one model call each: the seed (gen 0) takes 1,600 s, the label-list
+    edit (gen 1) 1,600 s. A retrieval-vote harness (gen 2) asks the model nothing: it runs in no
+    time, though the last harness generation's 1,600 s would end past the budget. Gen 3 asks the
+    model again: after its first job (one worker, so the pace is exact) it forecasts 3,200 + 100 +
+    15 * 100 s > 60 min, so its val run stops there and leaves its decision on disk."""
     import sia.loop
 
-    cfg, task, run, state, engine, pool = loop_parts
-    cfg.budget.wall_clock_minutes = 4.5       # 270 s: after gens 0 and 1 (200 s) another 100 s harness gen overruns
-    monkeypatch.setattr(sia.loop, "time", StepClock())
-    labelled = with_options(task.seed_harness(), label_list=True)
+    cfg, task, run, state, _, _ = loop_parts
+    cfg.budget.wall_clock_minutes = 60
+    clock = Clock()
+    monkeypatch.setattr(sia.loop, "time", clock)
+    engine = ClockedEngine(clock)
+    seed = task.seed_harness()
     script = {
-        1: Decision(action="harness", rationale="scripted: label list", harness_code=labelled, edit="label_list"),
-        2: Decision(action="harness", rationale="scripted: back to the seed", harness_code=task.seed_harness()),
+        1: Decision(action="harness", rationale="scripted: label list", harness_code=with_options(seed, label_list=True)),
+        2: Decision(action="harness", rationale="scripted: vote", harness_code=with_options(seed, retrieval_vote="only")),
+        3: Decision(action="harness", rationale="scripted: model again",
+                    harness_code=with_options(seed, label_list=True, system_prompt=True)),
     }
-    final = _run(loop_parts, script)
-    assert [h.generation for h in final.history] == [0, 1]
-    assert final.elapsed_s == 200.0                 # under the budget: only the forecast stopped it
-    assert "would end at ~5.0 min" in final.stop_reason and "generation 1" in final.stop_reason
-    assert (run.path / "gen_002" / "decision.json").is_file()   # decided: a resume with more time runs it
-    assert not (run.path / "gen_002" / "scores_val.json").exists()
+    cfg.budget.generations = 3
+    with HarnessPool(engine, workers=1, example_timeout_s=30, memory_mb=1024, scratch_root=str(tmp_path / "c")) as pool:
+        loop = assemble(cfg, run, task, engine, pool, Tracker(cfg, run.path, None, False), state,
+                        policy=ScriptedPolicy(script))
+        final = loop.run_all()
+    assert [h.generation for h in final.history] == [0, 1, 2]
+    assert [h.wall_s for h in final.history] == [1600.0, 1600.0, 0.0]
+    assert final.history[2].val is not None and final.history[2].tokens == 0
+    assert "at this candidate's pace (1 of 8 val jobs in 100 s, 100.0 s each)" in final.stop_reason
+    assert "would end at ~80.0 min" in final.stop_reason
+    assert final.elapsed_s == 3300.0                # gen 3's stopped first job counts
+    assert (run.path / "gen_003" / "decision.json").is_file()   # decided: a resume with more time runs it
+    assert not (run.path / "gen_003" / "scores_val.json").exists()

@@ -7,6 +7,7 @@
   answers mean the model lacks the knowledge, so it updates the weights (unless the train
   probe shows the model fits train far better than val: more training would only overfit).
   After a kept weight update it first tries one untried accuracy edit, the cheaper lever.
+  It never trains for a harness that asked the model nothing on val: no weights change its answers.
   When a kept harness edit still leaves val below ``baseline_gap`` of the best non-LLM
   baseline's val, the model-side edits have had their chance and the model adds less than the
   baseline alone: it tries the edits that bring a baseline's method into the harness first
@@ -126,7 +127,10 @@ class RulesPolicy(OfflinePolicy):
         # (e.g. held-out query shapes that retrieval cannot reach), and training may close it.
         trained = any(h.action == "weights" and h.kept for h in ctx.history)
         overfit = trained and d.train_score is not None and d.train_score - d.score > self.underfit_gap
-        can_train = self.weights_possible(ctx) and not overfit
+        # A harness that asked the model nothing on val (e.g. it answers a retrieval vote): new
+        # weights cannot change one of its answers.
+        asks_model = d.tokens > 0
+        can_train = self.weights_possible(ctx) and not overfit and asks_model
         last = ctx.history[-1] if ctx.history else None
         if d.error_rate >= self.error_threshold:
             found = self.applicable_edit(ctx, ("errors",))
@@ -171,10 +175,12 @@ class RulesPolicy(OfflinePolicy):
             why = ("the model fits train much better than val (overfitting); improve the harness instead"
                    if overfit else "weights cannot improve further here; try the next harness edit")
             return self.harness(*found, why, d)
-        if self.weights_possible(ctx):
+        if self.weights_possible(ctx) and asks_model:
             return self.weights(ctx, "no harness edit left to try; keep training the adapter")
-        return self.stop("no applicable harness edit left and weight updates are unavailable or stopped "
-                         f"improving val ({ctx.offer.reason or 'two updates in a row were rejected'})", d)
+        why = ctx.offer.reason or ("the incumbent harness asks the model nothing" if not asks_model
+                                   else "two updates in a row were rejected")
+        return self.stop(f"no applicable harness edit left and weight updates are unavailable or stopped "
+                         f"improving val ({why})", d)
 
 
 class HarnessOnlyPolicy(OfflinePolicy):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from typing import Callable
 
 from tqdm import tqdm
 
@@ -96,20 +97,23 @@ class HarnessPool:
 
     def run(self, harness_path: str, jobs: list[Job], resources: dict, files: dict[str, str],
             adapter: str | None = None, progress: bool = True, desc: str = "",
-            sampling: dict | None = None) -> list[JobResult]:
+            sampling: dict | None = None, on_progress: Callable[[int, int], None] | None = None) -> list[JobResult]:
         """Results in job order. Harness failures are per-job errors; only a sandbox that cannot
         be applied (strict mode), an engine failure or a bad ``sampling`` raises.
 
         ``sampling={"temperature": t, "seed": s}`` (rollouts): every model call of this run uses
         temperature t and its own seed derived from s, the job id and the call's index,
-        whatever the harness asked for; each llm event records the temperature and seed used."""
+        whatever the harness asked for; each llm event records the temperature and seed used.
+
+        ``on_progress(done, total)`` is called as jobs finish; what it raises stops the run (the
+        workers are killed) and reaches the caller."""
         check_sampling(sampling)
         if not jobs:
             return []
         session = self._open(harness_path, resources, files, adapter, sampling)
         try:
             with tqdm(total=len(jobs), disable=not progress, desc=desc or "harness", leave=False) as bar:
-                results = session.run(jobs, bar)
+                results = session.run(jobs, bar, on_progress)
             self.layers = session.layers
             return results
         finally:

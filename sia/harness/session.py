@@ -14,7 +14,7 @@ import selectors
 import shutil
 import time
 from collections import deque
-from typing import Any, get_args
+from typing import Any, Callable, get_args
 
 from tqdm import tqdm
 
@@ -288,7 +288,7 @@ class Session:
         self.send(w, protocol.pack({"type": "job", "id": job.id, "kind": job.kind,
                                     "inputs": job.inputs, "target": target}))
 
-    def run(self, jobs: list[Job], bar: tqdm) -> list[JobResult]:
+    def run(self, jobs: list[Job], bar: tqdm, on_progress: Callable[[int, int], None] | None = None) -> list[JobResult]:
         self.jobs = jobs
         results: list[JobResult | None] = [None] * len(jobs)
         queue = deque(range(len(jobs)))
@@ -311,6 +311,8 @@ class Session:
                 results[index] = result
                 remaining -= 1
                 bar.update(1)
+            if self.finished and on_progress is not None:
+                on_progress(len(jobs) - remaining, len(jobs))   # may raise to stop the run
             self.finished.clear()
         if self.import_error is not None:
             for i, job in enumerate(jobs):

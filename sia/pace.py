@@ -1,0 +1,42 @@
+"""Whether a generation ends within the wall-clock budget, judged from the candidate's own pace.
+
+The last generation of the same kind is a poor guide for a harness edit: an edit can change
+a generation's cost many times over (few-shot prompts double the prompt; a harness that votes
+over retrieved neighbours asks the model nothing and runs in seconds). So a candidate's val
+run watches its own pace: once its first wave of jobs is back (one job per worker: their model
+calls share the first batches, so fewer would say little), every finished job re-forecasts
+the generation's end, counting the test and probe jobs a kept candidate runs next at the same
+pace, and the run stops as soon as that end falls after the budget.
+"""
+from __future__ import annotations
+
+import time
+
+
+class OutOfTime(Exception):
+    """The generation would end after the wall-clock budget."""
+
+
+class PaceGuard:
+    """``on_progress(done, total)`` for a candidate's val run (see ``HarnessPool.run``).
+
+    ``spent_s``: run time spent when the val run starts (earlier generations and this one's
+    steps so far); ``jobs_after``: jobs a kept candidate still runs after val (test, probe);
+    ``first_wave``: finished jobs before the first forecast."""
+
+    def __init__(self, *, budget_s: float, spent_s: float, jobs_after: int, first_wave: int, clock=time.monotonic):
+        self.budget_s, self.spent_s, self.jobs_after = float(budget_s), float(spent_s), int(jobs_after)
+        self.first_wave, self.clock = max(1, int(first_wave)), clock
+        self.started = clock()
+
+    def __call__(self, done: int, total: int) -> None:
+        if done < min(self.first_wave, total):
+            return
+        elapsed = self.clock() - self.started
+        per_job = elapsed / done
+        forecast_s = self.spent_s + elapsed + per_job * (total - done + self.jobs_after)
+        if forecast_s > self.budget_s:
+            raise OutOfTime(
+                f"wall-clock budget of {self.budget_s / 60:g} min: at this candidate's pace ({done} of {total} "
+                f"val jobs in {elapsed:.0f} s, {per_job:.1f} s each) its generation, with the {self.jobs_after} "
+                f"test/probe jobs of a kept one, would end at ~{forecast_s / 60:.1f} min")
