@@ -129,7 +129,8 @@ class Loop:
                     raise LeverFailed(f"the new harness does not load: {problem}")
             else:
                 trained = self.parts.lever.train(generation, decision, harness, inc.adapter,
-                                                 self.run.incumbent_adapter_dir(self.state))
+                                                 self.run.incumbent_adapter_dir(self.state),
+                                                 pace=self._pace_guard(started, rollouts=True))
                 adapter, losses = trained.name, trained.info.get("losses") or [None]
                 record.algorithm = trained.info.get("algorithm")
                 if trained.info.get("rationale"):
@@ -145,7 +146,7 @@ class Loop:
             record.failed = str(exc)
             return record
         val = self.parts.evaluator.evaluate(generation, "val", self.data.val, harness, adapter,
-                                            on_progress=self._pace_guard(started))
+                                            on_progress=self._pace_guard(started, rollouts=False))
         record.kept = self.task.meta.better(val.primary, inc.val)
         record.harness, record.adapter = str(harness), adapter
         scores = self._score(generation, harness, adapter, full=True) if record.kept else {"val": val}
@@ -165,12 +166,17 @@ class Loop:
                 f"end at ~{forecast_s / 60:.1f} min (generation {same[-1].generation}, the last weights one, "
                 f"took {same[-1].wall_s:.0f} s)")
 
-    def _pace_guard(self, started: float) -> PaceGuard:
-        """Stops a candidate's val run once its own pace says the generation ends too late."""
+    def _pace_guard(self, started: float, rollouts: bool) -> PaceGuard:
+        """Stops a candidate's val run (or a weight update's rollouts, with the val run after
+        them) once its own pace says the generation ends too late."""
+        jobs_after, what, after = len(self.data.test) + len(self._probe()), "val", "test/probe jobs of a kept one"
+        if rollouts:
+            jobs_after += len(self.data.val)
+            what, after = "rollout", "val/test/probe jobs after them (training not counted)"
         return PaceGuard(budget_s=self.budget.wall_clock_minutes * 60,
-                         spent_s=self.state.elapsed_s + time.monotonic() - started,
-                         jobs_after=len(self.data.test) + len(self._probe()),
-                         first_wave=getattr(self.parts.evaluator.bench.pool, "workers", 1), clock=time.monotonic)
+                         spent_s=self.state.elapsed_s + time.monotonic() - started, jobs_after=jobs_after,
+                         first_wave=getattr(self.parts.evaluator.bench.pool, "workers", 1), what=what,
+                         after=after, clock=time.monotonic)
 
     def _finish(self, record: GenerationRecord, started: float, generate_before: float) -> None:
         record.wall_s = time.monotonic() - started

@@ -6,7 +6,9 @@ over retrieved neighbours asks the model nothing and runs in seconds). So a cand
 run watches its own pace: once its first wave of jobs is back (one job per worker: their model
 calls share the first batches, so fewer would say little), every finished job re-forecasts
 the generation's end, counting the test and probe jobs a kept candidate runs next at the same
-pace, and the run stops as soon as that end falls after the budget.
+pace, and the run stops as soon as that end falls after the budget. A weight update's rollouts
+(the incumbent harness sampled on train) are watched the same way, counting the val, test and
+probe jobs after them but not the training: a forecast that is short, never one that is long.
 """
 from __future__ import annotations
 
@@ -20,13 +22,14 @@ class OutOfTime(Exception):
 class PaceGuard:
     """``on_progress(done, total)`` for a candidate's val run (see ``HarnessPool.run``).
 
-    ``spent_s``: run time spent when the val run starts (earlier generations and this one's
-    steps so far); ``jobs_after``: jobs a kept candidate still runs after val (test, probe);
-    ``first_wave``: finished jobs before the first forecast."""
+    ``spent_s``: run time spent when the watched jobs start (earlier generations and this one's
+    steps so far); ``jobs_after``: jobs the generation still runs after them at the same pace
+    (``after`` says which); ``first_wave``: finished jobs before the first forecast."""
 
-    def __init__(self, *, budget_s: float, spent_s: float, jobs_after: int, first_wave: int, clock=time.monotonic):
+    def __init__(self, *, budget_s: float, spent_s: float, jobs_after: int, first_wave: int,
+                 what: str = "val", after: str = "test/probe jobs of a kept one", clock=time.monotonic):
         self.budget_s, self.spent_s, self.jobs_after = float(budget_s), float(spent_s), int(jobs_after)
-        self.first_wave, self.clock = max(1, int(first_wave)), clock
+        self.first_wave, self.what, self.after, self.clock = max(1, int(first_wave)), what, after, clock
         self.started = clock()
 
     def __call__(self, done: int, total: int) -> None:
@@ -38,5 +41,5 @@ class PaceGuard:
         if forecast_s > self.budget_s:
             raise OutOfTime(
                 f"wall-clock budget of {self.budget_s / 60:g} min: at this candidate's pace ({done} of {total} "
-                f"val jobs in {elapsed:.0f} s, {per_job:.1f} s each) its generation, with the {self.jobs_after} "
-                f"test/probe jobs of a kept one, would end at ~{forecast_s / 60:.1f} min")
+                f"{self.what} jobs in {elapsed:.0f} s, {per_job:.1f} s each) its generation, with the "
+                f"{self.jobs_after} {self.after}, would end at ~{forecast_s / 60:.1f} min")

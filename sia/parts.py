@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 from sia.agents.decision import Decision
 from sia.tasks import Example, Task
@@ -81,9 +81,11 @@ class WeightsLever(Protocol):
     def offer(self, task: Task, harness_code: str) -> LeverOffer: ...
 
     def train(self, generation: int, decision: Decision, harness: Path, adapter: str | None,
-              adapter_dir: Path | None) -> TrainedAdapter:
+              adapter_dir: Path | None, pace: Callable[[int, int], None] | None = None) -> TrainedAdapter:
         """Train from the incumbent (``harness`` with the adapter served as ``adapter``, saved in
-        ``adapter_dir``; None: base weights). ``info["skipped"]`` says why nothing was trained."""
+        ``adapter_dir``; None: base weights). ``info["skipped"]`` says why nothing was trained.
+        ``pace(done, total)``: called as the rollout jobs finish; what it raises (the budget's
+        ``OutOfTime``) must reach the caller, with what was sampled kept for a resume."""
 
 
 @dataclass

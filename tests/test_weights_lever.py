@@ -26,11 +26,14 @@ class CountingBench:
     def __init__(self):
         self.jobs = []
 
-    def run(self, harness, jobs, adapter, desc, sampling=None):
+    def run(self, harness, jobs, adapter, desc, sampling=None, on_progress=None):
         assert sampling == {"temperature": 0.9, "seed": 7}
         self.jobs += [j.id for j in jobs]
-        return [JobResult(id=j.id, answer=j.id, events=[_call(j.id, temperature=0.9, seed=1)],
-                          served=[_call(j.id, temperature=0.9, seed=1)]) for j in jobs]
+        results = [JobResult(id=j.id, answer=j.id, events=[_call(j.id, temperature=0.9, seed=1)],
+                             served=[_call(j.id, temperature=0.9, seed=1)]) for j in jobs]
+        if on_progress is not None:      # as the pool does when the jobs are back
+            on_progress(len(jobs), len(jobs))
+        return results
 
 
 class RewardByK(Task):
@@ -62,6 +65,30 @@ def test_rollouts_survive_a_kill_and_are_never_drawn_twice(tmp_path):
     rows = collect(RewardByK({}, tmp_path), again, tmp_path / "h.py", None, plan, path, "r")
     assert again.jobs == [job_id(examples[2], 1)] and len(rows) == 6          # only the torn job redrawn
     assert len(path.read_text().splitlines()) == 6
+
+
+def test_rollouts_stopped_by_the_budget_keep_the_chunks_already_drawn(tmp_path, monkeypatch):
+    """The pace guard sees progress over all the rollout jobs; what it raises stops the draw,
+    and the chunks appended before stay for a resume."""
+    import sia.levers.rollouts
+
+    monkeypatch.setattr(sia.levers.rollouts, "CHUNK", 2)
+    examples = [Example(id=f"e{i}", inputs={}) for i in range(3)]
+    plan = RolloutPlan(examples=examples, samples_per_prompt=2, temperature=0.9, seed=7)
+    path, seen = tmp_path / "rollouts.jsonl", []
+
+    def guard(done, total):
+        seen.append((done, total))
+        if done >= 4:
+            raise TimeoutError("out of budget")
+
+    with pytest.raises(TimeoutError):
+        collect(RewardByK({}, tmp_path), CountingBench(), tmp_path / "h.py", None, plan, path, "r", on_progress=guard)
+    assert seen == [(2, 6), (4, 6)]
+    assert len(read_rollouts(path)) == 2                 # the first chunk; the second was stopped
+    again = CountingBench()
+    rows = collect(RewardByK({}, tmp_path), again, tmp_path / "h.py", None, plan, path, "r")
+    assert len(again.jobs) == 4 and len(rows) == 6
 
 
 def _lever(tmp_path, task, train):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
+from typing import Callable
 
 from sia.agents.decision import AUTO, Decision
 from sia.evaluation import Workbench
@@ -55,7 +56,7 @@ class LoraLever:
                           max_examples=int(budget.train_examples))
 
     def train(self, generation: int, decision: Decision, harness: Path, adapter: str | None,
-              adapter_dir: Path | None) -> TrainedAdapter:
+              adapter_dir: Path | None, pace: Callable[[int, int], None] | None = None) -> TrainedAdapter:
         gen_dir = self.run.gen_dir(generation)
         info_file, out_dir = gen_dir / "train.json", gen_dir / "adapter"
         if info_file.is_file() and ((out_dir / "COMPLETE").is_file() or read_json(info_file).get("skipped")):
@@ -63,7 +64,7 @@ class LoraLever:
         training = dict(decision.training or {})
         examples = int(training.get("examples", 1))
         started = time.monotonic()
-        algorithm, why, samples, stats = self._choose(generation, decision, harness, adapter, examples)
+        algorithm, why, samples, stats = self._choose(generation, decision, harness, adapter, examples, pace)
         rollout_s = time.monotonic() - started   # ~0 when resumed from a saved rollouts.jsonl
         if algorithm is None:   # nothing to reinforce: no training this generation, said why
             info = {"algorithm": None, "skipped": why, "rationale": why, "reward_stats": stats,
@@ -91,7 +92,7 @@ class LoraLever:
 
     # ---- steps -----------------------------------------------------------------------
     def _choose(self, generation: int, decision: Decision, harness: Path, adapter: str | None,
-                examples: int) -> tuple[str | None, str, list, dict | None]:
+                examples: int, pace=None) -> tuple[str | None, str, list, dict | None]:
         from sia.train.choose import choose_algorithm
         from sia.train.samples import reward_stats
 
@@ -103,7 +104,7 @@ class LoraLever:
         if forced == "sft" or forced in (AUTO, None) and has_gold and format_rate >= thresholds["format_failure_sft"]:
             return "sft", (f"gold SFT: {format_rate:.0%} of val answers unreadable" if forced != "sft"
                            else "gold SFT (asked for)"), [], None
-        rows = self._rollouts(generation, harness, adapter, examples)
+        rows = self._rollouts(generation, harness, adapter, examples, pace)
         samples = _samples(rows)
         mean = sum(r["reward"] for r in rows) / len(rows) if rows else 0.0
         threshold = lora.get("positive_threshold")
@@ -116,14 +117,14 @@ class LoraLever:
                                      prior_shape=self.task.meta.reward_shape, **thresholds)
         return name, why, samples, stats.to_json()
 
-    def _rollouts(self, generation: int, harness: Path, adapter: str | None, examples: int) -> list[dict]:
+    def _rollouts(self, generation: int, harness: Path, adapter: str | None, examples: int, pace=None) -> list[dict]:
         lora = self.cfg.lora
         n = max(MIN_ROLLOUT_EXAMPLES, min(examples, int(lora.rollout_examples)))
         plan = RolloutPlan(examples=self.train_examples[:n],
                            samples_per_prompt=int(lora.samples_per_prompt),
                            temperature=float(lora.rollout_temperature), seed=int(self.cfg.seed) * 1000 + generation)
         return collect(self.task, self.bench, harness, adapter, plan, self.run.gen_dir(generation) / "rollouts.jsonl",
-                       desc=f"gen {generation} rollouts")
+                       desc=f"gen {generation} rollouts", on_progress=pace)
 
     def _gold_samples(self, gen_dir: Path, harness: Path, n: int, generation: int) -> list:
         from sia.train.samples import samples_from_pairs

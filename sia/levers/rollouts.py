@@ -18,6 +18,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from sia.evaluation import Workbench
 from sia.harness.contract import Job
@@ -62,9 +63,10 @@ def append_rollouts(path: Path, rows: list[dict]) -> None:
 
 
 def collect(task: Task, bench: Workbench, harness: Path, adapter: str | None, plan: RolloutPlan,
-            path: Path, desc: str) -> list[dict]:
+            path: Path, desc: str, on_progress: Callable[[int, int], None] | None = None) -> list[dict]:
     """Every sample of the plan (one row per job: example id, group, reward, credited calls),
-    drawing only the jobs ``path`` does not hold yet."""
+    drawing only the jobs ``path`` does not hold yet. ``on_progress(done, total)`` counts over
+    all of them (see ``HarnessPool.run``); the chunks already appended stay when it raises."""
     cut_torn_tail(path)
     rows = read_rollouts(path)
     done = {r["job"] for r in rows}
@@ -72,8 +74,9 @@ def collect(task: Task, bench: Workbench, harness: Path, adapter: str | None, pl
     sampling = {"temperature": plan.temperature, "seed": plan.seed}
     for start in range(0, len(todo), CHUNK):
         chunk = todo[start:start + CHUNK]
+        progress = None if on_progress is None else (lambda done, _, s=start: on_progress(s + done, len(todo)))
         results = bench.run(harness, [Job(id=job_id(e, k), inputs=e.inputs) for e, k in chunk], adapter,
-                            desc=desc, sampling=sampling)
+                            desc=desc, sampling=sampling, on_progress=progress)
         answers = [r.answer if r.error is None else None for r in results]
         report = task.evaluate([e for e, _ in chunk], answers, "train")
         new = []

@@ -127,7 +127,7 @@ class EchoLever:
                           max_examples=int(self.cfg.budget.train_examples))
 
     def train(self, generation: int, decision: Decision, harness: Path, adapter: str | None,
-              adapter_dir: Path | None) -> TrainedAdapter:
+              adapter_dir: Path | None, pace=None) -> TrainedAdapter:      # no rollouts: no pace to watch
         started = time.perf_counter()
         gen_dir = self.run.gen_dir(generation)
         out, info_file, pairs_file = gen_dir / "adapter", gen_dir / "train.json", gen_dir / "sft_pairs.json"
