@@ -68,8 +68,8 @@ def test_rollouts_survive_a_kill_and_are_never_drawn_twice(tmp_path):
 
 
 def test_rollouts_stopped_by_the_budget_keep_the_chunks_already_drawn(tmp_path, monkeypatch):
-    """The pace guard sees progress over all the rollout jobs; what it raises stops the draw,
-    and the chunks appended before stay for a resume."""
+    """The pace guard sees progress over all the rollout jobs, a chunk's last job only once the
+    chunk is appended; what it raises stops the draw, and the chunks appended stay for a resume."""
     import sia.levers.rollouts
 
     monkeypatch.setattr(sia.levers.rollouts, "CHUNK", 2)
@@ -85,10 +85,10 @@ def test_rollouts_stopped_by_the_budget_keep_the_chunks_already_drawn(tmp_path, 
     with pytest.raises(TimeoutError):
         collect(RewardByK({}, tmp_path), CountingBench(), tmp_path / "h.py", None, plan, path, "r", on_progress=guard)
     assert seen == [(2, 6), (4, 6)]
-    assert len(read_rollouts(path)) == 2                 # the first chunk; the second was stopped
+    assert len(read_rollouts(path)) == 4                 # both finished chunks; the third never started
     again = CountingBench()
     rows = collect(RewardByK({}, tmp_path), again, tmp_path / "h.py", None, plan, path, "r")
-    assert len(again.jobs) == 4 and len(rows) == 6
+    assert len(again.jobs) == 2 and len(rows) == 6
 
 
 def _lever(tmp_path, task, train):

@@ -74,7 +74,9 @@ def collect(task: Task, bench: Workbench, harness: Path, adapter: str | None, pl
     sampling = {"temperature": plan.temperature, "seed": plan.seed}
     for start in range(0, len(todo), CHUNK):
         chunk = todo[start:start + CHUNK]
-        progress = None if on_progress is None else (lambda done, _, s=start: on_progress(s + done, len(todo)))
+        # the chunk's last job is reported once the chunk is appended: a stop keeps a finished chunk
+        progress = None if on_progress is None else (
+            lambda done, n, s=start: on_progress(s + done, len(todo)) if done < n else None)
         results = bench.run(harness, [Job(id=job_id(e, k), inputs=e.inputs) for e, k in chunk], adapter,
                             desc=desc, sampling=sampling, on_progress=progress)
         answers = [r.answer if r.error is None else None for r in results]
@@ -88,4 +90,6 @@ def collect(task: Task, bench: Workbench, harness: Path, adapter: str | None, pl
                         "samples": [sample_record(x) for x in samples]})
         append_rollouts(path, new)
         rows += new
+        if on_progress is not None:
+            on_progress(start + len(chunk), len(todo))
     return rows
