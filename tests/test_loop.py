@@ -169,8 +169,8 @@ def test_a_candidate_is_stopped_by_its_own_pace_not_by_the_last_generations(loop
     """8 val + 8 test examples, one model call each: the seed (gen 0) takes 1,600 s, the label-list
     edit (gen 1) 1,600 s. A retrieval-vote harness (gen 2) asks the model nothing: it runs in no
     time, though the last harness generation's 1,600 s would end past the budget. Gen 3 asks the
-    model again: one worker, so its first wave is one job and the pace is judged from the second:
-    3,200 + 200 + 14 * 100 s > 60 min, so its val run stops there and leaves its decision on disk."""
+    model again: after its first job (one worker, so the pace is exact) it forecasts 3,200 + 100 +
+    15 * 100 s > 60 min, so its val run stops there and leaves its decision on disk."""
     import sia.loop
 
     cfg, task, run, state, _, _ = loop_parts
@@ -193,8 +193,8 @@ def test_a_candidate_is_stopped_by_its_own_pace_not_by_the_last_generations(loop
     assert [h.generation for h in final.history] == [0, 1, 2]
     assert [h.wall_s for h in final.history] == [1600.0, 1600.0, 0.0]
     assert final.history[2].val is not None and final.history[2].tokens == 0
-    assert "at this candidate's pace (2 of 8 val jobs in 200 s, 100.0 s each after the first 1)" in final.stop_reason
+    assert "at this candidate's pace (1 of 8 val jobs in 100 s, 100.0 s each)" in final.stop_reason
     assert "would end at ~80.0 min" in final.stop_reason
-    assert final.elapsed_s == 3400.0                # gen 3's two jobs before the stop count
+    assert final.elapsed_s == 3300.0                # gen 3's stopped first job counts
     assert (run.path / "gen_003" / "decision.json").is_file()   # decided: a resume with more time runs it
     assert not (run.path / "gen_003" / "scores_val.json").exists()
