@@ -37,9 +37,12 @@ class PaceGuard:
         self.started = clock()
 
     def __call__(self, done: int, total: int) -> None:
-        if done < min(self.first_wave, total):
-            return
         elapsed = self.clock() - self.started
+        if done < min(self.first_wave, total):
+            if self.spent_s + elapsed > self.budget_s:     # a slow first wave is late whatever its pace
+                raise OutOfTime(f"wall-clock budget of {self.budget_s / 60:g} min spent with {done} of {total} "
+                                f"{self.what} jobs back")
+            return
         per_job = elapsed / done
         forecast_s = self.spent_s + elapsed + per_job * (total - done + self.jobs_after)
         if forecast_s > self.budget_s:

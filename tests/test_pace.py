@@ -28,6 +28,17 @@ def test_it_waits_for_the_first_wave_then_stops_once_the_forecast_passes_the_bud
     assert "would end at ~18.3 min" in str(stopped.value)
 
 
+def test_a_first_wave_still_out_when_the_budget_is_spent_stops_the_run():
+    clock = Clock()
+    guard = PaceGuard(budget_s=600, spent_s=500, jobs_after=0, first_wave=16, clock=clock)
+    clock.now = 90
+    guard(3, 24)          # 590 s: still inside the budget, too few jobs to judge the pace
+    clock.now = 110
+    with pytest.raises(OutOfTime) as stopped:
+        guard(5, 24)
+    assert "budget of 10 min spent with 5 of 24 val jobs back" in str(stopped.value)
+
+
 def test_a_split_smaller_than_the_first_wave_is_judged_once_it_is_all_back():
     clock = Clock()
     guard = PaceGuard(budget_s=100, spent_s=0, jobs_after=0, first_wave=16, clock=clock)
