@@ -10,9 +10,10 @@ pace, and the run stops as soon as that end falls after the budget. The pace is 
 the start: the pace since the first wave charges the jobs still in flight to those back (on
 LawBench's few-shot edit it said 11.0 s a job where the generation took 7.0), and stopped a
 generation that fit. The first wave after loading the model also pays for its warm-up (a
-resumed run's first rollout wave: 6.4 s a job against 3.8 s warm). A weight update's rollouts
-(the incumbent harness sampled on train) are watched the same way, counting the val, test and
-probe jobs after them but not the training: a forecast that is short, never one that is long.
+resumed run's first rollout wave: 6.4 s a job against 3.8 s warm). Before the first wave is
+back only a budget already spent stops the run. A weight update's rollouts (the incumbent
+harness sampled on train) are watched the same way, counting the val, test and probe jobs after
+them but not the training, which that forecast leaves out.
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ class OutOfTime(Exception):
 
 
 class PaceGuard:
-    """``on_progress(done, total)`` for a candidate's val run (see ``HarnessPool.run``).
+    """``on_progress(done, total)`` for a candidate's val run or a weight update's rollouts
+    (see ``HarnessPool.run``); raises ``OutOfTime``.
 
     ``spent_s``: run time spent when the watched jobs start (earlier generations and this one's
     steps so far); ``jobs_after``: jobs the generation still runs after them at the same pace

@@ -11,7 +11,8 @@ from test_e2e import _finish, _sia
 
 pytestmark = pytest.mark.slow
 
-TINY = ("logger=none", "budget.val_examples=2", "budget.test_examples=1", "budget.train_examples=4",
+# the wall clock is not what these check: a loaded machine must not stop a lever by the budget
+TINY = ("logger=none", "budget.wall_clock_minutes=60", "budget.val_examples=2", "budget.test_examples=1", "budget.train_examples=4",
         "budget.train_steps=1", "budget.probe_train_examples=2", "lora.rollout_examples=2",
         "lora.samples_per_prompt=2", "lora.max_seq_len=256")
 TASK_ARGS = {
