@@ -39,7 +39,8 @@ class RecordedModel:
 @needs_sandbox
 def test_recorded_policy_accepts_only_the_faster_correct_kernel(compose_cfg, tmp_path):
     cfg = compose_cfg("task=cuda_kernel", "feedback=harness_only", "logger=none", "quiet=true",
-                      "budget.generations=3", "budget.val_examples=1", "budget.test_examples=1")
+                      "budget.generations=3", "budget.val_examples=1", "budget.test_examples=1",
+                      "budget.wall_clock_minutes=60")   # the judge, not the budget, is under test
     task = load_task("cuda_kernel", small_cfg(correctness=(MASKED, CAUCHY), benchmark=(BENCH,), repeats=3))
     model = RecordedModel()
     seed = task.seed_harness()
