@@ -43,8 +43,9 @@ class Loop:
         scores = {"val": ev.evaluate(generation, "val", self.data.val, harness, adapter)}
         if full and self.data.test:
             scores["test"] = ev.evaluate(generation, "test", self.data.test, harness, adapter)
-        if full and self._probe():
-            scores["train"] = ev.evaluate(generation, "train", self._probe(), harness, adapter)
+        probe = self._probe()
+        if full and probe:
+            scores["train"] = ev.evaluate(generation, "train", probe, harness, adapter)
         return scores
 
     def _probe(self) -> list:
