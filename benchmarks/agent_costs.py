@@ -28,7 +28,6 @@ sys.path.insert(0, str(REPO))
 
 from omegaconf import OmegaConf  # noqa: E402
 
-from sia.agents.digest import Digest  # noqa: E402
 from sia.agents.llm.client import LLMClient  # noqa: E402
 from sia.agents.llm.config import load_settings  # noqa: E402
 from sia.agents.llm.feedback import LLMFeedbackPolicy  # noqa: E402
@@ -36,12 +35,10 @@ from sia.agents.llm.meta import LLMMetaAgent  # noqa: E402
 from sia.agents.llm.tokens import LABEL, approx_tokens  # noqa: E402
 from sia.parts import AgentEnv, LeverOffer  # noqa: E402
 from sia.tasks import available_tasks, load_task  # noqa: E402
+from tests.golden.regen import GoldenCtx, run_facts  # noqa: E402
 from tests.support.scripted_llm_server import ScriptedLLMServer, legal_charge_e2e_script  # noqa: E402
 
-SONNET = {"backend": "anthropic", "model": "claude-sonnet-4-6", "max_tokens": 8192, "max_retries": 2, "timeout_s": 30}
-VAL_EXAMPLES = 24          # budget.val_examples of the default budget
-KINDS = [("format", 0.0, "no valid answer could be read"), ("wrong", 0.0, "readable but wrong"),
-         ("wrong", 0.5, "partly right"), ("error", 0.0, "harness exception: KeyError"), (None, 1.0, "")]
+SONNET = {"backend": "anthropic", "model": "claude-sonnet-4-6", "max_tokens": 16000, "max_retries": 2, "timeout_s": 30}
 
 
 class AcceptAll:
@@ -49,32 +46,16 @@ class AcceptAll:
         return None
 
 
-class Ctx:
-    """A plausible feedback context for generation ``g`` of ``task``."""
+class Ctx(GoldenCtx):
+    """A plausible feedback context for generation ``g`` of ``task`` (the golden files' context:
+    tests/golden/regen.py), with ``g - 1`` earlier decisions in its history."""
 
     def __init__(self, task, splits, g, offer):
-        self.generation, self.harness_code, self.task_text = g, task.seed_harness(), task.description()
-        self.digest = Digest(n=VAL_EXAMPLES, score=0.31, error_rate=0.04, format_rate=0.25, wellformed_accuracy=0.41,
-                             error_kinds={"exception": 1}, train_score=0.35, tokens=9000,
-                             examples_of_failures=[f"{e.id}: readable but wrong" for e in splits.val[:8]])
-        self.history = [{"generation": i, "action": "harness" if i % 2 else "weights", "kept": i % 3 == 0,
-                         "val": 0.3 + 0.01 * i, "val_delta": 0.01, "cost_s": 60.0,
-                         "rationale": "a plausible earlier decision " * 6} for i in range(1, g)]
-        self.offer, self.budget_left = offer, {"generations": 6 - g, "agent_dollars": 5.0}
-        self.baselines, self.checker, self.train_probe = {"baseline": 0.2}, AcceptAll(), {"score": 0.35}
-        train_answer = splits.train[0].target if splits.train else None
-        self.trajectories = []
-        for i, e in enumerate(splits.val[:VAL_EXAMPLES]):
-            failure, score, reason = KINDS[i % len(KINDS)]
-            answer = train_answer if isinstance(train_answer, (str, list)) else "(answer)"
-            self.trajectories.append({
-                "id": e.id, "score": score, "failure": failure, "reason": reason, "answer": str(answer)[:400],
-                "error": {"kind": "exception", "message": "KeyError: 'x'"} if failure == "error" else None,
-                "events": [{"type": "llm_call", "messages": [
-                    {"role": "system", "content": "You answer in the task's format."},
-                    {"role": "user", "content": json.dumps(e.inputs, ensure_ascii=False, default=str)[:1500]}],
-                    "completion": str(answer)[:1500], "prompt_tokens": 400, "completion_tokens": 40,
-                    "logprobs": [-0.3] * 40, "finish_reason": "stop"}]})
+        folder = Path(tempfile.mkdtemp(prefix="sia_agent_costs_"))
+        super().__init__(task, splits, folder, offer)
+        self.generation = g
+        self.history = (self.history * g)[:max(1, g - 1)]
+        self.budget_left = {"generations": max(0, 6 - g), "minutes": 60.0 - 8 * g}
 
 
 def _body_tokens(body: dict) -> tuple[int, int]:
@@ -89,7 +70,7 @@ def estimate(args) -> None:
     print(f"Claude {s.model} at ${p.input}/${p.output}/${p.cache_write}/${p.cache_read} per M tokens "
           f"(in/out/cache write/cache read); output bound llm.max_tokens={s.max_tokens}\n{LABEL}\n")
     head = (f"{'task':14} {'call':12} {'in tok':>7} {'static':>7} {'$ in cold':>9} {'$ in warm':>9} "
-            f"{'$ out max':>9} {'$/gen max':>9} {'out exp':>7} {'$/gen exp':>9}")
+            f"{'$ out max':>9} {'$/gen max':>9} {'out exp':>7} {'$/gen exp':>9} {'+tries exp':>10}")
     print(head)
     for name in available_tasks():
         task = load_task(name, OmegaConf.load(REPO / "conf" / "task" / f"{name}.yaml"))
@@ -101,9 +82,10 @@ def estimate(args) -> None:
             client = LLMClient(cfg, Path(run))
             env = AgentEnv(task=task, run_dir=Path(run), resources=task.public_resources(splits), files={},
                            train=splits.train, checker=AcceptAll())
-            LLMMetaAgent(llm=cfg, client=client).first_harness(env)
+            LLMMetaAgent(llm=cfg, client=client, facts=run_facts(name)).first_harness(env)
             offer = LeverOffer(True, "", ("sft",), max_steps=24, max_examples=160)
-            policy = LLMFeedbackPolicy(llm=cfg, client=client, trajectory_tokens=args.trajectory_tokens)
+            policy = LLMFeedbackPolicy(llm=cfg, client=client, trajectory_tokens=args.trajectory_tokens,
+                                       facts=run_facts(name), tries=args.tries)
             for g in (1, 6):
                 policy.decide(Ctx(task, splits, g, offer))
             bodies = [r["body"] for r in server.requests]
@@ -113,11 +95,25 @@ def estimate(args) -> None:
             warm = (static * p.cache_read + rest * p.input) / 1e6
             out_max = s.max_tokens * p.output / 1e6
             out_exp = seed_tokens if label == "meta" else seed_tokens // 2   # a file, or a diff/plan
+            exp = warm + out_exp * p.output / 1e6
+            tries = 0.0 if label == "meta" else _tries_dollars(static, rest, out_exp, args, p)
             print(f"{name:14} {label:12} {static + rest:7d} {static:7d} {cold:9.4f} {warm:9.4f} {out_max:9.4f} "
-                  f"{cold + out_max:9.4f} {out_exp:7d} {warm + out_exp * p.output / 1e6:9.4f}")
+                  f"{cold + out_max:9.4f} {out_exp:7d} {exp:9.4f} {exp + tries:10.4f}")
     print("\n$/gen max: cold prefix + llm.max_tokens of output (one call; an invalid answer adds a second)."
           "\n$/gen exp: warm prefix (cached within 5 minutes) + the expected output: an ASSUMPTION, the seed "
-          "harness's size for the Meta-Agent's file, half of it for a feedback answer (a diff or a plan).")
+          "harness's size for the Meta-Agent's file, half of it for a feedback answer (a diff or a plan)."
+          f"\n+tries exp: $/gen exp plus agent.tries={args.tries} try_harness calls, each one more call whose input "
+          f"grows by the answer before it and the try's result (up to trajectory_tokens/2 = "
+          f"{args.trajectory_tokens // 2} tokens), with the expected output (the sandbox time of a try is not in $).")
+
+
+def _tries_dollars(static: int, rest: int, out_exp: int, args, p) -> float:
+    """Dollars of ``args.tries`` try_harness rounds after a feedback request (warm prefix)."""
+    total, context = 0.0, rest
+    for _ in range(args.tries):
+        context += out_exp + args.trajectory_tokens // 2
+        total += (static * p.cache_read + context * p.input + out_exp * p.output) / 1e6
+    return total
 
 
 def scripted(args) -> None:
@@ -191,9 +187,10 @@ def loop(args) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("mode", choices=["estimate", "scripted", "loop"])
-    ap.add_argument("--max-tokens", type=int, default=8192)
+    ap.add_argument("--max-tokens", type=int, default=16000)
     ap.add_argument("--trajectory-tokens", type=int, default=12000)
     ap.add_argument("--generations", type=int, default=6)
+    ap.add_argument("--tries", type=int, default=2, help="try_harness calls per feedback generation (agent.tries)")
     ap.add_argument("--latency", type=float, default=0.5, help="seconds the scripted server takes per answer")
     ap.add_argument("--run-dir", default=None)
     ap.add_argument("overrides", nargs="*", help="loop mode: extra Hydra overrides, e.g. budget=smoke")

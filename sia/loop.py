@@ -15,13 +15,14 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from sia.agents.context import FeedbackContext
+from sia.agents.context import FeedbackContext, TrainTrier
 from sia.agents.decision import Decision, InvalidDecision
 from sia.agents.digest import digest
 from sia.data import RunData
 from sia.evaluation import SplitScores
+from sia.keep import PairedRule, paired_gains, settings_of
 from sia.levers.lora import LeverFailed
-from sia.pace import OutOfTime, PaceGuard
+from sia.pace import OutOfTime, PaceGuard, Rates, WeightsPlan, plan_weights
 from sia.parts import Parts
 from sia.records import GenerationRecord, Incumbent, RunState
 from sia.run import RunDir, read_json, write_json_atomic, write_text_atomic
@@ -36,6 +37,7 @@ class Loop:
         self.run, self.task, self.data, self.parts, self.tracker = run, task, data, parts, tracker
         self.state, self.budget, self.generate_seconds = state, budget, generate_seconds
         self.baselines = baselines or {}   # name -> {description, val, test}
+        self.keep = settings_of(parts.policy)   # feedback.keep*: how a candidate is judged on val
 
     # ---- scoring ---------------------------------------------------------------------
     def _score(self, generation: int, harness: Path, adapter: str | None, full: bool) -> dict[str, SplitScores]:
@@ -50,11 +52,12 @@ class Loop:
 
     def _probe(self) -> list:
         """The train examples a kept generation is also scored on (for policies that read them)."""
-        return self.data.probe if getattr(self.parts.policy, "wants_train_probe", False) else []
+        return self.data.probe if self.parts.policy.wants_train_probe else []
 
     @staticmethod
     def _fill(record: GenerationRecord, scores: dict[str, SplitScores]) -> GenerationRecord:
         record.val, record.val_metrics = scores["val"].primary, scores["val"].metrics
+        record.val_n = len(scores["val"].rows)
         record.tokens = sum(r["tokens"] for r in scores["val"].rows)
         if "test" in scores:
             record.test, record.test_metrics = scores["test"].primary, scores["test"].metrics
@@ -89,31 +92,103 @@ class Loop:
             generation=generation, harness_code=code, digest=digest(val, probe), history=list(self.state.history),
             offer=self.parts.lever.offer(self.task, code), edits=self.task.harness_edits(),
             trajectories=self.parts.evaluator.trajectories(inc.generation, "val"),
+            train_trajectories=self.parts.evaluator.trajectories(inc.generation, "train"),
+            train_examples=self._probe(),
             baselines={k: v["val"] for k, v in self.baselines.items() if v.get("val") is not None},
             train_probe=digest(probe) if probe else None, task_text=self.task.description(),
             checker=self.parts.env.checker,
+            trier=TrainTrier(self.parts.evaluator.bench, self.task, self.data.splits.train,
+                             self.run.gen_dir(generation) / "tries", inc.adapter),
             budget_left={"generations": self.budget.generations - generation + 1,
                          "minutes": self.budget.wall_clock_minutes - self.state.elapsed_s / 60})
 
-    def _decide(self, generation: int, inc: Incumbent) -> Decision:
+    def _decide(self, generation: int, inc: Incumbent, started: float) -> Decision:
         path = self.run.gen_dir(generation) / "decision.json"
         if path.is_file():
             return Decision.from_json(read_json(path))
         ctx = self._context(generation, inc)
         decision = self.parts.policy.decide(ctx)
         decision.validate(ctx.offer.algorithms if decision.action == "weights" else None)
+        if decision.action == "weights":   # planned before it is written: a resume runs the plan as decided
+            decision = self._fit_weights(ctx, decision, started)
         write_json_atomic(path, decision.to_json())
         return decision
+
+    # ---- planning a weight update --------------------------------------------------------
+    def _fit_weights(self, ctx: FeedbackContext, decision: Decision, started: float) -> Decision:
+        """The weight update as it fits the time left: as decided, shrunk, or (when even its
+        smallest would end late) the policy's harness choice without the weights lever; a
+        policy without one stops the run (``OutOfTime``: a resume with more time trains)."""
+        plan = self._plan(decision, started)
+        training = decision.training
+        decision.stats = {**decision.stats, "plan": {"fits": plan.fits, "examples": plan.examples,
+                                                     "steps": plan.steps, "forecast_s": round(plan.forecast_s, 1)}}
+        if plan.fits:
+            if plan.shrunk:   # plan.examples: rollout examples (what the rollout uses of training.examples)
+                decision.training = {**training, "examples": plan.examples, "steps": plan.steps}
+            decision.rationale += f" | budget: {plan.why}"
+            return decision
+        decide_with = getattr(self.parts.policy, "decide_with", None)
+        if decide_with is not None:
+            other = decide_with(ctx, frozenset({"harness"})).validate()
+            if other.action == "harness":
+                other.rationale = f"budget: no weight update fits ({plan.why}); instead: {other.rationale}"
+                return other
+        raise OutOfTime(plan.why)
+
+    def _plan(self, decision: Decision, started: float) -> WeightsPlan:
+        lora = getattr(getattr(self.parts.lever, "cfg", None), "lora", None)
+        training, rollouts = decision.training, decision.training.get("algorithm") != "sft"
+        k = int(lora.samples_per_prompt) if lora is not None else 1
+        examples = min(int(training["examples"]), int(lora.rollout_examples)) if lora is not None and rollouts \
+            else int(training["examples"])
+        per_example = None
+        if lora is not None and lora.get("rollout_epochs"):
+            per_example = float(lora.rollout_epochs) * k / int(lora.batch_size)
+        from sia.levers.lora import MIN_ROLLOUT_EXAMPLES
+
+        return plan_weights(budget_s=self.budget.wall_clock_minutes * 60,
+                            spent_s=self.state.elapsed_s + time.monotonic() - started, rates=self._rates(),
+                            examples=examples, samples_per_prompt=k, steps=int(training["steps"]),
+                            jobs_after=len(self.data.val) + len(self.data.test) + len(self._probe()),
+                            steps_per_example=per_example, min_examples=MIN_ROLLOUT_EXAMPLES, rollouts=rollouts)
+
+    def _rates(self) -> Rates:
+        """Seconds per harness job (the incumbent's runs), per rollout job and per optimizer step
+        (the last weight update's, when there was one)."""
+        inc = self.state.incumbent
+        inc_dir = self.run.gen_dir(inc.generation)
+        wall, jobs = 0.0, 0
+        for split in ("val", "test", "train"):
+            path = inc_dir / f"scores_{split}.json"
+            data = read_json(path) if path.is_file() else {}
+            if data.get("wall_s") is not None:
+                wall, jobs = wall + float(data["wall_s"]), jobs + len(data.get("rows") or [])
+        record = next((h for h in self.state.history if h.generation == inc.generation), None)
+        if (not jobs or wall <= 0) and record is not None:   # a run dir from before scores files held their time
+            wall, jobs = record.wall_s, (record.val_n or len(self.data.val)) + len(self.data.test)
+        job_s, source = (wall / jobs, f"job pace of generation {inc.generation}") if jobs and wall > 0 \
+            else (0.0, "no job pace measured yet")
+        step_s, rollout_s = self.budget.get("train_step_s") or 0.0, job_s
+        source += ", step from budget.train_step_s" if step_s else ", training not counted (budget.train_step_s unset)"
+        for h in reversed(self.state.history):
+            info_path = self.run.gen_dir(h.generation) / "train.json"
+            info = read_json(info_path) if h.action == "weights" and info_path.is_file() else {}
+            if info.get("steps") and info.get("wall_s"):
+                step_s = float(info["wall_s"]) / int(info["steps"])
+                jobs_rolled = _lines(self.run.gen_dir(h.generation) / "rollouts.jsonl")
+                if info.get("rollout_s") and jobs_rolled:
+                    rollout_s = float(info["rollout_s"]) / jobs_rolled
+                source += f"; step and rollout pace of generation {h.generation}"
+                break
+        return Rates(job_s=job_s, rollout_job_s=rollout_s, step_s=float(step_s), source=source)
 
     def _generation(self, generation: int, started: float) -> GenerationRecord:
         inc = self.state.incumbent
         try:
-            decision = self._decide(generation, inc)
+            decision = self._decide(generation, inc, started)
         except InvalidDecision as exc:
             return GenerationRecord(generation=generation, action="invalid", failed=str(exc))
-        late = self._training_would_end_late() if decision.action == "weights" else ""
-        if late:
-            raise OutOfTime(late)
         record = GenerationRecord(generation=generation, action=decision.action, rationale=decision.rationale,
                                   edit=decision.edit, fallback=bool(decision.stats.get("fallback")),
                                   **_agent_cost(decision.stats.get("cost")))
@@ -146,26 +221,49 @@ class Loop:
             log.warning("generation %d failed: %s", generation, exc)
             record.failed = str(exc)
             return record
-        val = self.parts.evaluator.evaluate(generation, "val", self.data.val, harness, adapter,
-                                            on_progress=self._pace_guard(started, rollouts=False))
-        record.kept = self.task.meta.better(val.primary, inc.val)
+        val = self._judge(generation, harness, adapter, inc, record, self._pace_guard(started, rollouts=False))
         record.harness, record.adapter = str(harness), adapter
         scores = self._score(generation, harness, adapter, full=True) if record.kept else {"val": val}
         return self._fill(record, scores)
 
-    def _training_would_end_late(self) -> str:
-        """Why a weights generation would end after the wall-clock budget, judged by the last one
-        that ran to its evaluation (training, unlike a val run, is not watched as it goes); ''
-        when it fits or is the first."""
-        same = [h for h in self.state.history if h.action == "weights" and h.val is not None]
-        if not same:
-            return ""
-        forecast_s = self.state.elapsed_s + same[-1].wall_s
-        if forecast_s <= self.budget.wall_clock_minutes * 60:
-            return ""
-        return (f"wall-clock budget of {self.budget.wall_clock_minutes} min: the next generation (weights) would "
-                f"end at ~{forecast_s / 60:.1f} min (generation {same[-1].generation}, the last weights one, "
-                f"took {same[-1].wall_s:.0f} s)")
+    def _judge(self, generation: int, harness: Path, adapter: str | None, inc: Incumbent,
+               record: GenerationRecord, guard: PaceGuard) -> SplitScores:
+        """Score the candidate on val and decide ``record.kept`` by the keep rule (sia/keep.py).
+        Paired: in chunks, stopping at the first look that rejects; the decision is replayed
+        from the rows on disk, so a resumed run decides the same."""
+        ev, record.keep_rule = self.parts.evaluator, self.keep.rule
+        if self.keep.rule == "strict":
+            val = ev.evaluate(generation, "val", self.data.val, harness, adapter, on_progress=guard)
+            record.kept = self.task.meta.better(val.primary, inc.val)
+            return val
+        rule, inc_rows = self._paired_rule(inc)
+        direction = self.task.meta.direction
+
+        def judge(rows: list[dict]) -> str | None:
+            verdict = rule.replay(paired_gains(rows, inc_rows, direction))
+            return verdict.why if verdict.decision == "reject" else None
+
+        val = ev.evaluate(generation, "val", self.data.val, harness, adapter, on_progress=guard,
+                          chunk=self.keep.chunk, judge=judge)
+        verdict = rule.replay(paired_gains(val.rows, inc_rows, direction))
+        record.kept = verdict.decision == "keep"
+        record.keep_gain, record.keep_low, record.keep_high = verdict.gain, verdict.low, verdict.high
+        record.keep_n, record.keep_why = verdict.n, verdict.why
+        return val
+
+    def _paired_rule(self, inc: Incumbent) -> tuple[PairedRule, list[dict]]:
+        """The paired rule against the incumbent's per-example val scores, in pool order."""
+        path = self.run.gen_dir(inc.generation) / "scores_val.json"
+        rows = read_json(path)["rows"]
+        by_id = {r["id"]: float(r["score"]) for r in rows}
+        missing = [e.id for e in self.data.val if e.id not in by_id]
+        if missing:
+            raise RuntimeError(f"{path} has no score for {len(missing)} val example(s) (first {missing[0]!r}): "
+                               f"the incumbent was not scored on the whole val pool, so a paired decision "
+                               f"cannot be made; rerun with feedback.keep=strict or from a fresh run dir")
+        scores = [by_id[e.id] for e in self.data.val]
+        bounded = self.task.meta.direction == "max" and all(0.0 <= v <= 1.0 for v in scores)
+        return PairedRule(scores, self.task.meta.direction, self.keep, (0.0, 1.0) if bounded else None), rows
 
     def _pace_guard(self, started: float, rollouts: bool) -> PaceGuard:
         """Stops a candidate's val run (or a weight update's rollouts, with the val run after
@@ -233,6 +331,10 @@ def _agent_cost(cost: dict | None) -> dict:
     cost = cost or {}
     return {"agent_tokens": int(cost.get("tokens_in", 0) + cost.get("tokens_out", 0)),
             "agent_dollars": float(cost.get("dollars", 0.0))}
+
+
+def _lines(path: Path) -> int:
+    return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip()) if path.is_file() else 0
 
 
 def _fmt(value: float | None) -> str:

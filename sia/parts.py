@@ -33,6 +33,14 @@ class HarnessChecker(Protocol):
         examples without a harness error; otherwise the problem, in words an agent can act on."""
 
 
+class HarnessTrier(Protocol):
+    """What an agent may run before it decides: a candidate on a few TRAIN examples."""
+
+    def try_on_train(self, code: str, n: int) -> dict:
+        """{"problem": str | None, "score": float, "n": int, "wall_s": float, "rows": [trajectory +
+        "gold"]}: the candidate run in the sandbox on the first ``n`` train examples."""
+
+
 @dataclass
 class AgentEnv:
     """What the agents see of the run: public things only (train targets are public)."""
@@ -53,6 +61,9 @@ class MetaAgent(Protocol):
 @runtime_checkable
 class FeedbackPolicy(Protocol):
     name: str
+    # True: every kept generation is also scored on the train probe (``budget.probe_train_examples``)
+    # and the context carries its digest and trajectories (over-/under-fitting, train with gold).
+    wants_train_probe: bool
 
     def decide(self, ctx: Any) -> Decision:
         """``ctx`` is a ``sia.agents.feedback.FeedbackContext``; the result is validated."""

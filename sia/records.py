@@ -55,6 +55,13 @@ class GenerationRecord:
     agent_tokens: int = 0           # meta/feedback agent tokens spent deciding this generation
     agent_dollars: float = 0.0
     wall_s: float = 0.0
+    val_n: int | None = None        # val examples run (paired keep rule: fewer when it stopped early)
+    keep_rule: str | None = None    # paired | strict (sia/keep.py)
+    keep_gain: float | None = None  # paired: mean gain per example over the incumbent on the same examples
+    keep_low: float | None = None   # its 95% interval
+    keep_high: float | None = None
+    keep_n: int | None = None       # paired examples that decided it
+    keep_why: str | None = None
     incumbent_val: float | None = None    # after this generation
     incumbent_test: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)

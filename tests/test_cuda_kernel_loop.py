@@ -47,6 +47,7 @@ def test_recorded_policy_accepts_only_the_faster_correct_kernel(compose_cfg, tmp
 
     class RecordedPolicy:
         name = "recorded"
+        wants_train_probe = False
 
         def decide(self, ctx):
             model.current = SCRIPT[ctx.generation]

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
+from support.readme import explain, run_readme
 from test_parts import wandb_history
+from test_readme_commands import RESUME as README_RESUME, RUN_DIR as README_RUN_DIR
 
 pytestmark = pytest.mark.slow
 
@@ -78,7 +80,10 @@ def test_resume_after_kill_9_loses_and_repeats_nothing(tmp_path, model_cache_dir
     assert before["status"] == "running" and before["next_generation"] == 2
     gen1_scores = (run_dir / "gen_001" / "scores_val.json").stat().st_mtime_ns
 
-    _finish(_sia(run_dir, model_cache_dir, f"resume={run_dir}"))
+    # the README's resume line, as a user types it (the saved config names the cache and the run dir)
+    resumed = run_readme(README_RESUME, placeholders={README_RUN_DIR: str(run_dir)})
+    assert resumed.returncode == 0, explain(resumed)
+    assert f"resuming {run_dir} at generation 2" in resumed.stdout + resumed.stderr, explain(resumed)
     state = json.loads((run_dir / "state.json").read_text())
     assert [h["generation"] for h in state["history"]] == [0, 1, 2]
     assert state["status"] == "done"

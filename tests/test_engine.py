@@ -247,3 +247,30 @@ def test_stop_strings_cut_the_text(engine):
 def test_unknown_adapter_is_an_error(engine):
     with pytest.raises(KeyError, match="v9"):
         engine.generate([_ask("Hi", max_tokens=2)], adapter="v9")
+
+
+@pytest.mark.slow
+def test_results_carry_the_sampled_ids_and_how_the_reply_ended(engine):
+    """Training reads these: every drawn token (the ending EOS and a stop string's tokens
+    included; the text leaves both out) and eos | stop | length."""
+    question = "Count from 1 to 20, one number per line."
+    eos = engine.generate([_ask("Say hi.", max_tokens=80)])[0]
+    assert eos.finish == "eos" and eos.finish_reason == "stop"
+    assert eos.token_ids[-1] in engine.eos_ids and engine.tokenizer.decode(eos.token_ids[:-1]) == eos.text
+    assert eos.prompt_ids == encode_text(engine.tokenizer, engine.chat_template([{"role": "user", "content": "Say hi."}]))
+    stopped = engine.generate([_ask(question, max_tokens=40, stop=["5"])])[0]
+    drawn = engine.tokenizer.decode(stopped.token_ids)
+    assert stopped.finish == "stop" and drawn.startswith(stopped.text) and "5" in drawn[len(stopped.text):]
+    assert not set(stopped.token_ids) & engine.eos_ids               # no EOS was drawn, none is reported
+    cut = engine.generate([_ask(question, max_tokens=6)])[0]
+    assert cut.finish == "length" and len(cut.token_ids) == 6 and engine.tokenizer.decode(cut.token_ids) == cut.text
+
+
+def test_a_temperature_of_1e_300_breaks_the_sampler_so_validation_serves_it_greedy():
+    from sia.harness.batcher import gen_request
+
+    scores = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    with pytest.raises(RuntimeError):   # logits / 1e-300 overflow: the premise of issue 20's crash
+        _RowSampler([_ask("a", temperature=1e-300, seed=0)], torch.device("cpu"))(None, scores.clone())
+    raw = {"messages": [{"role": "user", "content": "a"}], "temperature": 1e-300}
+    assert gen_request(raw, 8).temperature == 0.0       # greedy: _RowSampler leaves the row alone

@@ -208,3 +208,65 @@ def test_with_options_rewrites_only_the_literal():
     assert with_options(new, few_shot=2) is None            # nothing to change
     assert with_options(HARNESS, unknown=1) is None          # not a knob of this harness
     assert with_options("def solve(i, c): pass", x=1) is None
+
+
+def _simulate(policy, task, generations=6):
+    """Drive ``policy`` on legal_charge's real seed harness and edit library, in a recorded world:
+    a harness's val rows follow from its options (the same for every policy), a candidate is kept
+    when its val is higher, and a weight update is rejected. Returns the decisions' labels."""
+    from sia.agents.digest import digest as make_digest
+
+    def rows_of(code):
+        o = read_options(code)
+        if o["retrieval_vote"] == "only":      # asks the model nothing, and is worse here
+            return _rows(n_ok=1, n_wrong=9, tokens=0)
+        if o["retrieval_vote"] != "off":
+            return _rows(n_ok=8, n_wrong=2)
+        if o["few_shot"]:
+            return _rows(n_ok=6, n_wrong=4)
+        if o["parser"] == "nearest":
+            return _rows(n_ok=3, n_wrong=5, n_format=2)
+        if o["label_list"]:
+            return _rows(n_ok=2, n_wrong=4, n_format=4)
+        return _rows(n_format=10)
+
+    code, history, labels = task.seed_harness(), [], []
+    score = make_digest(rows_of(code)).score
+    for generation in range(1, generations + 1):
+        rows = rows_of(code)
+        ctx = FeedbackContext(generation=generation, harness_code=code, digest=make_digest(rows, rows),
+                              history=list(history), offer=LeverOffer(True, "", ("sft",), 5, 10),
+                              edits=task.harness_edits(), baselines={"knn": 0.9})
+        decision = policy.decide(ctx).validate(("sft",))
+        labels.append(decision.action + (f":{decision.edit}" if decision.edit else ""))
+        if decision.action == "stop":
+            break
+        kept = False
+        if decision.action == "harness":
+            new = make_digest(rows_of(decision.harness_code)).score
+            kept = new > score
+            if kept:
+                code, score = decision.harness_code, new
+        history.append(GenerationRecord(generation=generation, action=decision.action, edit=decision.edit,
+                                        kept=kept))
+    return labels
+
+
+def test_ablation_arms_make_the_rules_harness_choices_until_the_first_weights_decision():
+    """harness_only is the rules with the weights lever off: the same harness edits up to the
+    rules' first weights decision, then its next harness edit where the rules train; weights_only
+    trains where the rules edit; alternate's harness turns are the rules' harness choices."""
+    from omegaconf import OmegaConf
+
+    from sia.tasks import load_task
+
+    task = load_task("legal_charge", OmegaConf.create({"name": "legal_charge"}))
+    arms = {name: _simulate(POLICIES[NAMES[name]](name=name), task) for name in NAMES}
+    rules = arms["rules"]
+    first_weights = next(i for i, label in enumerate(rules) if label == "weights")
+    assert first_weights >= 2                                   # some harness choices to compare
+    assert arms["harness_only"][:first_weights] == rules[:first_weights]
+    assert arms["harness_only"][first_weights].startswith("harness:")
+    assert "weights" not in arms["harness_only"] and all(a.startswith(("weights", "stop"))
+                                                         for a in arms["weights_only"])
+    assert arms["alternate"][0] == rules[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import secrets
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -109,3 +110,115 @@ def test_deferring_work_past_the_reply_fails_on_every_timed_call():
     verdict = judge(submission("defers_timed_calls.py"), seeds=no_full_check_draws())
     assert (verdict.ok, verdict.kind) == (False, "wrong"), verdict.reason
     assert verdict.reason.endswith("it was completed or changed after the call returned"), verdict.reason
+
+
+# ---- issue 20: file metadata outside the sandbox, disk fill ---------------------------------
+
+METADATA_SUBMISSION = '''
+import errno, os
+
+PATH = "@CANARY@"
+
+def _try(fn):
+    try:
+        fn()
+        return "allowed"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+
+def attack():
+    return [_try(lambda: os.chmod(PATH, 0o666)), _try(lambda: os.utime(PATH, (0, 0))),
+            _try(lambda: os.chown(PATH, -1, 0)), _try(lambda: os.setxattr(PATH, "user.sia", b"x")),
+            _try(lambda: os.removexattr(PATH, "user.kept"))]
+
+AT_IMPORT = attack()   # the compile step: build tools run here
+
+def custom_kernel(data):
+    raise RuntimeError(f"import {AT_IMPORT} call {attack()}")
+'''
+
+
+def test_a_kernel_child_cannot_change_metadata_of_files_outside_its_sandbox(tmp_path):
+    path = tmp_path / "outside" / "canary.json"
+    path.parent.mkdir()
+    path.write_text("{}")
+    os.chmod(path, 0o600)
+    os.utime(path, (1_600_000_000, 1_600_000_000))
+    os.setxattr(path, "user.kept", b"1")
+
+    def metadata():
+        st = os.stat(path)
+        return st.st_mode, st.st_mtime_ns, st.st_uid, st.st_gid, sorted(os.listxattr(path))
+
+    before = metadata()
+    verdict = judge(METADATA_SUBMISSION.replace("@CANARY@", str(path)))
+    assert verdict.kind == "runtime", verdict.reason
+    denied = str(["EPERM"] * 5)
+    assert f"import {denied} call {denied}" in verdict.reason, verdict.reason
+    assert metadata() == before
+
+
+FILL_SUBMISSION = '''
+written, error = 0, None
+try:
+    for i in range(8):   # eight files, each under the per-file limit
+        with open(f"fill{i}", "wb") as f:
+            for _ in range(8):
+                f.write(b"x" * (1 << 20))
+                written += 1 << 20
+except OSError as e:
+    error = e.strerror
+
+def custom_kernel(data):
+    raise RuntimeError(f"wrote {written} bytes, then: {error}")
+'''
+
+
+def test_a_kernel_child_filling_its_scratch_stops_at_the_limit(tmp_path, monkeypatch):
+    from sia_tasks.cuda_kernel import child
+
+    monkeypatch.setattr(child, "SCRATCH_MB", 16)
+    cfg = small_cfg()
+    cfg["scratch_dir"] = str(tmp_path)
+    largest, stop = [0], threading.Event()
+
+    def watch():   # the scratch folder on disk, as the judge's host sees it
+        while not stop.is_set():
+            sizes = [f.stat().st_size for f in tmp_path.rglob("*") if f.is_file()]
+            largest[0] = max([largest[0], *sizes])
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        settings = Settings.from_cfg(cfg)
+        verdict = Judge(settings, settings.plans["val"]).judge(FILL_SUBMISSION)
+    finally:
+        stop.set()
+        watcher.join()
+    assert verdict.kind == "runtime", verdict.reason
+    written = int(verdict.reason.split("wrote ")[1].split(" bytes")[0])
+    assert 8 << 20 <= written <= 16 << 20 and "then: No space left on device" in verdict.reason
+    assert largest[0] < 1 << 20          # only the submission itself ever lay on the disk
+    assert os.listdir(tmp_path) == []    # and nothing remains
+    assert judge((REPO / "tasks" / "cuda_kernel" / "reference.py").read_text()).ok   # the next one runs
+
+
+NVCC_SUBMISSION = r'''
+import ctypes, os, subprocess
+with open("k.cu", "w") as f:
+    f.write('extern "C" __global__ void k(float* x) { x[threadIdx.x] *= 2.f; }\n'
+            'extern "C" int host() { return 42; }\n')
+r = subprocess.run(["nvcc", "-shared", "-Xcompiler", "-fPIC", "-o", "k.so", "k.cu"], capture_output=True, text=True)
+result = f"rc={r.returncode} host={ctypes.CDLL(os.path.abspath('k.so')).host() if r.returncode == 0 else None}"
+
+def custom_kernel(data):
+    raise RuntimeError(result)
+'''
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+def test_nvcc_builds_and_loads_a_shared_object_with_metadata_calls_denied():
+    # seccomp denies chmod to every child, compile step included: nvcc and the linker must not need it
+    verdict = judge(NVCC_SUBMISSION)
+    assert "rc=0 host=42" in verdict.reason, verdict.reason

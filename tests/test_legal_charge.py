@@ -120,15 +120,46 @@ def test_evaluate_reports_reasons_and_failure_kinds():
     assert [e.failure for e in report.per_example] == [None, "wrong", "format", "wrong", "format"]
     reasons = [e.reason for e in report.per_example]
     assert reasons[0] == ""
-    assert reasons[1] == "wrong charges: named 1 valid charge, none of them a gold charge"
+    assert reasons[1] == "not the gold charge set: named 1 valid charge"
     assert reasons[2].startswith("no valid charge name in the output (abstention)")
     assert "被告人的行为构成犯罪" in reasons[2]
-    # 合同诈骗 also predicts 诈骗 (LawBench's substring rule): one right, one extra
-    assert reasons[3] == "partly right: named 2 valid charges, 1 right, 1 extra"
+    # 合同诈骗 also predicts 诈骗 (LawBench's substring rule); on val the hits are not counted
+    assert reasons[3] == "not the gold charge set: named 2 valid charges"
     assert reasons[4] == "the harness produced no answer"
     assert report.per_example[3].details["gold"] == ["合同诈骗"]   # gold stays in trusted details
     assert report.metrics["abstention"] == pytest.approx(0.4)
     assert set(report.metrics) == {"f1", "exact", "abstention"}
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_held_out_reasons_do_not_count_right_charges(split):
+    """Per-charge hit counts in val reasons recover every val gold set over a few generations
+    (issue 20): two answers of the same size, one with a gold charge and one without, get the
+    same reason on val/test."""
+    task = make_task()
+    example = next(e for e in task.load()[split] if len(e.target) == 1)
+    gold = example.target[0]
+    others = [n for n in task.labels if gold not in n and n not in gold][:3]
+    answers = ["[罪名]" + ";".join([gold, others[0]]) + "<eoa>",         # 1 right, 1 extra
+               "[罪名]" + ";".join(others[1:3]) + "<eoa>"]                 # none right
+    report = task.evaluate([example, example], answers, split)
+    assert [round(s.score, 3) for s in report.per_example] == [0.667, 0.0]
+    reasons = [s.reason for s in report.per_example]
+    assert reasons[0] == reasons[1] == "not the gold charge set: named 2 valid charges"
+
+
+def test_train_reasons_count_right_charges_only_for_train_examples():
+    """Train gold is public (ctx.resources['train']): there the reasons say how close; a val
+    example labelled "train" by mistake still gets the held-out wording."""
+    task = make_task()
+    splits = task.load()
+    train = next(e for e in splits.train if len(e.target) == 1)
+    val = next(e for e in splits.val if len(e.target) == 1)
+    wrong = lambda e: "[罪名]" + ";".join(  # noqa: E731
+        [e.target[0]] + [n for n in task.labels if e.target[0] not in n and n not in e.target[0]][:1]) + "<eoa>"
+    report = task.evaluate([train, val], [wrong(train), wrong(val)], "train")
+    assert report.per_example[0].reason == "partly right: named 2 valid charges, 1 right, 1 extra"
+    assert report.per_example[1].reason == "not the gold charge set: named 2 valid charges"
 
 
 # ---- loaders --------------------------------------------------------------------------------
@@ -175,8 +206,25 @@ def test_cail_loader_normalises_names(tmp_path):
     task = make_task(path=str(path), val_fraction=0.2, test_fraction=0.2)
     splits = task.load()
     assert (len(splits.train), len(splits.val), len(splits.test)) == (3, 1, 1)
-    # no charges.json beside it: the label list is the union of gold names
-    assert set(task.labels) == {"盗窃", "故意伤害", "抢劫", "诈骗", "危险驾驶"}
+    # no charges.json beside it: the label list is the train split's gold names, no held-out one
+    assert set(task.labels) == {name for e in splits.train for name in e.target}
+
+
+def test_label_list_without_charges_json_names_no_charge_seen_only_in_val_or_test(tmp_path):
+    """Issue 20: built from every split, the list held val/test-only charges (at its tail, as
+    the least frequent in train), public to every harness (ctx.resources['labels'])."""
+    names = synthetic.ALL_CHARGES[:12]
+    items = [{"question": f"被告人某{i}于2019年实施犯罪行为，案号{i}。", "answer": f"罪名:{names[i % 12]}"}
+             for i in range(30)]      # 12 charges over 30 cases: some land only in val or test
+    path = tmp_path / "cases.json"
+    path.write_text(json.dumps(items, ensure_ascii=False), encoding="utf-8")
+    task = make_task(path=str(path), val_fraction=0.2, test_fraction=0.2)
+    splits = task.load()
+    train = {name for e in splits.train for name in e.target}
+    held_only = {name for e in splits.val + splits.test for name in e.target} - train
+    assert held_only                                       # the case the issue is about
+    assert set(task.labels) == train and not held_only & set(task.labels)
+    assert set(task.public_resources(splits)["labels"]) == train
 
 
 @needs_lawbench

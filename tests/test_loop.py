@@ -21,6 +21,7 @@ class ScriptedPolicy:
     """A feedback policy injected into the loop: the decision of each generation is scripted."""
 
     name = "scripted"
+    wants_train_probe = False
 
     def __init__(self, script):
         self.script = script
@@ -198,3 +199,74 @@ def test_a_candidate_is_stopped_by_its_own_pace_not_by_the_last_generations(loop
     assert final.elapsed_s == 3300.0                # gen 3's stopped first job counts
     assert (run.path / "gen_003" / "decision.json").is_file()   # decided: a resume with more time runs it
     assert not (run.path / "gen_003" / "scores_val.json").exists()
+
+
+class PlannedPolicy:
+    """Decides to train; without the weights lever (``decide_with``), the label-list edit."""
+
+    name = "planned"
+    wants_train_probe = False
+
+    def __init__(self, task):
+        self.code = with_options(task.seed_harness(), label_list=True)
+
+    def decide(self, ctx):
+        return Decision(action="weights", rationale="scripted: train",
+                        training={"algorithm": "auto", "data": "auto", "steps": ctx.offer.max_steps, "examples": 160})
+
+    def decide_with(self, ctx, levers):
+        assert levers == frozenset({"harness"})
+        return Decision(action="harness", rationale="scripted: label list", harness_code=self.code, edit="label_list")
+
+
+def _generation_zero_with_recorded_pace(loop_parts, minutes):
+    """Generation 0 run for real, then its scores files given the recorded pace of a slow CPU:
+    30 s a job (8 val + 8 test jobs), and 200 s of the run spent."""
+    cfg, task, run, state, engine, pool = loop_parts
+    cfg.budget.generations, cfg.budget.wall_clock_minutes, cfg.budget.train_step_s = 0, minutes, 12
+    loop = assemble(cfg, run, task, engine, pool, Tracker(cfg, run.path, None, False), state,
+                    policy=PlannedPolicy(task))
+    loop.run_all()
+    for split in ("val", "test"):
+        path = run.path / "gen_000" / f"scores_{split}.json"
+        data = json.loads(path.read_text())
+        path.write_text(json.dumps({**data, "wall_s": 30.0 * len(data["rows"])}))
+    loop.state.elapsed_s, loop.state.status, cfg.budget.generations = 200.0, "running", 1
+    return loop
+
+
+def test_a_weight_update_is_shrunk_to_the_time_left_before_it_starts(loop_parts):
+    """16 rollout examples x 4 samples at 30 s a job would end at ~57 min of 40: the decision
+    written to disk is the smaller update that fits (what a resume then runs)."""
+    import time
+
+    loop = _generation_zero_with_recorded_pace(loop_parts, 40)
+    decision = loop._decide(1, loop.state.incumbent, time.monotonic())
+    assert decision.action == "weights" and decision.training["examples"] < 16
+    assert "budget: shrunk from 16 rollout examples x 4" in decision.rationale
+    assert decision.stats["plan"]["forecast_s"] <= 40 * 60
+    saved = json.loads((loop.run.gen_dir(1) / "decision.json").read_text())
+    assert saved["training"]["examples"] == decision.training["examples"]
+
+
+def test_a_weight_update_that_fits_is_written_as_decided(loop_parts):
+    """With time to spare the decision keeps its own examples (160: gold SFT pairs, of which a
+    rollout uses 16) and steps; only the rationale says what the plan forecast."""
+    import time
+
+    loop = _generation_zero_with_recorded_pace(loop_parts, 600)
+    decision = loop._decide(1, loop.state.incumbent, time.monotonic())
+    assert (decision.training["examples"], decision.training["steps"]) == (160, loop.budget.train_steps)
+    assert "| budget: the update (16 rollout examples x 4" in decision.rationale
+
+
+def test_a_weight_update_that_cannot_fit_becomes_the_policys_harness_edit(loop_parts):
+    """At 10 min even 2 rollout examples (8 jobs), 2 steps and the 16 val/test jobs after them
+    end late (200 + 1.1 * (240 + 24 + 480) s): the generation takes the harness edit the policy
+    makes without the weights lever, and says why."""
+    loop = _generation_zero_with_recorded_pace(loop_parts, 10)
+    final = loop.run_all()
+    gen1 = final.history[1]
+    assert gen1.action == "harness" and gen1.edit == "label_list"
+    assert gen1.rationale.startswith("budget: no weight update fits (wall-clock budget of 10 min: even the smallest")
+    assert not (loop.run.gen_dir(1) / "train.json").exists()

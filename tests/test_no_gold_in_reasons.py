@@ -61,6 +61,8 @@ def test_legal_charge_reasons_name_no_gold_charge():
         for name in example.target:
             leaks = [t for t in texts if name in t]
             assert not leaks, (name, leaks)
+    # nor how many of an answer's charges were right (issue 20: that recovers every val gold set)
+    assert not [t for t in texts if re.search(r"\bright\b|none of them|missed|extra", t)]
     assert any(s.details["gold"] for s in report.per_example)   # the gold is still kept, trusted-only
 
 
@@ -114,12 +116,40 @@ def test_sql_qa_reasons_quote_no_gold_result():
         for value in values:
             assert value not in scored.reason, (value, scored.reason)
         if scored.details["outcome"] == "wrong_result" and scored.details["rows"] != count:
-            # the gold result's size is not told either: only "fewer"/"more than expected"
+            # the gold result's size is not told either
             assert not re.search(rf"\b{count}\b", scored.reason.replace(f"{scored.details['rows']} row", "")), \
                 (count, scored.reason)
+        assert not re.search(r"expected\b(?! result)|fewer|more than|as expected", scored.reason), scored.reason
     assert all(example.target["sql"] not in t for example in examples for t in feedback_texts(report))
     # the evaluator's own wording (which may quote gold rows) is kept for the trusted-only file
     assert any("expected" in s.details["evaluator_reason"] for s in report.per_example)
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_sql_qa_reasons_for_one_wrong_answer_do_not_depend_on_the_gold_row_count(split):
+    """The same wrong answer gets the same reason whatever the gold's size: "fewer/more than
+    expected" and "as expected" let a harness binary-search each gold row count (issue 20)."""
+    task = load_task("sql_qa", {})
+    examples = task.load()[split]
+    by_count: dict[int, object] = {}
+    for example in examples:
+        by_count.setdefault(len(_gold_rows(task, example)), example)
+    assert len(by_count) >= 3, sorted(by_count)          # golds of several sizes, above and below 3 rows
+    answer = "SELECT name FROM products ORDER BY id LIMIT 3"
+    picked = list(by_count.values())
+    report = task.evaluate(picked, [answer] * len(picked), split)
+    wrong = [s for s in report.per_example if s.failure == "wrong"]
+    assert len({s.details["expected_rows"] for s in wrong}) >= 3
+    assert len({s.reason for s in wrong}) == 1, {s.details["expected_rows"]: s.reason for s in wrong}
+    assert wrong[0].reason == "wrong result (3 rows): not the expected result"
+
+
+def test_sql_qa_train_reasons_may_compare_with_the_public_train_gold():
+    task = load_task("sql_qa", {})
+    example = next(e for e in task.load().train if len(_gold_rows(task, e)) > 1)
+    answer = f"SELECT * FROM ({example.target['sql']}) AS g LIMIT 1"
+    [scored] = task.evaluate([example], [answer], "train").per_example
+    assert scored.reason == "wrong result: 1 row, fewer than expected"
 
 
 # ---- scrna_denoise ------------------------------------------------------------------------

@@ -97,3 +97,111 @@ def test_job_fates_read_from_submitit_logs_alone(tmp_path):
     assert jobs["7_2"].status == "timeout"
     assert jobs["7_3"].status == "failed"
     assert jobs["7_3"].detail == "RuntimeError: the first harness does not load in the sandbox"
+
+
+# ---- intervals and the paired comparison, on fabricated run dirs ---------------------------
+def _fake_run(root: Path, name: str, policy: str, seed: int, first: tuple, best: tuple, task="legal_charge"):
+    """A finished run dir as the loop leaves one: config.yaml, state.json, summary.json."""
+    import yaml
+
+    from sia.records import GenerationRecord, Incumbent, RunState
+
+    path = root / name
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text(yaml.safe_dump({"task": {"name": task}, "feedback": {"name": policy},
+                                                      "seed": seed, "logger": {"mode": "disabled"}}))
+    history = [GenerationRecord(generation=0, action="seed", kept=True, val=first[0], test=first[1],
+                                incumbent_val=first[0], incumbent_test=first[1]),
+               GenerationRecord(generation=1, action="harness", edit="few_shot", kept=True, val=best[0], test=best[1],
+                                keep_rule="paired", keep_gain=best[0] - first[0], keep_n=16,
+                                incumbent_val=best[0], incumbent_test=best[1])]
+    state = RunState(status="done", next_generation=2, incumbent=Incumbent(1, "h.py", None, best[0], best[1]),
+                     history=history)
+    (path / "state.json").write_text(json.dumps(state.to_json()))
+    (path / "summary.json").write_text(json.dumps({
+        "task": task, "feedback": policy, "metric": "f1", "direction": "max",
+        "first": {"val": first[0], "test": first[1]}, "best": {"generation": 1, "val": best[0], "test": best[1]},
+        "baselines": {"knn": {"val": 0.9, "test": 0.8}, "tfidf_logreg": {"val": 0.95, "test": 0.97}},
+        "wall_s": 100.0, "train_s": 0.0}))
+
+
+def _fabricated(tmp_path):
+    tests = {"rules": [0.80, 0.70, 0.75], "harness_only": [0.70, 0.72, 0.65]}
+    for policy, values in tests.items():
+        for seed, test in enumerate(values):
+            _fake_run(tmp_path, f"{seed}_{policy}_s{seed}", policy, seed, (0.1, 0.1), (0.9, test))
+    return tests
+
+
+def test_report_gives_t_intervals_over_seeds_and_the_paired_difference(tmp_path):
+    from scipy import stats
+
+    tests = _fabricated(tmp_path)
+    report = build_report(tmp_path, use_sacct=False)
+    rows = {r["policy"]: r for r in report["comparison"]}
+    t2 = stats.t.ppf(0.975, 2)
+    for policy, values in tests.items():     # by hand: mean ± t(0.975, 2) * sd / sqrt(3)
+        mean = sum(values) / 3
+        sd = (sum((v - mean) ** 2 for v in values) / 2) ** 0.5
+        assert rows[policy]["best test"] == f"{mean:.3f} ± {t2 * sd / 3 ** 0.5:.3f}"
+        assert rows[policy]["first val"] == "0.100 ± 0.000"
+        assert rows[policy]["best baseline val / test"] == "tfidf_logreg 0.950 / 0.970"
+    (paired,) = report["paired"]
+    diffs = [a - b for a, b in zip(tests["rules"], tests["harness_only"])]     # +0.10, -0.02, +0.10
+    mean = sum(diffs) / 3
+    half = t2 * (sum((d - mean) ** 2 for d in diffs) / 2) ** 0.5 / 3 ** 0.5
+    assert paired["policy"] == "rules - harness_only" and paired["seeds"] == "0,1,2"
+    assert paired["best test diff"] == f"{mean:.3f} ± {half:.3f}"
+    assert paired["best test 95% interval"] == f"[{mean - half:+.3f}, {mean + half:+.3f}]"
+    assert paired["best test per seed"] == "+0.100 -0.020 +0.100"
+    assert paired["best val per seed"] == "+0.000 +0.000 +0.000"
+    # the decisions table shows the paired keep rule's gain and the examples that decided it
+    assert any("1:harness:few_shot+(+0.800/16)" in r["decisions"] for r in report["decisions"])
+
+
+def test_report_pairs_only_seeds_both_policies_finished(tmp_path):
+    _fake_run(tmp_path, "a", "rules", 0, (0.1, 0.1), (0.9, 0.8))
+    _fake_run(tmp_path, "b", "rules", 1, (0.1, 0.1), (0.9, 0.7))
+    _fake_run(tmp_path, "c", "harness_only", 1, (0.1, 0.1), (0.9, 0.6))
+    report = build_report(tmp_path, use_sacct=False)
+    (paired,) = report["paired"]
+    assert paired["seeds"] == "1" and paired["best test diff"] == "0.100 (n=1)"
+    assert paired["best test 95% interval"] == "-"
+    assert main([str(tmp_path), "--no-wandb-offline"]) == 0
+    md = (tmp_path / "report.md").read_text()
+    assert "## Paired by seed: each policy minus harness_only" in md and "rules - harness_only" in md
+
+
+def test_wandb_report_is_built_offline_with_its_panels_and_queries(tmp_path, monkeypatch):
+    """The W&B Report object of a fabricated sweep, built without a login and not saved."""
+    import wandb_workspaces.reports.v2 as wr
+
+    from sia.report.wandb_out import build_wandb_report
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    _fabricated(tmp_path)
+    report = build_report(tmp_path, use_sacct=False)
+    built = build_wandb_report(report, "SIA report: test", entity="team", project="sia")
+    assert isinstance(built, wr.Report) and (built.entity, built.project) == ("team", "sia")
+    grids = [b for b in built.blocks if isinstance(b, wr.PanelGrid)]
+    assert len(grids) == 1                                   # one task
+    (runset,) = grids[0].runsets
+    assert runset.filters == "Config('task.name') == 'legal_charge'" and runset.groupby == ["config.feedback.name"]
+    from wandb_workspaces import expr
+
+    assert [str(f) for f in expr.string_to_filterexpr_list(runset.filters)] == \
+        ["(Config(name='task.name') == 'legal_charge')"]          # a query W&B parses
+    assert expr.groupby_str_to_key(runset.groupby[0]).name == "feedback.value.name"   # the nested config key
+    panels = {type(p).__name__ + ":" + getattr(p, "title", getattr(p, "table_name", "")): p for p in grids[0].panels}
+    val = panels["LinePlot:legal_charge: incumbent val per generation"]
+    assert (val.x, val.y, val.groupby_aggfunc, val.groupby_rangefunc) == ("generation", ["incumbent_val"], "mean",
+                                                                           "minmax")
+    assert val.groupby == wr.Config("feedback.name")
+    test = panels["BarPlot:legal_charge: test at the best generation"]
+    assert test.metrics == [wr.SummaryMetric("best/test")] and test.groupby_rangefunc == "stderr"
+    assert "WeavePanelSummaryTable:generations" in panels
+    text = "\n".join(b.text for b in built.blocks if isinstance(b, wr.MarkdownBlock))
+    paired = report["paired"][0]
+    assert paired["best test 95% interval"] in text and "rules - harness_only" in text     # the paired table
+    assert report["comparison"][0]["best test"] in text                                   # the t intervals
+    assert "1:harness:few_shot+(+0.800/16)" in text                                      # the decisions

@@ -427,3 +427,97 @@ def test_deny_paths_carve_a_file_out_of_an_allowed_dir(tmp_path):
 
 def test_every_layer_is_present_under_ci():
     check_present(LAYERS)
+
+
+# ---- issue 20: file metadata outside the sandbox, disk fill ----------------------------------
+
+METADATA_HARNESS = """
+    import errno, os
+
+    def _try(fn):
+        try:
+            fn()
+            return "allowed"
+        except OSError as e:
+            return errno.errorcode.get(e.errno, str(e.errno))
+
+    def solve(inputs, ctx):
+        path = inputs["path"]
+        return {"chmod": _try(lambda: os.chmod(path, 0o666)),
+                "utime": _try(lambda: os.utime(path, (0, 0))),
+                "utime_ns": _try(lambda: os.utime(path, ns=(1, 1), follow_symlinks=False)),
+                "chown": _try(lambda: os.chown(path, -1, 0)),
+                "lchown": _try(lambda: os.lchown(path, -1, 0)),
+                "setxattr": _try(lambda: os.setxattr(path, "user.sia", b"x")),
+                "removexattr": _try(lambda: os.removexattr(path, "user.kept")),
+                "scratch_chmod": _try(lambda: (open("own", "w").close(), os.chmod("own", 0o600)))}
+"""
+
+
+def canary(tmp_path):
+    """A file outside every sandbox folder, with a mode, an mtime and an xattr to watch."""
+    path = tmp_path / "outside" / "canary.json"
+    path.parent.mkdir()
+    path.write_text("{}")
+    os.chmod(path, 0o600)
+    os.utime(path, (1_600_000_000, 1_600_000_000))
+    os.setxattr(path, "user.kept", b"1")
+    return path
+
+
+def metadata_of(path) -> tuple:
+    st = os.stat(path)
+    return st.st_mode, st.st_mtime_ns, st.st_uid, st.st_gid, sorted(os.listxattr(path))
+
+
+def test_a_harness_cannot_change_metadata_of_files_outside_its_sandbox(tmp_path):
+    path = canary(tmp_path)
+    before = metadata_of(path)
+    harness = write(tmp_path, "h.py", METADATA_HARNESS)
+    with HarnessPool(FakeEngine(), workers=1, example_timeout_s=20, scratch_root=str(tmp_path / "s")) as pool:
+        [r] = pool.run(harness, [Job(id="m", inputs={"path": str(path)})], {}, {}, progress=False)
+    assert r.error is None, r.error
+    assert set(r.answer.values()) == {"EPERM"}, r.answer   # in its own scratch too: no call at all
+    assert metadata_of(path) == before
+
+
+DISK_HARNESS = """
+    import os
+
+    def solve(inputs, ctx):
+        if inputs["mode"] == "ok":
+            return "still running"
+        written, error = 0, None
+        try:
+            for i in range(8):   # eight files, each under the per-file limit
+                with open(f"fill{i}", "wb") as f:
+                    for _ in range(inputs["mb"]):
+                        f.write(b"x" * (1 << 20))
+                        written += 1 << 20
+        except OSError as e:
+            error = e.strerror
+        ctx.llm.chat([{"role": "user", "content": "how full is the disk?"}])   # the parent looks now
+        return {"written": written, "error": error}
+"""
+
+
+def test_a_harness_filling_its_scratch_stops_at_the_limit_and_the_run_goes_on(tmp_path):
+    scratch_root = tmp_path / "s"
+    on_disk = []
+
+    class DiskWatcher(FakeEngine):
+        def generate(self, requests, adapter=None):
+            on_disk.append(sum(f.stat().st_size for f in scratch_root.rglob("*") if f.is_file()))
+            return super().generate(requests, adapter)
+
+    harness = write(tmp_path, "h.py", DISK_HARNESS)
+    jobs = [Job(id="fill", inputs={"mode": "fill", "mb": 8}), Job(id="next", inputs={"mode": "ok"})]
+    with HarnessPool(DiskWatcher(), workers=1, example_timeout_s=30, scratch_mb=16,
+                     scratch_root=str(scratch_root)) as pool:
+        fill, after = pool.run(harness, jobs, {}, {}, progress=False)
+    assert fill.error is None, fill.error
+    assert fill.answer["error"] == "No space left on device"
+    assert 8 << 20 <= fill.answer["written"] <= 16 << 20   # 64 MB asked, 16 MB allowed in all
+    assert on_disk == [0]                                    # none of it ever reached the disk
+    assert after.error is None and after.answer == "still running"
+    assert not os.listdir(scratch_root)

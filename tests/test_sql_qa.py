@@ -250,7 +250,14 @@ def test_order_sensitive_only_when_gold_orders(task, splits):
     unordered = next(e for e in splits.val if e.target["template"] == "customers_in_city")
     report = task.evaluate([ordered, unordered, ordered],
                            [by_name, unordered.target["sql"] + " ORDER BY name DESC", ordered.target["sql"]], "val")
-    assert report.per_example[0].score == 0.0 and "wrong order" in report.per_example[0].reason
+    assert report.per_example[0].score == 0.0 and report.per_example[0].details["ordered"]
+    # val reasons do not say "the right rows" (that tells the gold result); train reasons may
+    assert "wrong order" not in report.per_example[0].reason
+    assert "wrong order" not in task.evaluate([ordered], [by_name], "train").per_example[0].reason   # not train
+    public = next(e for e in splits.train if e.target["template"] == "most_expensive_in_category"
+                  and rows(e.target["sql"]) != sorted(rows(e.target["sql"])))
+    by_name = f"SELECT name FROM ({public.target['sql']}) AS t ORDER BY name"
+    assert "wrong order" in task.evaluate([public], [by_name], "train").per_example[0].reason
     assert report.per_example[1].score == 1.0               # gold has no ORDER BY: any order
     assert report.per_example[2].score == 1.0
     assert report.per_example[0].details["ordered"] and not report.per_example[1].details["ordered"]

@@ -3,6 +3,7 @@ child's processes, read child-writable files safely, bound decoded results, stop
 harness leaves running, keep a lone surrogate readable, let scanpy import in a sandbox."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -230,3 +231,90 @@ def test_scanpy_and_anndata_import_in_a_sandbox_that_hides_their_bundled_data(tm
               memory_mb=0, deny_paths=[str(private)])
     assert r.error is None, r.error
     assert r.answer == {"scanpy": "scanpy", "anndata": "anndata", "private": "PermissionError"}
+
+
+# ---- issue 20: work started at import, trajectories past their limit -----------------------
+
+IMPORT_THREAD_HARNESS = """
+import threading
+
+def _spin():
+    while True:
+        pass
+
+threading.Thread(target=_spin, daemon=True).start()
+
+def solve(inputs, ctx):
+    return "ran beside a spinning thread"
+"""
+
+JOINED_THREAD_HARNESS = """
+import threading
+
+_done = []
+_t = threading.Thread(target=lambda: _done.append(1))
+_t.start()
+_t.join()
+
+def solve(inputs, ctx):
+    return len(_done)
+"""
+
+
+@sandboxed
+def test_a_thread_started_at_import_is_reported_and_stopped_before_any_job(tmp_path):
+    spinning, joined = tmp_path / "spin.py", tmp_path / "joined.py"
+    spinning.write_text(IMPORT_THREAD_HARNESS)
+    joined.write_text(JOINED_THREAD_HARNESS)
+    jobs = [Job(id=str(i), inputs={}) for i in range(3)]
+    with HarnessPool(Engine(), workers=1, example_timeout_s=30) as pool:
+        error = pool.check(str(spinning), {}, {})
+        results = pool.run(str(spinning), jobs, {}, {}, progress=False)
+        assert pool.check(str(joined), {}, {}) is None   # a thread that finished at import is fine
+        [ok] = pool.run(str(joined), jobs[:1], {}, {}, progress=False)
+    assert error.startswith("the harness left 1 thread(s) running after its import"), error
+    assert [r.error["kind"] for r in results] == ["import"] * 3 and all(r.answer is None for r in results)
+    assert results[0].error["message"] == error
+    assert ok.error is None and ok.answer == 1
+
+
+LOG_HARNESS = """
+def solve(inputs, ctx):
+    if inputs.get("disable_worker_check"):   # the worker is untrusted: the parent checks again
+        import __main__   # the worker runs as python -m sia.harness.worker
+        __main__.events_problem = lambda events, limit: ""
+    ctx.log("notes", text="x" * inputs["chars"])
+    return "answer"
+"""
+
+
+def log_run(tmp_path, jobs, **kw):
+    harness = tmp_path / "log.py"
+    harness.write_text(LOG_HARNESS)
+    with HarnessPool(Engine(), workers=1, example_timeout_s=60, **kw) as pool:
+        return pool.run(str(harness), jobs, {}, {}, progress=False)
+
+
+@sandboxed
+def test_a_trajectory_over_the_per_example_limit_fails_that_example_only(tmp_path):
+    jobs = [Job(id="big", inputs={"chars": 300_000}), Job(id="ok", inputs={"chars": 1_000}),
+            Job(id="forged", inputs={"chars": 300_000, "disable_worker_check": True})]
+    big, ok, forged = log_run(tmp_path, jobs, max_event_bytes=100_000)
+    for r in (big, forged):
+        assert r.answer is None and r.error["kind"] == "bad_answer", r.error
+        assert r.error["message"].startswith("trajectory too large:") and "100000 bytes" in r.error["message"]
+        assert [e["type"] for e in r.events] == ["events_dropped"]
+        assert len(json.dumps(r.events)) < 1_000
+    assert ok.error is None and ok.answer == "answer" and ok.events[0]["text"] == "x" * 1_000
+
+
+@sandboxed
+def test_trajectories_are_charged_to_the_run_budget(tmp_path):
+    jobs = [Job(id=str(i), inputs={"chars": 60_000}) for i in range(5)]
+    results = log_run(tmp_path, jobs, max_split_bytes=150_000)
+    kept = [r for r in results if r.error is None]
+    assert len(kept) == 2 and all(r.events[0]["text"] == "x" * 60_000 for r in kept)
+    for r in results[2:]:
+        assert r.answer is None and "split's results together exceed" in r.error["message"]
+        assert "(answers and trajectories count)" in r.error["message"]
+        assert [e["type"] for e in r.events] == ["events_dropped"]

@@ -81,13 +81,12 @@ def test_encode_sample_matches_inference_prompt_and_learns_to_stop(tokenizer):
 
 
 @pytest.mark.slow
-def test_encode_sample_truncates_the_prompt_from_the_left(tokenizer):
+def test_encode_sample_refuses_a_sample_longer_than_max_seq_len(tokenizer):
+    """Never cut: a prompt cut from the left is a prompt the model never saw (issue 22)."""
     sample = Sample(prompt=[{"role": "user", "content": "blah " * 200 + "END"}], completion=ANSWER)
     full = encode_sample(tokenizer, sample, max_seq_len=10_000)
-    cut = encode_sample(tokenizer, sample, max_seq_len=64)
-    assert len(cut["input_ids"]) == 64
-    assert cut["input_ids"] == full["input_ids"][-64:]  # the completion and the prompt's end survive
-    assert len(cut["input_ids"]) - cut["n_prompt"] == len(full["input_ids"]) - full["n_prompt"]
+    assert encode_sample(tokenizer, sample, max_seq_len=len(full["input_ids"]))["input_ids"] == full["input_ids"]
+    assert encode_sample(tokenizer, sample, max_seq_len=len(full["input_ids"]) - 1) is None
     too_long = Sample(prompt=[{"role": "user", "content": "?"}], completion="word " * 100)
     assert encode_sample(tokenizer, too_long, max_seq_len=20) is None
 

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from sia.engine.model_cache import resolve_model_dir
 from sia.train import Sample, choose_algorithm, reward_stats, train_adapter
 from sia.train.batching import BucketBatchSampler, collate
-from sia.train.eaw import entropic_weights
+from sia.train.eaw import adaptive_beta, entropic_advantages
 from sia.train.eaw import prepare as eaw_prepare
 from sia.train.grpo import clipped_surrogate, group_advantages, grpo_loss, kl_to_reference
 from sia.train.grpo import prepare as grpo_prepare
@@ -69,19 +69,19 @@ def test_kl_estimator_is_zero_at_equality_and_matches_k3():
     assert float(kl_to_reference(torch.tensor([-1.0]), torch.tensor([-0.5]))) == approx(math.exp(d) - d - 1)
 
 
-def test_grpo_loss_averages_tokens_per_row_then_rows_and_ignores_padding():
+def test_grpo_loss_type_grpo_averages_tokens_per_row_then_rows_and_ignores_padding():
     mask = torch.tensor([[True, True, False], [True, False, False]])
     old = torch.tensor([[-1.0, -1.0, 0.0], [-2.0, 0.0, 0.0]])
     logp = old + torch.log(torch.tensor([[1.0, 1.5, 7.0], [0.5, 9.0, 9.0]]))  # padding ratios are junk
     adv = torch.tensor([2.0, -1.0])
-    loss, metrics = grpo_loss(logp, old, adv, mask, clip=0.2)
+    loss, metrics = grpo_loss(logp, old, adv, mask, clip=0.2, loss_type="grpo")
     row0 = (-2.0 + -2.4) / 2          # ratio 1 -> -2; ratio 1.5 clipped to 1.2 -> -2.4
     row1 = 0.8                        # ratio 0.5, A=-1: min(-0.5, -0.8) -> +0.8
     assert float(loss) == approx((row0 + row1) / 2)
     assert float(metrics["clip_frac"]) == approx((0.5 + 1.0) / 2)
 
     ref = old - 0.3
-    with_kl, m = grpo_loss(logp, old, adv, mask, clip=0.2, kl_coef=0.1, ref_logp=ref)
+    with_kl, m = grpo_loss(logp, old, adv, mask, clip=0.2, kl_coef=0.1, ref_logp=ref, loss_type="grpo")
     kl = kl_to_reference(logp, ref)
     kl_rows = [(kl[0, 0] + kl[0, 1]) / 2, kl[1, 0]]
     assert float(with_kl) == approx((row0 + row1) / 2 + 0.1 * float(sum(kl_rows)) / 2, rel=1e-5)
@@ -106,21 +106,33 @@ def test_grpo_prepare_drops_groups_without_spread_and_keeps_the_temperature():
         grpo_prepare([Sample(prompt=chat("x"), completion="y")], {})
 
 
-def test_entropic_weights_are_exp_beta_reward_normalised_within_each_group():
-    w = entropic_weights([0, 0, 0, 1, 5, 5], list("aaaabb"), beta=math.log(3))
-    # exp(beta * r) = 1, 1, 1, 3 -> n * e / sum = 4 * [1, 1, 1, 3] / 6
-    assert w[:4] == approx([2 / 3, 2 / 3, 2 / 3, 2])
-    assert w[4:] == approx([1, 1])
-    assert sum(entropic_weights([0.0, 800.0], ["a", "a"], beta=10.0)) == approx(2)  # no overflow
-    kept, _ = eaw_prepare(scored({"a": [0, 1], "b": [0, 0]}), {"beta": 1.0})
-    assert [s.group for s, _ in kept] == ["a", "a"]  # a uniform group states no preference
+def test_entropic_advantages_use_a_leave_one_out_baseline_and_an_adaptive_beta():
+    rewards = [0.0, 0.0, 0.0, 1.0, 5.0, 5.0]
+    adv, betas = entropic_advantages(rewards, list("aaaabb"))
+    b = betas["a"]
+    e = [math.exp(b * r) for r in rewards[:4]]
+    for i in range(4):   # exp(beta r_i) / mean of the others' - 1
+        assert adv[i] == approx(e[i] / ((sum(e) - e[i]) / 3) - 1)
+    assert adv[0] < 0 < adv[3]                  # failures are pushed down, not just weighted less
+    assert adv[4:] == [0.0, 0.0] and betas["b"] == 0.0   # equal rewards: no preference
+    q = [x / sum(e) for x in e]
+    assert sum(p * math.log(p * 4) for p in q) == approx(math.log(2), abs=1e-6)   # KL(q || U) = ln 2
+    # scale-free: beta absorbs the reward's scale, the advantages stay
+    assert entropic_advantages([0.0, 0.0, 0.0, 0.01], list("aaaa"))[0] == approx(adv[:4], rel=1e-5)
+    big, _ = entropic_advantages([0.0, 800.0], ["a", "a"])   # K=2: a finite beta, no overflow
+    assert all(math.isfinite(a) for a in big) and big[0] < 0 < big[1]
+    kept, note = eaw_prepare(scored({"a": [0, 1], "b": [0, 0]}), {"kl_target": math.log(2)})
+    assert [s.group for s, _ in kept] == ["a", "a"] and "adaptive beta" in note  # a uniform group: no signal
+    assert adaptive_beta([1.0, 1.0]) == 0.0
+    with pytest.raises(ValueError, match="kl_target"):
+        adaptive_beta([0.0, 1.0], kl_target=0.0)
 
 
-def test_weighted_sft_loss_is_the_batch_mean_of_weight_times_row_nll():
+def test_sft_loss_is_the_token_mean_over_the_whole_step():
     logp = torch.tensor([[-1.0, -3.0], [-2.0, 0.0]])
     mask = torch.tensor([[True, True], [True, False]])
     assert float(sft_loss(logp, mask)) == approx(6 / 3)  # token mean over the batch
-    assert float(sft_loss(logp, mask, torch.tensor([0.5, 1.5]))) == approx((0.5 * 2 + 1.5 * 2) / 2)
+    assert float(sft_loss(logp, mask, step_tokens=torch.tensor(6.0))) == approx(6 / 6)  # half of a 6-token step
 
 
 def test_rs_sft_keeps_the_best_distinct_samples_above_the_threshold():
@@ -188,7 +200,12 @@ def test_choice_without_spread_inside_groups():
     uniform += [Sample(prompt=chat(str(i)), completion="d", reward=float(i % 2), group=str(i)) for i in range(16)]
     assert choose_algorithm(reward_stats(uniform), has_gold=False, format_rate=0, prior_shape="graded")[0] == "rs_sft"
     graded = [Sample(prompt="p", completion=c, reward=0.1 * (i % 4), group=str(i)) for i in range(16) for c in "xy"]
-    assert choose_algorithm(reward_stats(graded), has_gold=False, format_rate=0, prior_shape="binary")[0] == "ppo"
+    # graded, no spread: group-relative advantages vanish and ppo's value baseline would only
+    # learn which prompts are easy; imitating the samples above the threshold still teaches
+    name, why = choose_algorithm(reward_stats(graded), has_gold=False, format_rate=0, prior_shape="binary")
+    assert name == "rs_sft" and "graded reward" in why
+    sparse = [Sample(prompt="p", completion=c, reward=float(i == 0), group=str(i)) for i in range(16) for c in "xy"]
+    assert choose_algorithm(reward_stats(sparse), has_gold=False, format_rate=0, prior_shape="sparse")[0] == "rs_sft"
 
 
 def test_no_positive_sample_means_no_training_and_says_so():
@@ -450,14 +467,46 @@ def test_real_steps_continue_the_init_adapter_and_save_a_loadable_one(algorithm,
 
 
 @pytest.mark.slow
-def test_micro_batches_take_the_same_optimizer_steps_as_whole_batches(cache_dir, rollout, tmp_path):
-    exact = OmegaConf.merge(LORA_CFG, {"precision": "32-true", "micro_batch_size": None})
-    whole = train_adapter(MODEL_CFG, exact, cache_dir, rollout, algorithm="grpo", steps=2, out_dir=tmp_path / "a")
-    micro = train_adapter(MODEL_CFG, OmegaConf.merge(exact, {"micro_batch_size": 2}), cache_dir, rollout,
+def test_uneven_micro_batches_take_the_same_optimizer_steps_as_whole_batches(cache_dir, rollout, tmp_path,
+                                                                              monkeypatch):
+    """6 samples, lora.batch_size=8, micro_batch_size=4: one step split 4 + 2. Each loss is
+    normalised by the whole step, so the split changes nothing; gradients are clipped."""
+    import lightning.pytorch as pl
+
+    made = []
+    real_trainer = pl.Trainer
+    monkeypatch.setattr(pl, "Trainer", lambda **kw: made.append(kw) or real_trainer(**kw))
+    six = rollout[:6]     # group 0's four samples and two of group 1's: every one has an advantage
+    exact = OmegaConf.merge(LORA_CFG, {"precision": "32-true", "batch_size": 8, "micro_batch_size": None})
+    whole = train_adapter(MODEL_CFG, exact, cache_dir, six, algorithm="grpo", steps=2, out_dir=tmp_path / "a")
+    micro = train_adapter(MODEL_CFG, OmegaConf.merge(exact, {"micro_batch_size": 4}), cache_dir, six,
                           algorithm="grpo", steps=2, out_dir=tmp_path / "b")
+    assert whole.examples == micro.examples == 6
     assert len(micro.losses) == len(whole.losses) == 2   # one loss per optimizer step, not per micro-batch
     assert micro.losses[0] == approx(whole.losses[0], rel=1e-5, abs=1e-7)   # same rows, same parameters
     assert micro.losses[1] == approx(whole.losses[1], rel=1e-3, abs=1e-4)
+    assert [kw["accumulate_grad_batches"] for kw in made] == [1, 2]
+    assert {kw["gradient_clip_val"] for kw in made} == {1.0}    # lora.gradient_clip_val
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm,loss_type,precision", [("grpo", "dapo", "auto"), ("grpo", "dr_grpo", "32-true"),
+                                                           ("grpo", "grpo", "32-true"), ("eaw", None, "32-true")])
+def test_the_importance_ratio_is_one_at_step_zero_on_the_real_model(algorithm, loss_type, precision, cache_dir,
+                                                                    rollout, tmp_path):
+    """The sampling policy's log-probs are recomputed (temperature, precision, no dropout), so
+    the first step's ratio is 1 under every loss type and precision (auto: bf16-mixed where the
+    CPU has bf16): nothing clipped, and with the grpo type the loss is -mean(advantage) = 0
+    (each group's advantages sum to 0; two micro-batches, one step)."""
+    lora = OmegaConf.merge(LORA_CFG, {"precision": precision, "batch_size": 8, "micro_batch_size": 4,
+                                      "grpo": {"kl": 0.0, "loss_type": loss_type or "dapo"}})
+    result = train_adapter(MODEL_CFG, lora, cache_dir, rollout, algorithm=algorithm, steps=1, out_dir=tmp_path / "a")
+    assert result.metrics["train/ratio_dev"] < 1e-4
+    assert result.metrics["train/clip_frac"] == 0.0
+    if loss_type == "grpo":
+        assert abs(result.losses[0]) < 1e-5
+    else:
+        assert result.losses[0] != 0.0 and math.isfinite(result.losses[0])
 
 
 def test_the_config_thresholds_are_the_choice_keywords():

@@ -7,6 +7,7 @@ Elsewhere the module skips with one line; with SIA_EXPECT_VLLM=1 (CI) a missing 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import threading
 import time
@@ -130,13 +131,35 @@ def _compare(hf: HFEngine, vl: VLLMEngine, adapter: str | None) -> list[str]:
     for i in same:
         a, b = expected[i], got[i]
         assert (a.completion_tokens, a.finish_reason) == (b.completion_tokens, b.finish_reason), i
+        # what training reads: the same drawn ids (EOS and a stop string's tokens included) and ending
+        assert (a.finish, a.token_ids, a.prompt_ids) == (b.finish, b.token_ids, b.prompt_ids), i
         gap = max(abs(x - y) for x, y in zip(a.token_logprobs, b.token_logprobs))
         assert gap < 0.05, f"prompt {i}: log-probs differ by {gap:.3f}"
     for i in set(range(32)) - set(same):
         gap_hf, gap_v = _divergence_gaps(hf, vl, requests[i], adapter)
         assert gap_hf < 0.05 and gap_v < 0.05, f"prompt {i}: divergence gaps hf={gap_hf:.3f} vllm={gap_v:.3f}"
     assert any(r.finish_reason == "stop" and requests[i].stop for i, r in enumerate(got))  # stops were hit
+    finishes = {r.finish for r in got}
+    assert "stop" in finishes and finishes <= {"eos", "stop", "length"}   # stop strings told from EOS
     return [r.text for r in got]
+
+
+def test_readme_vllm_smoke_command(cache_dir, tmp_path, monkeypatch):
+    """The README's `.venv-vllm/bin/python -m sia model.engine=vllm budget=smoke`, as typed (plus
+    support.readme.SHRINK): the run's own VLLM_CPU_KVCACHE_SPACE export must be one vLLM reads."""
+    from support.readme import explain, readme_commands, run_readme
+
+    line = ".venv-vllm/bin/python -m sia model.engine=vllm budget=smoke"
+    assert line in readme_commands(), "the README's vLLM command changed: update this test"
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)   # the run sets it from model.cpu_kvcache_gb
+    run = tmp_path / "run"
+    proc = run_readme(line, f"hydra.run.dir={run}", f"cache_dir={cache_dir}")
+    assert proc.returncode == 0, explain(proc)
+    state = json.loads((run / "state.json").read_text())
+    assert state["status"] == "done" and [h["generation"] for h in state["history"]] == [0, 1]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["engine_tokens"]["completion"] > 0 and summary["first"]["val"] is not None
+    assert "_target_: sia.engine.vllm_engine.VLLMEngine" in (run / "config.yaml").read_text()
 
 
 def test_base_model_greedy_matches_hf_engine(hf_engine, vllm_engine):

@@ -92,11 +92,15 @@ def test_rollouts_stopped_by_the_budget_keep_the_chunks_already_drawn(tmp_path, 
 
 
 def _lever(tmp_path, task, train):
+    from conftest import CONF_DIR
+
+    lora = OmegaConf.load(CONF_DIR / "lora" / "default.yaml")   # every algorithm's settings
+    lora.pop("defaults")
     cfg = OmegaConf.create({"budget": {"train_steps": 2, "train_examples": 4},
-                            "lora": {"samples_per_prompt": 4, "rollout_examples": 8, "rollout_temperature": 0.9,
-                                     "positive_threshold": None,
-                                     "thresholds": {"format_failure_sft": 0.3, "sparse_zero_share": 0.8,
-                                                    "min_groups": 8}},
+                            "lora": OmegaConf.merge(lora, {
+                                "samples_per_prompt": 4, "rollout_examples": 8, "rollout_temperature": 0.9,
+                                "positive_threshold": None,
+                                "thresholds": {"format_failure_sft": 0.3, "sparse_zero_share": 0.8, "min_groups": 8}}),
                             "seed": 0, "model": {}, "cache_dir": str(tmp_path)})
 
     class NoBench:
@@ -206,8 +210,14 @@ def test_cuda_kernel_with_one_faster_kernel_trains_on_the_recorded_rollout(tmp_p
     rewards = [0.0] * 32
     rewards[5] = 0.6                                       # one correct kernel faster than the incumbent
     _record(lever, 1, rewards)
+    path = lever.run.gen_dir(1) / "rollouts.jsonl"         # one sample longer than lora.max_seq_len=64
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows[0]["samples"][0]["prompt"] = [{"role": "user", "content": "blah " * 100}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     trained = lever.train(1, WEIGHTS, tmp_path / "h.py", None, None)
     assert trained.info["algorithm"] == "eaw" and len(trained.info["losses"]) == trained.info["steps"] == 1
+    too_long = trained.info["too_long"]                    # refused whole and counted, never cut
+    assert (too_long["refused"], too_long["of"], too_long["max_seq_len"]) == (1, 32, 64) and too_long["longest"] > 100
     assert "1 of 2 steps: lora.rollout_epochs=2" in trained.info["note"]   # a few samples: 2 passes, 1 step
     assert (trained.path / "COMPLETE").is_file() and lever.engine.served == {trained.name: str(trained.path)}
 

@@ -13,7 +13,10 @@
   baseline alone: it tries the edits that bring a baseline's method into the harness first
   (``HarnessEdit.baseline_use``), the most complete one first (replace, ensemble, fallback);
   later edits may let the model back in where that raises val.
-- ``HarnessOnlyPolicy`` / ``WeightsOnlyPolicy`` / ``AlternatePolicy``: the ablations.
+- ``HarnessOnlyPolicy`` / ``WeightsOnlyPolicy`` / ``AlternatePolicy``: the ablations, the same
+  rules with a lever off (harness_only: no weights; weights_only: no harness edits) or one
+  lever per turn (alternate), so an ablation differs from ``rules`` only in the levers allowed:
+  harness_only's harness choices are the rules' until the rules' first weights decision.
 
 Each is built from its ``conf/feedback/<name>.yaml`` by ``hydra.utils.instantiate``.
 """
@@ -27,6 +30,7 @@ from sia.tasks import HarnessEdit
 SYMPTOM_ORDER = ("errors", "format", "accuracy", "variance")
 BASELINE_USE_ORDER = ("replace", "ensemble", "fallback")   # far below a baseline: adopt it most fully first
 MAX_FAILED_WEIGHT_UPDATES = 2
+LEVERS_BOTH = frozenset({"harness", "weights"})
 
 
 def _pct(x: float) -> str:
@@ -39,8 +43,11 @@ class OfflinePolicy:
     wants_train_probe = False
 
     def __init__(self, name: str, abstain_threshold: float = 0.15, error_threshold: float = 0.10,
-                 underfit_gap: float = 0.10, baseline_gap: float = 0.5, algorithm: str = "auto"):
+                 underfit_gap: float = 0.10, baseline_gap: float = 0.5, algorithm: str = "auto",
+                 keep: str = "paired", keep_alpha: float = 0.05, keep_margin: float = 2.0, keep_chunk: int = 16):
         self.name = name
+        # the keep rule's settings (sia/keep.py): the loop reads them off the policy it runs
+        self.keep, self.keep_alpha, self.keep_margin, self.keep_chunk = keep, keep_alpha, keep_margin, keep_chunk
         self.abstain_threshold, self.error_threshold = abstain_threshold, error_threshold
         self.underfit_gap, self.baseline_gap = underfit_gap, baseline_gap
         self.algorithm = algorithm            # lora.algorithm: auto lets the lever choose
@@ -119,9 +126,29 @@ class OfflinePolicy:
 
 
 class RulesPolicy(OfflinePolicy):
+    """The rules; an ablation is the same rules with a lever off (``levers``): where the rules
+    would pull the lever that is off, they take the next choice they would make without it."""
+
     wants_train_probe = True
+    levers = LEVERS_BOTH
 
     def decide(self, ctx: FeedbackContext) -> Decision:
+        return self.decide_with(ctx, self.levers)
+
+    def decide_with(self, ctx: FeedbackContext, levers: frozenset[str]) -> Decision:
+        """The rules' decision with only ``levers`` (harness, weights) allowed."""
+        decision = self._rules(ctx, "weights" in levers)
+        if decision.action != "harness" or "harness" in levers:
+            return decision
+        if self.weights_possible(ctx) and ctx.digest.tokens > 0:
+            return self.weights(ctx, f"the rules would edit the harness ({decision.rationale}); the harness lever "
+                                     f"is off: train instead")
+        why = ctx.offer.reason or ("the incumbent harness asks the model nothing" if ctx.digest.tokens <= 0
+                                   else "two updates in a row were rejected")
+        return self.stop(f"the harness lever is off and weight updates are unavailable or stopped improving val "
+                         f"({why})", ctx.digest)
+
+    def _rules(self, ctx: FeedbackContext, weights_on: bool) -> Decision:
         d = ctx.digest
         # Overfitting is a trained adapter's: with the base weights a train/val gap is the split's
         # (e.g. held-out query shapes that retrieval cannot reach), and training may close it.
@@ -130,7 +157,7 @@ class RulesPolicy(OfflinePolicy):
         # A harness that asked the model nothing on val (e.g. it answers a retrieval vote): new
         # weights cannot change one of its answers.
         asks_model = d.tokens > 0
-        can_train = self.weights_possible(ctx) and not overfit and asks_model
+        can_train = weights_on and self.weights_possible(ctx) and not overfit and asks_model
         last = ctx.history[-1] if ctx.history else None
         if d.error_rate >= self.error_threshold:
             found = self.applicable_edit(ctx, ("errors",))
@@ -175,43 +202,37 @@ class RulesPolicy(OfflinePolicy):
             why = ("the model fits train much better than val (overfitting); improve the harness instead"
                    if overfit else "weights cannot improve further here; try the next harness edit")
             return self.harness(*found, why, d)
-        if self.weights_possible(ctx) and asks_model:
+        if weights_on and self.weights_possible(ctx) and asks_model:
             return self.weights(ctx, "no harness edit left to try; keep training the adapter")
-        why = ctx.offer.reason or ("the incumbent harness asks the model nothing" if not asks_model
-                                   else "two updates in a row were rejected")
+        why = ("the weights lever is off" if not weights_on else ctx.offer.reason) or \
+            ("the incumbent harness asks the model nothing" if not asks_model else "two updates in a row were rejected")
         return self.stop(f"no applicable harness edit left and weight updates are unavailable or stopped "
                          f"improving val ({why})", d)
 
 
-class HarnessOnlyPolicy(OfflinePolicy):
-    def decide(self, ctx: FeedbackContext) -> Decision:
-        d = ctx.digest
-        symptoms = SYMPTOM_ORDER
-        if d.error_rate < self.error_threshold:
-            symptoms = ("format", "accuracy", "variance", "errors") if d.format_rate >= self.abstain_threshold \
-                else ("accuracy", "variance", "format", "errors")
-        found = self.applicable_edit(ctx, symptoms)
-        if found:
-            return self.harness(*found, "harness-only ablation: next edit for the strongest symptom", d)
-        return self.stop("harness-only ablation: no harness edit left", d)
+class HarnessOnlyPolicy(RulesPolicy):
+    """Ablation: the rules with the weights lever off (where they would train, they take their
+    next harness edit), so its harness choices are the rules' until their first weights one."""
+
+    levers = frozenset({"harness"})
 
 
-class WeightsOnlyPolicy(OfflinePolicy):
-    def decide(self, ctx: FeedbackContext) -> Decision:
-        if ctx.offer.available:
-            return self.weights(ctx, "weights-only ablation: update the adapter every generation")
-        return self.stop(f"weights-only ablation: the weights lever is unavailable ({ctx.offer.reason})",
-                         ctx.digest)
+class WeightsOnlyPolicy(RulesPolicy):
+    """Ablation: the rules with the harness lever off (where they would edit, they train)."""
+
+    levers = frozenset({"weights"})
 
 
-class AlternatePolicy(HarnessOnlyPolicy):
+class AlternatePolicy(RulesPolicy):
+    """Ablation: the rules with one lever per turn, harness first; a turn whose lever has nothing
+    left to do takes the other one."""
+
     def decide(self, ctx: FeedbackContext) -> Decision:
         last = next((h.action for h in reversed(ctx.history) if h.action in ("harness", "weights")), "weights")
-        if last == "weights":
-            decision = super().decide(ctx)
-            if decision.action == "harness":
-                decision.rationale = "alternate ablation (harness turn): " + decision.rationale
-                return decision
-        if ctx.offer.available:
-            return self.weights(ctx, "alternate ablation (weights turn)")
-        return super().decide(ctx)
+        turn, other = ("harness", "weights") if last == "weights" else ("weights", "harness")
+        decision = self.decide_with(ctx, frozenset({turn}))
+        if decision.action == "stop":
+            decision = self.decide_with(ctx, frozenset({other}))
+        if decision.action != "stop":
+            decision.rationale = f"alternate ablation ({turn} turn): {decision.rationale}"
+        return decision

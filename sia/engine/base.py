@@ -22,8 +22,16 @@ class GenResult:
     prompt_tokens: int
     completion_tokens: int
     token_logprobs: list[float] = field(default_factory=list)  # log p(token) under the raw model, per completion token
-    finish_reason: str = "length"     # "stop" (EOS or stop string) | "length"
+    finish_reason: str = "length"     # "stop" (EOS or stop string) | "length": what the harness sees
     latency_s: float = 0.0            # wall time of the batch this request was part of
+    # What training needs (None: the engine does not report it; training falls back to text):
+    # ``token_ids`` every token the engine drew, in order: the EOS that ended the reply and the
+    # tokens that spelled a stop string included (``text`` leaves both out), so training on them
+    # trains exactly what was sampled. ``finish``: "eos" | "stop" (a stop string) | "length".
+    # ``prompt_ids``: the prompt exactly as fed to the model.
+    token_ids: list[int] | None = None
+    finish: str | None = None
+    prompt_ids: list[int] | None = None
 
 
 @dataclass

@@ -258,6 +258,7 @@ class HFEngine:
             end = stopper.stopped_at[row] or limits[row]
             result = self._finish_row(request, new_tokens[row, :end].tolist(), logprobs[row, :end].tolist())
             result.prompt_tokens = len(prompt_ids[row])
+            result.prompt_ids = list(prompt_ids[row])
             result.latency_s = latency
             results.append(result)
 
@@ -269,9 +270,11 @@ class HFEngine:
         return results
 
     def _finish_row(self, request: GenRequest, tokens: list[int], logprobs: list[float]) -> GenResult:
-        finish = "length"
+        """The reply of one row from every token it drew (``tokens``, kept whole as
+        ``token_ids``): the text leaves out the ending EOS and anything from a stop string on."""
+        sampled, finish = list(tokens), "length"
         if tokens and tokens[-1] in self.eos_ids:  # EOS ends the reply; it is not part of the text
-            tokens, finish = tokens[:-1], "stop"
+            tokens, finish = tokens[:-1], "eos"
         text = self._decode(tokens)
         cut = _first_stop(text, request.stop or [])
         if cut is not None:
@@ -282,7 +285,9 @@ class HFEngine:
             prompt_tokens=0,
             completion_tokens=len(tokens),
             token_logprobs=logprobs[:len(tokens)],
-            finish_reason=finish,
+            finish_reason="length" if finish == "length" else "stop",
+            token_ids=sampled,
+            finish=finish,
         )
 
     def _decode(self, tokens: list[int]) -> str:

@@ -37,7 +37,7 @@ class VLLMEngine:
         # In-process engine core: no spawned worker (which needs a __main__ guard in every
         # caller and a second copy of the model in RAM) and one process to measure.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(_optional(model_cfg, "cpu_kvcache_gb", 1)))
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(_optional(model_cfg, "cpu_kvcache_gb", 1))))  # int GiB
         try:
             from vllm import LLM
             from vllm.platforms import current_platform
@@ -169,8 +169,9 @@ class VLLMEngine:
     def _result(self, request: GenRequest, output, latency: float) -> GenResult:
         completion = output.outputs[0]
         tokens = list(completion.token_ids)
+        sampled = list(tokens)   # every drawn token: the EOS and a stop string's tokens included
         logprobs = [step[token].logprob for step, token in zip(completion.logprobs or [], tokens)]
-        finish = "stop" if completion.finish_reason == "stop" else "length"
+        finish = _finish(completion)
         # As in the HF engine: the EOS that ended the reply is not part of it ...
         if tokens and tokens[-1] in self.eos_ids and not isinstance(completion.stop_reason, str):
             tokens = tokens[:-1]
@@ -182,8 +183,11 @@ class VLLMEngine:
             prompt_tokens=len(output.prompt_token_ids),
             completion_tokens=len(tokens),
             token_logprobs=logprobs[:len(tokens)],
-            finish_reason=finish,
+            finish_reason="length" if finish == "length" else "stop",
             latency_s=latency,
+            token_ids=sampled,
+            finish=finish,
+            prompt_ids=list(output.prompt_token_ids),
         )
 
     def _tokens_covering(self, tokens: list[int], n_chars: int) -> int:
@@ -191,6 +195,14 @@ class VLLMEngine:
             if len(self.tokenizer.decode(tokens[:k], skip_special_tokens=True)) >= n_chars:
                 return k
         return len(tokens)
+
+
+def _finish(completion) -> str:
+    """How a vLLM completion ended, as the HF engine says it: "eos" (an end token: vLLM's
+    ``stop_reason`` is None for EOS, the id for a stop token), "stop" (a stop string) or "length"."""
+    if completion.finish_reason != "stop":
+        return "length"
+    return "stop" if isinstance(completion.stop_reason, str) else "eos"
 
 
 def engine_kwargs(model_cfg, model_dir, on_cpu: bool, sleep_mode: bool) -> dict:

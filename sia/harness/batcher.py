@@ -9,6 +9,8 @@ string, a ``wait_start`` time and counters, and a ``send(reply_dict)`` callback.
 from __future__ import annotations
 
 import hashlib
+import logging
+import math
 import time
 from typing import Any, Callable, Protocol
 
@@ -18,6 +20,17 @@ BATCH_WINDOW_S = 0.02       # flush pending model calls when no new one came for
 MAX_BATCH_WAIT_S = 0.2      # ... and never hold a request longer than this
 MAX_TOKENS_PER_CALL = 2048  # engine time is not charged to the example: bound what one call may ask
 ROLES = ("system", "user", "assistant")
+MAX_TEMPERATURE = 10.0
+# Below this a temperature is served greedy (temperature 0, recorded as 0): sampling at t -> 0
+# is argmax, and dividing logits by ~1e-300 overflows to inf and kills the sampler (vLLM treats
+# t < 1e-5 as greedy too).
+GREEDY_BELOW = 1e-5
+# Prompt characters one call may send, per token of the model's context: tokenising is charged
+# to no example, so a prompt is refused on its length before the engine tokenises it. Text
+# averages 1-5 characters a token; 10 leaves room for runs that tokenise densely.
+CHARS_PER_TOKEN = 10
+DEFAULT_MAX_PROMPT_CHARS = 200_000   # for an engine that does not say its context length
+log = logging.getLogger(__name__)
 
 
 class Waiter(Protocol):
@@ -39,11 +52,11 @@ def check_sampling(sampling: Any) -> dict | None:
         raise ValueError(f"sampling={sampling!r}: must be a dict with keys temperature and seed, "
                          "e.g. sampling={'temperature': 0.8, 'seed': 0}")
     t, seed = sampling.get("temperature"), sampling.get("seed", 0)
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= t <= 10.0:
-        raise ValueError(f"sampling temperature={t!r}: must be a number in [0, 10], e.g. 0.8")
+    if not _number(t) or not 0.0 <= t <= MAX_TEMPERATURE:
+        raise ValueError(f"sampling temperature={t!r}: must be a number in [0, {MAX_TEMPERATURE:g}], e.g. 0.8")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"sampling seed={seed!r}: must be an int, e.g. 0")
-    return {"temperature": float(t), "seed": seed}
+    return {"temperature": float(t) if t >= GREEDY_BELOW else 0.0, "seed": seed}
 
 
 def call_seed(seed: int, job_id: str, call: int) -> int:
@@ -52,8 +65,21 @@ def call_seed(seed: int, job_id: str, call: int) -> int:
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
-def gen_request(raw: Any, max_new_tokens: int) -> GenRequest:
-    """A GenRequest from a worker's request dict; ValueError on anything malformed."""
+def max_prompt_chars(engine) -> int:
+    """The most prompt characters one call may send to ``engine`` (see CHARS_PER_TOKEN)."""
+    context = getattr(engine, "max_context", None)
+    if isinstance(context, int) and not isinstance(context, bool) and context > 0:
+        return context * CHARS_PER_TOKEN
+    return DEFAULT_MAX_PROMPT_CHARS
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def gen_request(raw: Any, max_new_tokens: int, max_chars: int = DEFAULT_MAX_PROMPT_CHARS) -> GenRequest:
+    """A GenRequest from a worker's request dict; ValueError on anything malformed or out of
+    bounds (the message says the bound)."""
     if not isinstance(raw, dict):
         raise ValueError("request is not an object")
     messages = raw.get("messages")
@@ -62,14 +88,21 @@ def gen_request(raw: Any, max_new_tokens: int) -> GenRequest:
     for m in messages:
         if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
             raise ValueError("each message needs a role in system/user/assistant and str content")
+    chars = sum(len(m["content"]) for m in messages)
+    if chars > max_chars:
+        raise ValueError(f"the prompt has {chars} characters; at most {max_chars} are served per call "
+                         f"({CHARS_PER_TOKEN} per token of the model's context): send a shorter prompt")
     max_tokens = raw.get("max_tokens") or max_new_tokens
     temperature, top_p, stop, seed = raw.get("temperature", 0.0), raw.get("top_p", 1.0), raw.get("stop"), raw.get("seed")
-    if not isinstance(max_tokens, int) or max_tokens < 1:
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
         raise ValueError("max_tokens must be a positive int")
-    if not isinstance(temperature, (int, float)) or not 0.0 <= temperature <= 10.0:
-        raise ValueError("temperature must be a number in [0, 10]")
-    if not isinstance(top_p, (int, float)) or not 0.0 < top_p <= 1.0:
-        raise ValueError("top_p must be a number in (0, 1]")
+    if not _number(temperature) or not 0.0 <= temperature <= MAX_TEMPERATURE:
+        raise ValueError(f"temperature must be a number in [0, {MAX_TEMPERATURE:g}] (0: greedy; below "
+                         f"{GREEDY_BELOW:g} is served greedy), got {temperature!r}")
+    if temperature < GREEDY_BELOW:
+        temperature = 0.0
+    if not _number(top_p) or not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be a number in (0, 1], got {top_p!r}")
     if stop is not None and (not isinstance(stop, list) or len(stop) > 16 or not all(isinstance(s, str) and s for s in stop)):
         raise ValueError("stop must be a list of at most 16 non-empty strings")
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
@@ -87,6 +120,7 @@ class Batcher:
         self.adapter = adapter
         self.max_llm_calls = max_llm_calls
         self.max_new_tokens = max_new_tokens
+        self.max_prompt_chars = max_prompt_chars(engine)
         self.send = send   # send(waiter, reply message)
         self.pending: list[tuple[Waiter, list[GenRequest]]] = []
         self.first_request_t = 0.0
@@ -100,13 +134,16 @@ class Batcher:
             self.reply_error(w, "llm_budget", f"more than {self.max_llm_calls} model calls in one example")
             return
         try:
-            requests = [gen_request(r, self.max_new_tokens) for r in raw_requests]
+            requests = [gen_request(r, self.max_new_tokens, self.max_prompt_chars) for r in raw_requests]
         except ValueError as e:
             self.reply_error(w, "bad_request", str(e))
             return
         if self.sampling is not None:   # a rollout: sample, whatever the harness asked for
             for k, r in enumerate(requests):
                 r.temperature = self.sampling["temperature"]
+                # The full distribution: the trainer scores samples under temperature alone
+                # (its old log-probs know no top_p), so a truncated draw would be off-policy.
+                r.top_p = 1.0
                 r.seed = call_seed(self.sampling["seed"], getattr(w, "job_id", ""), w.llm_calls + k)
         w.llm_calls += len(requests)
         w.state = "waiting"
@@ -145,9 +182,9 @@ class Batcher:
         try:
             for start in range(0, len(flat), size):
                 outputs += self.engine.generate(flat[start:start + size], self.adapter)
-        except ValueError:
-            # One bad request (e.g. a prompt longer than the context) must fail only the
-            # example that sent it: serve each worker's requests on their own.
+        except Exception:  # noqa: BLE001 - whatever a request makes the engine raise
+            # One bad request (a prompt longer than the context, a value the sampler chokes
+            # on) must fail only the example that sent it: serve each worker's requests alone.
             self._one_by_one(groups)
             return
         if len(outputs) != len(flat):
@@ -163,12 +200,19 @@ class Batcher:
         for w, reqs in groups:
             try:
                 outputs = self.engine.generate(reqs, self.adapter)
-            except ValueError as exc:
+            except Exception as exc:  # noqa: BLE001 - fails this example's call, never the run
+                if not isinstance(exc, ValueError):   # an engine fault, not a refused request: log it
+                    log.warning("the engine failed a model call of job %s: %s: %s", getattr(w, "job_id", "?"),
+                                type(exc).__name__, exc)
                 if w.state == "waiting":
                     w.llm_s += time.monotonic() - w.wait_start
                     w.state = "busy"
-                    self.reply_error(w, "bad_request", str(exc))
+                    message = str(exc) if isinstance(exc, ValueError) else (
+                        f"the engine failed: {type(exc).__name__}: {exc}")
+                    self.reply_error(w, "bad_request", message[:2000])
                 continue
+            if len(outputs) != len(reqs):
+                raise RuntimeError(f"engine returned {len(outputs)} results for {len(reqs)} requests")
             if w.state == "waiting":
                 self._reply(w, reqs, outputs, time.monotonic())
 
@@ -183,11 +227,26 @@ class Batcher:
             results.append(r)
             w.prompt_tokens += r["prompt_tokens"]
             w.completion_tokens += r["completion_tokens"]
-            w.served.append({"type": "llm_call", "messages": req.messages, "completion": r["text"],
-                             "prompt_tokens": r["prompt_tokens"], "completion_tokens": r["completion_tokens"],
-                             "latency_s": round(now - w.wait_start, 6), "logprobs": r["logprobs"],
-                             "finish_reason": r["finish_reason"], "temperature": req.temperature,
-                             "seed": req.seed})
+            # token ids only where training reads them (a rollout): val/test runs keep less
+            w.served.append(served_record(req, out, r, round(now - w.wait_start, 6), ids=self.sampling is not None))
         w.llm_s += now - w.wait_start
         w.state = "busy"
         self.send(w, {"type": "llm_reply", "results": results})
+
+
+def served_record(req: GenRequest, out, reply: dict, latency_s: float, ids: bool = True) -> dict:
+    """The trusted record of one served call: what training reads (the sampling settings the
+    engine used, how the reply ended, with ``ids`` the exact prompt and sampled token ids),
+    never the harness's own account of it. The worker gets only ``reply``."""
+    record = {"type": "llm_call", "messages": req.messages, "completion": reply["text"],
+              "prompt_tokens": reply["prompt_tokens"], "completion_tokens": reply["completion_tokens"],
+              "latency_s": latency_s, "logprobs": reply["logprobs"], "finish_reason": reply["finish_reason"],
+              "temperature": req.temperature, "top_p": req.top_p, "seed": req.seed}
+    finish = getattr(out, "finish", None)
+    if finish in ("eos", "stop", "length"):
+        record["finish"] = finish
+    for key in ("prompt_ids", "token_ids") if ids else ():
+        values = getattr(out, key, None)
+        if values is not None:
+            record["completion_ids" if key == "token_ids" else key] = [int(t) for t in values]
+    return record

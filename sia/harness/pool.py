@@ -21,6 +21,7 @@ from tqdm import tqdm
 from sia.harness import limits
 from sia.harness.batcher import check_sampling
 from sia.harness.contract import Job, JobResult
+from sia.harness.sandbox import SCRATCH_MB
 from sia.harness.session import Session
 
 
@@ -30,14 +31,17 @@ class HarnessPool:
     Use as a context manager; ``close()`` kills every worker and removes the scratch dirs.
     Workers live for one ``run()`` call (reused across its jobs), so no harness state leaks
     from one call to the next. ``max_answer_*`` bound one example's decoded result,
-    ``max_split_*`` everything one ``run()`` keeps (see ``sia.harness.limits``).
+    ``max_event_bytes`` its trajectory, ``max_split_*`` everything one ``run()`` keeps,
+    trajectories included (see ``sia.harness.limits``). ``scratch_mb``: size of each
+    worker's scratch tmpfs (writes past it fail with ENOSPC in the worker).
     """
 
     def __init__(self, engine, *, workers: int = 8, example_timeout_s: float = 60, memory_mb: int = 2048,
                  max_llm_calls: int = 8, max_new_tokens: int = 48, strict: bool = True,
                  scratch_root: str | None = None, deny_paths: list[str] | None = None,
                  max_answer_objects: int = limits.ANSWER_OBJECTS, max_answer_bytes: int = limits.ANSWER_BYTES,
-                 max_split_objects: int = limits.SPLIT_OBJECTS, max_split_bytes: int = limits.SPLIT_BYTES):
+                 max_split_objects: int = limits.SPLIT_OBJECTS, max_split_bytes: int = limits.SPLIT_BYTES,
+                 max_event_bytes: int = limits.EVENT_BYTES, scratch_mb: int = SCRATCH_MB):
         self.engine = engine
         self.workers = max(1, int(workers))
         self.example_timeout_s = float(example_timeout_s)
@@ -49,7 +53,8 @@ class HarnessPool:
         self.deny_paths = [os.path.abspath(p) for p in deny_paths or []]   # never readable by a harness
         self.max_answer_objects = int(max_answer_objects)
         self.limits = limits.ResultLimits(self.max_answer_objects, int(max_answer_bytes),
-                                          int(max_split_objects), int(max_split_bytes))
+                                          int(max_split_objects), int(max_split_bytes), int(max_event_bytes))
+        self.scratch_mb = int(scratch_mb)   # each worker's scratch is a tmpfs this big (disk fill)
         self.layers: dict | None = None   # sandbox layers the last worker reported
         self._scratch: str | None = None
         self._session: Session | None = None
@@ -78,8 +83,10 @@ class HarnessPool:
     def _config(self, harness_path: str, resources: dict, files: dict[str, str]) -> dict:
         return {"type": "config", "harness_path": os.path.abspath(harness_path), "resources": resources,
                 "files": {str(k): os.path.abspath(v) for k, v in files.items()},
-                "policy": {"memory_mb": self.memory_mb, "strict": self.strict, "deny_paths": self.deny_paths},
-                "max_llm_calls": self.max_llm_calls, "max_new_tokens": self.max_new_tokens}
+                "policy": {"memory_mb": self.memory_mb, "strict": self.strict, "deny_paths": self.deny_paths,
+                           "scratch_mb": self.scratch_mb},
+                "max_llm_calls": self.max_llm_calls, "max_new_tokens": self.max_new_tokens,
+                "max_event_bytes": self.limits.event_bytes}
 
     def _open(self, harness_path, resources, files, adapter, sampling=None) -> Session:
         self.close()

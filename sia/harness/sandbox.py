@@ -6,6 +6,9 @@ untrusted. It stacks these layers, each covering what the others miss:
 1. rlimits: address space (memory_mb), no core dumps, bounded file size.
 2. A fresh network namespace (unshare CLONE_NEWNET; non-root: CLONE_NEWUSER|CLONE_NEWNET):
    no interface but a downed loopback, so no TCP/UDP anywhere, the host's loopback included.
+2b. A private mount namespace in which every writable directory (the scratch) is a tmpfs of
+   ``scratch_mb`` (and a bounded inode count): writing past it fails with ENOSPC in the child,
+   the host's disk never fills, and it all vanishes with the child's last process.
 3. Capabilities dropped (bounding, ambient, effective/permitted/inheritable) and securebits
    locked: a worker that runs as root keeps uid 0 (so it can still read root-owned files it is
    allowed to) but loses the power to reboot, load modules, mount, bypass DAC, ...
@@ -13,8 +16,9 @@ untrusted. It stacks these layers, each covering what the others miss:
 5. seccomp: only AF_INET/AF_INET6/AF_NETLINK sockets (no unix-socket or vsock path out of the
    namespace), no io_uring (it would bypass the socket filter), no setsid/setpgid (every
    descendant stays in the worker's process group, so a timeout kills all of it), no new user
-   namespaces (unshare, clone with CLONE_NEWUSER), no kernel keyrings, and no chmod unless the
-   policy allows programs to be executed (root-owned files could otherwise be made setuid).
+   namespaces (unshare, clone with CLONE_NEWUSER), no kernel keyrings, and no file metadata
+   changes at all (chmod, chown, utime, xattrs, inode flags: Landlock does not cover them, and
+   a uid-0 child owns the host's files), for build tools too.
 6. Landlock: deny-by-default filesystem access except reads beneath the Python installation,
    the ``sia`` package, system library dirs, a few named /etc and /dev files and the policy's
    paths; TCP bind/connect denied (ABI >= 4); signals and abstract unix sockets scoped to the
@@ -31,6 +35,7 @@ import errno
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -42,6 +47,9 @@ from sia.harness.syscalls import (CLONE_NEWNET, CLONE_NEWUSER, PR_CAP_AMBIENT, P
                                   PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_SET_SECUREBITS, check, libc, prctl)
 
 FILE_SIZE_LIMIT = 1 << 30   # 1 GiB per written file: scratch output, not a disk filler
+SCRATCH_MB = 512            # default size of the tmpfs that replaces each writable directory
+SCRATCH_INODES = 65536      # tmpfs inodes cost memory the size limit does not count
+CLONE_NEWNS, MS_NOSUID, MS_NODEV, MS_REC, MS_PRIVATE, MNT_DETACH = 0x00020000, 0x2, 0x4, 0x4000, 0x40000, 2
 
 
 @dataclass
@@ -54,6 +62,9 @@ class SandboxPolicy:
     # that holds held-out labels). Landlock can only allow, so allowed dirs around them are split.
     deny_paths: list[str] = field(default_factory=list)
     strict: bool = True   # raise SandboxUnavailable if a confinement layer cannot be applied
+    # Size in MiB of the tmpfs each directory of write_paths becomes (its files are copied
+    # in); <= 0 leaves them on disk, bounded per file only (FILE_SIZE_LIMIT).
+    scratch_mb: int = SCRATCH_MB
 
 
 class SandboxUnavailable(RuntimeError):
@@ -85,8 +96,59 @@ def _enter_network_namespace() -> str:
     if err != errno.EPERM or os.getuid() == 0:
         raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
     # Unprivileged: a user namespace grants the capability to create the network one.
+    uid, gid = os.getuid(), os.getgid()
     check(libc.unshare(CLONE_NEWUSER | CLONE_NEWNET), "unshare(CLONE_NEWUSER|CLONE_NEWNET)")
+    _map_own_ids(uid, gid)
     return "user+net"
+
+
+def _map_own_ids(uid: int, gid: int) -> None:
+    """Map the ids to themselves in the new user namespace (as ``contain.py`` does): nothing
+    changes on the host, and a tmpfs made in it (layer 2b) can then take files."""
+    try:
+        for name, text in (("uid_map", f"{uid} {uid} 1"), ("setgroups", "deny"), ("gid_map", f"{gid} {gid} 1")):
+            with open(f"/proc/self/{name}", "w") as f:
+                f.write(text)
+    except OSError:
+        pass   # unmapped: layer 2b reports itself missing (EOVERFLOW), the others still hold
+
+
+# -- 2b. size-bounded scratch --------------------------------------------------------------
+
+def _mount_scratch(policy: SandboxPolicy) -> int:
+    """Replace each writable directory by a tmpfs of ``scratch_mb`` MiB in a private mount
+    namespace; returns how many. Needs CAP_SYS_ADMIN (root, or the user namespace above)."""
+    dirs = [os.path.realpath(p) for p in policy.write_paths
+            if os.path.isdir(p) and not os.path.realpath(p).startswith("/dev/")]
+    if policy.scratch_mb <= 0 or not dirs:
+        return 0
+    check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+    # Private first: a mount under a shared peer would show up in the host's namespace.
+    check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "mount(/, MS_REC|MS_PRIVATE)")
+    cwd = os.path.realpath(os.getcwd())
+    opts = f"size={int(policy.scratch_mb)}m,nr_inodes={SCRATCH_INODES},mode=0700".encode()
+    for path in dirs:
+        below = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)   # what the parent put there
+        try:
+            check(libc.mount(b"tmpfs", path.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, opts), f"mount(tmpfs on {path})")
+            try:
+                _check_writable(path)
+                shutil.copytree(f"/proc/self/fd/{below}", path, symlinks=True, dirs_exist_ok=True)
+            except OSError:
+                libc.umount2(path.encode(), MNT_DETACH)   # back to the folder on disk, layer reported missing
+                raise
+        finally:
+            os.close(below)
+    if cwd in dirs:
+        os.chdir(cwd)   # the old cwd is the directory underneath: move onto the tmpfs
+    return len(dirs)
+
+
+def _check_writable(path: str) -> None:
+    """A tmpfs made in a user namespace without a uid map takes no new files (EOVERFLOW)."""
+    probe_path = os.path.join(path, ".sia-scratch-probe")
+    os.close(os.open(probe_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+    os.unlink(probe_path)
 
 
 # -- 3. capabilities -----------------------------------------------------------------------
@@ -154,6 +216,9 @@ def apply_sandbox(policy: SandboxPolicy) -> dict:
     kind = attempt("netns", _enter_network_namespace)
     if kind:
         layers["netns_kind"] = kind
+    mounted = attempt("scratch", lambda: _mount_scratch(policy))
+    if mounted:
+        layers["scratch_mb"] = int(policy.scratch_mb)
     attempt("capabilities", _drop_capabilities)
     attempt("no_new_privs", lambda: check(prctl(PR_SET_NO_NEW_PRIVS, 1), "prctl(PR_SET_NO_NEW_PRIVS)"))
     attempt("seccomp", lambda: apply_seccomp(policy))
@@ -183,9 +248,9 @@ def scrubbed_env(scratch_dir: str) -> dict:
 
 
 _PROBE_CODE = (
-    "import json, sys\n"
+    "import json, os, sys\n"
     "from sia.harness.sandbox import SandboxPolicy, apply_sandbox\n"
-    "layers = apply_sandbox(SandboxPolicy(memory_mb=0, strict=False))\n"
+    "layers = apply_sandbox(SandboxPolicy(memory_mb=0, write_paths=[os.getcwd()], strict=False))\n"
     "sys.stdout.write(json.dumps(layers))\n"
 )
 

@@ -7,8 +7,9 @@ import errno
 import platform
 import struct
 
-from sia.harness.syscalls import (_ARCH, _NR_CLONE3, _NR_FCHMODAT2, _NR_IO_URING, _NR_SECCOMP, CLONE_NEWUSER,
-                                  PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, check, prctl, syscall)
+from sia.harness.syscalls import (_ARCH, _METADATA, _NR_CLONE3, _NR_FCHMODAT2, _NR_FILE_SETATTR, _NR_IO_URING,
+                                  _NR_REMOVEXATTRAT, _NR_SECCOMP, _NR_SETXATTRAT, CLONE_NEWUSER,
+                                  FS_IOC_SETFLAGS_CMDS, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, check, prctl, syscall)
 
 _ALLOWED_SOCKET_FAMILIES = (2, 10, 16)   # AF_INET, AF_INET6, AF_NETLINK: all namespaced
 _RET_ALLOW = 0x7FFF0000
@@ -31,22 +32,47 @@ def _deny_if_eq(k: int, err: int = errno.EPERM) -> list[bytes]:
     return [_bpf(0x15, 0, 1, k), _ret(_RET_ERRNO | err)]   # BPF_JMP|BPF_JEQ|BPF_K
 
 
-def _seccomp_program(arch: dict, allow_build_tools: bool) -> bytes:
+def _metadata_calls(machine: str) -> list[int]:
+    """chmod, chown, utime and xattr calls (every variant): none of them is checked by
+    Landlock, and a uid-0 child owns most files it can reach (issue 20: a canary outside the
+    sandbox went 0600 -> 0666, its mtime changed and it gained an xattr)."""
+    arch, meta = _ARCH[machine], _METADATA[machine]
+    calls = [arch["chmod"], arch["fchmod"], arch["fchmodat"], _NR_FCHMODAT2,
+             *(nr for name, nr in meta.items() if name != "ioctl"),
+             _NR_SETXATTRAT, _NR_REMOVEXATTRAT, _NR_FILE_SETATTR]
+    return [nr for nr in calls if nr is not None]
+
+
+def _ioctl_check(machine: str) -> list[bytes]:
+    """ioctl: no inode-flag or fsxattr changes (chattr); every other command passes.
+    Inspects args[1] (low 32 bits, the command) and always returns."""
+    check = [_ld(24)]
+    for cmd in FS_IOC_SETFLAGS_CMDS:
+        check += [_bpf(0x15, 0, 1, cmd), _ret(_RET_ERRNO | errno.EPERM)]
+    check.append(_ret(_RET_ALLOW))
+    return [_bpf(0x15, 0, len(check), _METADATA[machine]["ioctl"]), *check]
+
+
+def _seccomp_program(machine: str, allow_build_tools: bool) -> bytes:
+    arch = _ARCH[machine]
     prog = [_ld(4), _bpf(0x15, 1, 0, arch["audit"]), _ret(_RET_ERRNO | errno.EPERM), _ld(0)]
     if arch["x32_bit"]:   # x32 syscalls carry the native audit arch: refuse them all
         prog += [_bpf(0x35, 0, 1, arch["x32_bit"]), _ret(_RET_ERRNO | errno.EPERM)]  # BPF_JGE
     # unshare: new user namespaces would hand back capabilities (and are kernel attack surface).
+    # File metadata: denied from the start, build tools included (the linker's chmod of its
+    # output fails and is ignored; a shared library loads without the x bit).
     denied = [arch["setsid"], arch["add_key"], arch["request_key"], arch["keyctl"],
-              arch["unshare"], *_NR_IO_URING]
+              arch["unshare"], *_NR_IO_URING, *_metadata_calls(machine)]
     if not allow_build_tools:
-        # Compilers need these (ninja puts each job in its own process group, the linker
-        # marks its output executable); setpgid cannot leave the session the parent kills.
-        denied += [arch["setpgid"], arch["chmod"], arch["fchmod"], arch["fchmodat"], _NR_FCHMODAT2]
+        # ninja puts each compile job in its own process group; setpgid cannot leave the
+        # session the parent kills, and ``forbid_process_groups`` denies it after the build.
+        denied.append(arch["setpgid"])
     for nr in denied:
         if nr is not None:
             prog += _deny_if_eq(nr)
     # clone3 passes its flags in memory BPF cannot read: ENOSYS makes libc fall back to clone.
     prog += _deny_if_eq(_NR_CLONE3, errno.ENOSYS)
+    prog += _ioctl_check(machine)
     # The blocks below inspect args[0] (low 32 bits; little-endian arches only) and always return.
     clone_check = [_ld(16), _bpf(0x45, 0, 1, CLONE_NEWUSER), _ret(_RET_ERRNO | errno.EPERM), _ret(_RET_ALLOW)]  # BPF_JSET
     prog += [_bpf(0x15, 0, len(clone_check), arch["clone"]), *clone_check]
@@ -63,10 +89,9 @@ class _SockFprog(ctypes.Structure):
 
 
 def apply_seccomp(policy) -> None:
-    arch = _ARCH.get(platform.machine())
-    if arch is None:
+    if platform.machine() not in _ARCH:
         raise OSError(errno.ENOSYS, f"no seccomp filter for architecture {platform.machine()}")
-    code = _seccomp_program(arch, allow_build_tools=bool(policy.exec_paths))
+    code = _seccomp_program(platform.machine(), allow_build_tools=bool(policy.exec_paths))
     buf = ctypes.create_string_buffer(code, len(code))
     prog = _SockFprog(len(code) // 8, ctypes.cast(buf, ctypes.c_void_p))
     check(prctl(PR_SET_SECCOMP, 2, ctypes.addressof(prog)), "prctl(PR_SET_SECCOMP)")  # SECCOMP_MODE_FILTER

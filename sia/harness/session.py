@@ -22,12 +22,13 @@ from sia.harness import protocol
 from sia.harness.batcher import Batcher
 from sia.harness.contract import ErrorKind, Job, JobResult
 from sia.harness.sandbox import SandboxUnavailable
-from sia.harness.supervisor import describe_exit, thread_count
+from sia.harness.supervisor import describe_exit
 from sia.harness.workerproc import Worker
 
 POLL_S = 0.5                # upper bound on a select(): notice dead workers promptly
 MIN_STARTUP_S = 30.0        # interpreter start + harness import, on a loaded machine
 WARMUP_WAIT_S = 5.0         # hold the first jobs until the first workers are all up (or this passes)
+LEFTOVER_SETTLE_S = 0.2     # a thread joined just before the reply may still be exiting: look again
 ERROR_KINDS = set(get_args(ErrorKind))
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,17 @@ def _clean_error(error: Any) -> dict | None:
     if isinstance(error, dict) and error.get("kind") in ERROR_KINDS and isinstance(error.get("message"), str):
         return {"kind": error["kind"], "message": error["message"]}
     return {"kind": "crash", "message": f"malformed error report from the worker: {error!r:.300}"}
+
+
+def _leftovers(w: Worker) -> str:
+    """What ``w`` leaves running beside its main thread, '' when nothing does. Looked up in
+    /proc by the parent (the worker is not asked); only a finding is checked again, briefly."""
+    deadline = time.monotonic() + LEFTOVER_SETTLE_S
+    found = w.child.leftovers(w.threads)
+    while found and time.monotonic() < deadline:
+        time.sleep(0.02)
+        found = w.child.leftovers(w.threads)
+    return found
 
 
 def _looks_like_memory(tail: str) -> bool:
@@ -191,8 +203,17 @@ class Session:
     def handle(self, w: Worker, msg: dict) -> None:
         kind = msg["type"]
         if kind == "ready" and w.state == "starting":
+            # The worker is single-threaded until the harness runs (apply_sandbox insists), so
+            # anything beyond one thread now was started by the harness's import: it would run
+            # through every job of this worker.
+            w.threads = 1
+            leftovers = _leftovers(w)
+            if leftovers:
+                self.fail_worker(w, "import", f"the harness left {leftovers} running after its import; "
+                                              "start threads and processes inside solve() and finish "
+                                              "them before it returns")
+                return
             w.state = "idle"
-            w.threads = thread_count(w.child.main_pid() or w.proc.pid)
             if self.layers is None and isinstance(msg.get("layers"), dict):
                 self.layers = msg["layers"]
                 if self.layers.get("errors"):
@@ -215,12 +236,13 @@ class Session:
         if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
             events = [{"type": "events_dropped", "reason": "malformed events from the worker"}]
         answer, error = msg.get("answer"), _clean_error(msg.get("error"))
-        too_big = self.pool.limits.check(self, w.reader.last_objects, answer)
-        if too_big:
+        too_big = self.pool.limits.check(self, w.reader.last_objects, answer, events)
+        if too_big:   # nothing of it is kept, its trajectory neither (uncharged)
             answer, error = None, {"kind": "bad_answer", "message": too_big}
+            events = [{"type": "events_dropped", "reason": too_big}]
         # Work the harness left running must not burn CPU through later examples: the
         # parent looks (it does not ask the worker) and replaces such a worker.
-        leftovers = w.child.leftovers(w.threads)
+        leftovers = _leftovers(w)
         if leftovers:
             events = [*events, {"type": "leftovers_stopped", "what": leftovers}]
         self.finish_job(w, answer=answer, error=error, events=events)

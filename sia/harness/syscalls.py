@@ -7,6 +7,7 @@ import os
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
 libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 
 
 def check(ret: int, what: str) -> int:
@@ -45,4 +46,17 @@ _NR_SECCOMP = {"x86_64": 317, "aarch64": 277}
 _NR_CLONE3 = 435
 _NR_FCHMODAT2 = 452
 _NR_IO_URING = (425, 426, 427)
+# File metadata (mode, owner, times, extended attributes, inode flags): Landlock does not
+# cover it, and a child that runs as uid 0 owns most of the host's files.
+_METADATA = {
+    "x86_64": dict(chown=92, fchown=93, lchown=94, fchownat=260, utime=132, utimes=235, futimesat=261,
+                   utimensat=280, setxattr=188, lsetxattr=189, fsetxattr=190, removexattr=197,
+                   lremovexattr=198, fremovexattr=199, ioctl=16),
+    "aarch64": dict(chown=None, fchown=55, lchown=None, fchownat=54, utime=None, utimes=None, futimesat=None,
+                    utimensat=88, setxattr=5, lsetxattr=6, fsetxattr=7, removexattr=14,
+                    lremovexattr=15, fremovexattr=16, ioctl=29),
+}
+_NR_SETXATTRAT, _NR_REMOVEXATTRAT, _NR_FILE_SETATTR = 463, 466, 469   # same on every arch (6.13+, 6.17+)
+# ioctl commands that set inode flags or fsxattr (chattr): _IOW('f', 2, long|int), _IOW('X', 32, fsxattr).
+FS_IOC_SETFLAGS_CMDS = (0x40086602, 0x40046602, 0x401C5820)
 _NR_LANDLOCK_CREATE, _NR_LANDLOCK_ADD, _NR_LANDLOCK_RESTRICT = 444, 445, 446

@@ -28,7 +28,8 @@ from typing import Any
 
 from sia.harness import protocol
 from sia.harness.contract import Completion
-from sia.harness.sandbox import SandboxPolicy, SandboxUnavailable, apply_sandbox
+from sia.harness.limits import EVENT_BYTES, events_problem
+from sia.harness.sandbox import SCRATCH_MB, SandboxPolicy, SandboxUnavailable, apply_sandbox
 
 ROLES = ("system", "user", "assistant")
 TRACEBACK_LINES = 20
@@ -228,9 +229,18 @@ def run_job(job: dict, module, channel: Channel, config: dict) -> dict:
             error = {"kind": "memory", "message": format_error(e)}
         except (TypeError, ValueError, RecursionError) as e:
             error = {"kind": "bad_answer", "message": f"answer cannot be sent: {type(e).__name__}: {e}"[:MESSAGE_CHARS]}
+    events = state.events
+    # A trajectory past the limit fails the example here, before 60 MB cross the pipe (the
+    # parent checks again: this process is not trusted).
+    try:
+        problem = events_problem(events, int(config.get("max_event_bytes", EVENT_BYTES)))
+    except Exception:  # noqa: BLE001 - an odd logged object: encode_result copes, the parent checks
+        problem = ""
+    if problem:
+        error, events = {"kind": "bad_answer", "message": problem}, [{"type": "events_dropped", "reason": problem}]
     if error is not None:
         answer = None
-    return {"type": "result", "id": job["id"], "answer": answer, "error": error, "events": state.events}
+    return {"type": "result", "id": job["id"], "answer": answer, "error": error, "events": events}
 
 
 def encode_result(result: dict) -> bytes:
@@ -263,6 +273,7 @@ def build_policy(config: dict) -> SandboxPolicy:
         exec_paths=list(p.get("exec_paths", [])),
         deny_paths=list(p.get("deny_paths", [])),
         strict=bool(p.get("strict", True)),
+        scratch_mb=int(p.get("scratch_mb", SCRATCH_MB)),   # the scratch (cwd) becomes a tmpfs this big
     )
 
 

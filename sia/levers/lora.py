@@ -14,6 +14,7 @@ Every step leaves a file in the generation folder (``sft_pairs.json`` / ``rollou
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from pathlib import Path
 from typing import Callable
@@ -21,7 +22,7 @@ from typing import Callable
 from sia.agents.decision import AUTO, Decision
 from sia.evaluation import Workbench
 from sia.harness.contract import Job
-from sia.levers.rollouts import RolloutPlan, collect
+from sia.levers.rollouts import RolloutPlan, collect, rotating_examples
 from sia.parts import LeverOffer, TrainedAdapter
 from sia.run import RunDir, read_json, write_json_atomic
 from sia.tasks import Example, Task
@@ -83,7 +84,9 @@ class LoraLever:
                                        progress=self.progress, threshold=(stats or {}).get("threshold"))
         except ValueError as exc:   # the samples cannot train this algorithm (e.g. no reward spread)
             raise LeverFailed(f"{algorithm} cannot train on this rollout: {exc}") from None
+        fit = self._fit(samples)   # after training: samples the algorithm refuses fail without a model
         info = {"algorithm": algorithm, "rationale": why, "reward_stats": stats, "rollout_s": rollout_s,
+                "signal_share": (stats or {}).get("spread_share"), "too_long": fit,
                 "losses": result.losses,
                 "wall_s": result.wall_s, "steps": result.steps, "examples": result.examples,
                 "tokens_per_s": result.tokens_per_s, "peak_rss_mb": result.peak_rss_mb, "note": result.note}
@@ -104,7 +107,7 @@ class LoraLever:
         if forced == "sft" or forced in (AUTO, None) and has_gold and format_rate >= thresholds["format_failure_sft"]:
             return "sft", (f"gold SFT: {format_rate:.0%} of val answers unreadable" if forced != "sft"
                            else "gold SFT (asked for)"), [], None
-        rows = self._rollouts(generation, harness, adapter, examples, pace)
+        rows = self._rollouts(generation, harness, adapter, examples, pace, (decision.stats or {}).get("score"))
         samples = _samples(rows)
         mean = sum(r["reward"] for r in rows) / len(rows) if rows else 0.0
         threshold = lora.get("positive_threshold")
@@ -117,14 +120,37 @@ class LoraLever:
                                      prior_shape=self.task.meta.reward_shape, **thresholds)
         return name, why, samples, stats.to_json()
 
-    def _rollouts(self, generation: int, harness: Path, adapter: str | None, examples: int, pace=None) -> list[dict]:
+    def _fit(self, samples: list) -> dict:
+        """How many samples do not fit ``lora.max_seq_len`` (refused by the trainer, never cut)."""
+        from sia.engine.hf import load_tokenizer
+        from sia.engine.model_cache import resolve_model_dir
+        from sia.train.batching import too_long
+
+        tokenizer = load_tokenizer(resolve_model_dir(self.cfg.model, self.cfg.cache_dir))
+        return too_long(tokenizer, samples, int(self.cfg.lora.max_seq_len))
+
+    def _rollouts(self, generation: int, harness: Path, adapter: str | None, examples: int, pace=None,
+                  score: float | None = None) -> list[dict]:
         lora = self.cfg.lora
-        n = max(MIN_ROLLOUT_EXAMPLES, min(examples, int(lora.rollout_examples)))
-        plan = RolloutPlan(examples=self.train_examples[:n],
-                           samples_per_prompt=int(lora.samples_per_prompt),
+        k_min = int(lora.samples_per_prompt)
+        k = k_min
+        if self.task.meta.reward_shape == "binary" and isinstance(score, (int, float)):
+            k = samples_for_signal(float(score), k_min, int(lora.get("max_samples_per_prompt") or k_min))
+        # K above samples_per_prompt draws fewer examples: the rollout's harness runs stay the same
+        n = max(MIN_ROLLOUT_EXAMPLES, min(examples, int(lora.rollout_examples) * k_min // k))
+        plan = RolloutPlan(examples=rotating_examples(self.train_examples, n, int(self.cfg.seed), generation),
+                           samples_per_prompt=k,
                            temperature=float(lora.rollout_temperature), seed=int(self.cfg.seed) * 1000 + generation)
         return collect(self.task, self.bench, harness, adapter, plan, self.run.gen_dir(generation) / "rollouts.jsonl",
-                       desc=f"gen {generation} rollouts", on_progress=pace)
+                       desc=f"gen {generation} rollouts", on_progress=pace, resources_for=self._resources_without)
+
+    def _resources_without(self, held: list[Example]) -> dict:
+        """``ctx.resources`` built from the train split less ``held`` (leave-one-out): a harness
+        rolled out on an example cannot look up that example's target."""
+        ids = {e.id for e in held}
+        splits = self.task.load()
+        kept = [e for e in splits.train if e.id not in ids]
+        return self.task.public_resources(dataclasses.replace(splits, train=kept))
 
     def _gold_samples(self, gen_dir: Path, harness: Path, n: int, generation: int) -> list:
         from sia.train.samples import samples_from_pairs
@@ -148,6 +174,19 @@ class LoraLever:
         name = adapter_name(generation)
         self.engine.add_adapter(name, str(adapter_dir))
         return TrainedAdapter(name=name, path=adapter_dir, info=info)
+
+
+def samples_for_signal(p: float, k_min: int, k_max: int, target: float = 0.5) -> int:
+    """Samples per prompt for a binary reward with success rate ``p`` (the incumbent's val
+    score): the smallest K in [k_min, k_max] whose group holds both outcomes, 1 - p^K - (1-p)^K,
+    with probability ``target`` or more (GRPO learns only from such groups; at p = 0.1, K = 4
+    gives 34%, K = 7 gives 52%); k_max when none does, k_min when p is 0 or 1 (nothing to size)."""
+    if not 0.0 < p < 1.0 or k_max <= k_min:
+        return k_min
+    for k in range(k_min, k_max + 1):
+        if 1.0 - p ** k - (1.0 - p) ** k >= target:
+            return k
+    return k_max
 
 
 def _samples(rows: list[dict]) -> list:

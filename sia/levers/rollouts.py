@@ -11,11 +11,18 @@ data. A job whose answer came without a model call gives no sample.
 One line per finished job (its reward and its samples) is appended to ``rollouts.jsonl``
 chunk by chunk (fsync'd), so a kill -9 during sampling redraws only the unfinished jobs, and
 one during training redraws nothing.
+
+Leave-one-out: a chunk's harness runs see ``ctx.resources`` built without the chunk's own
+examples (``resources_for``), so a harness cannot look up the target of the example it is
+rolled out on and earn its reward with any text. A chunk holds all K samples of a few
+examples, so each run leaves out as few train examples as it can.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -38,6 +45,19 @@ class RolloutPlan:
 
 def job_id(example: Example, k: int) -> str:
     return f"{example.id}~{k}"
+
+
+def rotating_examples(train: list[Example], n: int, seed: int, generation: int) -> list[Example]:
+    """The ``n`` train examples a generation's rollout draws on: a fixed seeded order of the
+    train split, walked ``n`` at a time, one window per generation (wrapping around), so
+    successive updates see different examples and, over generations, all of them."""
+    order = list(train)
+    random.Random(seed).shuffle(order)
+    if not order:
+        return []
+    n = min(n, len(order))
+    start = (generation * n) % len(order)
+    return [order[(start + i) % len(order)] for i in range(n)]
 
 
 def read_rollouts(path: Path) -> list[dict]:
@@ -63,22 +83,29 @@ def append_rollouts(path: Path, rows: list[dict]) -> None:
 
 
 def collect(task: Task, bench: Workbench, harness: Path, adapter: str | None, plan: RolloutPlan,
-            path: Path, desc: str, on_progress: Callable[[int, int], None] | None = None) -> list[dict]:
+            path: Path, desc: str, on_progress: Callable[[int, int], None] | None = None,
+            resources_for: Callable[[list[Example]], dict] | None = None) -> list[dict]:
     """Every sample of the plan (one row per job: example id, group, reward, credited calls),
     drawing only the jobs ``path`` does not hold yet. ``on_progress(done, total)`` counts over
-    all of them (see ``HarnessPool.run``); the chunks already appended stay when it raises."""
+    all of them (see ``HarnessPool.run``); the chunks already appended stay when it raises.
+    ``resources_for(examples)``: the ``ctx.resources`` of a chunk on those examples (leave-one-out)."""
     cut_torn_tail(path)
     rows = read_rollouts(path)
     done = {r["job"] for r in rows}
-    todo = [(e, k) for k in range(plan.samples_per_prompt) for e in plan.examples if job_id(e, k) not in done]
+    todo = [(e, k) for e in plan.examples for k in range(plan.samples_per_prompt) if job_id(e, k) not in done]
     sampling = {"temperature": plan.temperature, "seed": plan.seed}
     for start in range(0, len(todo), CHUNK):
         chunk = todo[start:start + CHUNK]
         # the chunk's last job is reported once the chunk is appended: a stop keeps a finished chunk
         progress = None if on_progress is None else (
             lambda done, n, s=start: on_progress(s + done, len(todo)) if done < n else None)
-        results = bench.run(harness, [Job(id=job_id(e, k), inputs=e.inputs) for e, k in chunk], adapter,
-                            desc=desc, sampling=sampling, on_progress=progress)
+        runner = bench
+        if resources_for is not None:
+            held = list({e.id: e for e, _ in chunk}.values())
+            runner = copy.copy(bench)   # the same pool and files, the chunk's own resources
+            runner.resources = resources_for(held)
+        results = runner.run(harness, [Job(id=job_id(e, k), inputs=e.inputs) for e, k in chunk], adapter,
+                             desc=desc, sampling=sampling, on_progress=progress)
         answers = [r.answer if r.error is None else None for r in results]
         report = task.evaluate([e for e, _ in chunk], answers, "train")
         new = []

@@ -14,8 +14,8 @@ from pathlib import Path
 from sia.report import runs as R
 from sia.report.jobs import read_jobs
 from sia.report.plot import plot_report
-from sia.report.tables import (attach_jobs, comparison_rows, decision_rows, group_runs, job_rows,
-                               markdown_table, print_tables)
+from sia.report.tables import (BASELINE, attach_jobs, comparison_rows, decision_rows, group_runs, job_rows,
+                               markdown_table, paired_rows, print_tables)
 
 
 def build_report(folder: Path, use_sacct: bool = True) -> dict:
@@ -24,7 +24,7 @@ def build_report(folder: Path, use_sacct: bool = True) -> dict:
     runs = attach_jobs(runs, jobs, folder)
     groups = group_runs(runs)
     return {"runs": runs, "jobs": jobs, "groups": groups, "comparison": comparison_rows(groups),
-            "decisions": decision_rows(groups), "job_rows": job_rows(runs)}
+            "paired": paired_rows(groups), "decisions": decision_rows(groups), "job_rows": job_rows(runs)}
 
 
 def write_markdown(report: dict, folder: Path, png: Path | None) -> Path:
@@ -32,10 +32,18 @@ def write_markdown(report: dict, folder: Path, png: Path | None) -> Path:
     direction = next((R.direction(r) for r in report["runs"] if r.summary), "max")
     better = "higher" if direction == "max" else "lower"
     text = [f"# SIA report: {folder}\n",
-            f"Primary metric: {metric} ({better} is better); mean ± sample spread over the finished seeds.\n",
+            f"Primary metric: {metric} ({better} is better); mean ± the half-width of its 95% t interval over "
+            f"the finished seeds ((n=1): one seed, no interval). Best baseline: the non-LLM baseline with the "
+            f"best val, its val / test.\n",
             "## Comparison\n", markdown_table(report["comparison"]),
+            f"\n## Paired by seed: each policy minus {BASELINE}\n",
+            "Differences on the same seeds (best val; test at the best generation): mean ± 95% t half-width, "
+            "the interval, and each seed's difference. An interval that holds 0 does not show a difference.\n\n",
+            markdown_table(report["paired"]),
             "\n## Decisions per generation\n",
-            "`+` kept, `-` rejected, `!` the candidate could not be built.\n\n", markdown_table(report["decisions"]),
+            "`+` kept, `-` rejected, `!` the candidate could not be built; `(gain/n)`: the paired keep rule's "
+            "mean gain over the incumbent and the val examples that decided it.\n\n",
+            markdown_table(report["decisions"]),
             "\n## Runs and jobs\n", markdown_table(report["job_rows"])]
     if png is not None:
         text.append(f"\n![incumbent val per generation and test at the best generation]({png.name})\n")
@@ -67,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         png = folder / "report.png"
         plot_report(report["groups"], png, f"SIA report: {folder.name}")
     md = write_markdown(report, folder, png)
-    print_tables(f"SIA report: {folder}", [("comparison (mean ± spread over seeds)", report["comparison"]),
+    print_tables(f"SIA report: {folder}", [("comparison (mean ± 95% t half-width over seeds)", report["comparison"]),
+                                            (f"paired by seed: each policy minus {BASELINE}", report["paired"]),
                                             ("decisions per generation (+ kept, - rejected, ! failed)",
                                              report["decisions"]),
                                             ("runs and jobs", report["job_rows"])])
@@ -82,9 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.wandb:
         from sia.report.wandb_out import publish_online
 
+        from sia.report.wandb_out import publish_report
+
         url = publish_online(report["runs"], report["comparison"], report["decisions"], report["job_rows"],
                              png, folder.name) if png else None
         print(f"sia.report: published {url}" if url else "sia.report: nothing finished to publish")
+        if png:
+            print(f"sia.report: W&B Report {publish_report(report, f'SIA report: {folder.name}')}")
     return 0
 
 

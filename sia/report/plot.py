@@ -1,6 +1,6 @@
 """report.png: left, the incumbent's val score per generation for every group (mean line, band
 from the lowest to the highest seed, each seed's decisions marked at its candidate's val score);
-right, test at the best generation (mean bar, one dot per seed)."""
+right, test at the best generation (mean bar, 95% t interval over seeds, one dot per seed)."""
 from __future__ import annotations
 
 import os
@@ -8,7 +8,7 @@ import statistics
 from pathlib import Path
 
 from sia.report import runs as R
-from sia.report.tables import Group
+from sia.report.tables import Group, t_interval
 
 MARKERS = {"seed": "o", "harness": "s", "weights": "^", "stop": "x", "invalid": "X"}
 
@@ -58,7 +58,9 @@ def plot_report(groups: list[Group], path: Path, title: str) -> dict[str, list[s
         best_tests = [R.best_scores(r)[2] for r in runs]
         best_tests = [t for t in best_tests if t is not None]
         if best_tests:
-            ax_test.bar(i, statistics.fmean(best_tests), color=color, alpha=0.55, width=0.6)
+            mean, half, n = t_interval(best_tests)
+            ax_test.bar(i, mean, color=color, alpha=0.55, width=0.6,
+                        yerr=None if n < 2 else half, capsize=5, ecolor="black")
             ax_test.scatter([i] * len(best_tests), best_tests, color=color, edgecolors="black", zorder=3, s=26)
             labels["test"].append(group.label)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -74,7 +76,7 @@ def plot_report(groups: list[Group], path: Path, title: str) -> dict[str, list[s
     ax.legend(handles=decision_keys, loc="upper left", fontsize=7, ncol=3, frameon=False)
     ax_test.set_xticks(range(len(drawn)), [g.label for g in drawn], rotation=20, ha="right", fontsize=8)
     ax_test.set_ylabel(f"test {metric}")
-    ax_test.set_title("test at the best generation\n(bar = mean, dots = seeds)", fontsize=9)
+    ax_test.set_title("test at the best generation\n(bar = mean, whisker = 95% t interval, dots = seeds)", fontsize=9)
     ax_test.grid(alpha=0.3, axis="y")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()

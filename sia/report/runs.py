@@ -204,7 +204,8 @@ def decisions(run: Run) -> list[str]:
     out = []
     for h in history(run):
         mark = "!" if h.failed else ("+" if h.kept else "-")
-        out.append(f"{h.label}{mark}")
+        gain = f"({h.keep_gain:+.3f}/{h.keep_n})" if h.keep_gain is not None else ""
+        out.append(f"{h.label}{mark}{gain}")
     return out
 
 

@@ -1,5 +1,7 @@
 """Group runs and turn them into the report's tables: the comparison (one row per task, policy
-and swept value, seeds pooled), the per-generation decisions of every run, and every job's fate."""
+and swept value, seeds pooled: mean ± the half-width of its 95% t interval over seeds), the
+paired comparison (each policy minus harness-only on the same seeds), the per-generation
+decisions of every run, and every job's fate."""
 from __future__ import annotations
 
 import statistics
@@ -68,18 +70,52 @@ def group_runs(runs: list[R.Run]) -> list[Group]:
     return list(groups.values())
 
 
-def _stats(values: list[float | None]) -> tuple[float, float] | None:
-    vals = [v for v in values if v is not None]
+BASELINE = "harness_only"      # the paired comparison subtracts this policy's runs
+
+
+def t_interval(values: list[float | None], level: float = 0.95) -> tuple[float, float, int] | None:
+    """(mean, half-width of the two-sided t interval, n) over the values given; the half-width
+    is nan for one value (no spread to judge from)."""
+    vals = [float(v) for v in values if v is not None]
     if not vals:
         return None
-    return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
+    mean = statistics.fmean(vals)
+    if len(vals) < 2:
+        return mean, float("nan"), 1
+    from scipy import stats
+
+    half = float(stats.t.ppf(1 - (1 - level) / 2, len(vals) - 1)) * statistics.stdev(vals) / len(vals) ** 0.5
+    return mean, half, len(vals)
 
 
-def _pm(stat: tuple[float, float] | None, digits: int = 3) -> str:
+def _stats(values: list[float | None]) -> tuple[float, float, int] | None:
+    return t_interval(values)
+
+
+def _pm(stat: tuple[float, float, int] | None, digits: int = 3) -> str:
     if stat is None:
         return "-"
-    mean, spread = stat
-    return f"{mean:.{digits}f} ± {spread:.{digits}f}"
+    mean, half, n = stat
+    if n < 2:
+        return f"{mean:.{digits}f} (n=1)"
+    return f"{mean:.{digits}f} ± {half:.{digits}f}"
+
+
+def _best_baseline(runs: list[R.Run]) -> str:
+    """The best non-LLM baseline by val (its val / test), as the runs' summaries report it."""
+    found = {}
+    for run in runs:
+        for name, b in ((run.summary or {}).get("baselines") or {}).items():
+            if isinstance(b, dict) and b.get("val") is not None:
+                found.setdefault(name, []).append((b["val"], b.get("test")))
+    if not found:
+        return "-"
+    direction = next((R.direction(r) for r in runs if r.summary), "max")
+    pick = max if direction == "max" else min
+    name = pick(found, key=lambda k: statistics.fmean(v for v, _ in found[k]))
+    val = statistics.fmean(v for v, _ in found[name])
+    tests = [t for _, t in found[name] if t is not None]
+    return f"{name} {val:.3f} / {statistics.fmean(tests):.3f}" if tests else f"{name} {val:.3f} / -"
 
 
 def comparison_rows(groups: list[Group]) -> list[dict]:
@@ -94,6 +130,7 @@ def comparison_rows(groups: list[Group]) -> list[dict]:
             "seeds": ",".join(str(r.seed) for r in done if r.seed is not None) or "-",
             "first val": _pm(_stats([f[0] for f in first])), "first test": _pm(_stats([f[1] for f in first])),
             "best val": _pm(_stats([b[1] for b in best])), "best test": _pm(_stats([b[2] for b in best])),
+            "best baseline val / test": _best_baseline(done),
             "generations": _pm(_stats([R.generations_used(r) for r in done]), 1),
             "wall s": _pm(_stats([R.wall_s(r) for r in done]), 0),
             "train s": _pm(_stats([R.train_s(r) for r in done]), 0),
@@ -101,6 +138,35 @@ def comparison_rows(groups: list[Group]) -> list[dict]:
         if any(t or d for t, d in costs):
             row["agent $"] = _pm(_stats([d for _, d in costs]), 4)
             row["agent tokens"] = _pm(_stats([t for t, _ in costs]), 0)
+        rows.append(row)
+    return rows
+
+
+def paired_rows(groups: list[Group]) -> list[dict]:
+    """Per task (and swept value): every other policy minus harness-only, paired by seed (only
+    seeds both finished), on best val and on test at the best generation: the mean difference
+    with its 95% t interval over the pairs, and each seed's difference."""
+    rows = []
+    for g in groups:
+        if g.policy == BASELINE:
+            continue
+        base = next((b for b in groups if b.policy == BASELINE and b.task == g.task and b.swept == g.swept), None)
+        if base is None:
+            continue
+        mine = {r.seed: r for r in g.finished if r.seed is not None}
+        theirs = {r.seed: r for r in base.finished if r.seed is not None}
+        seeds = sorted(set(mine) & set(theirs))
+        if not seeds:
+            continue
+        row = {"task": g.task, "policy": f"{g.label} - {base.label}", "seeds": ",".join(map(str, seeds))}
+        for what, index in (("best val", 1), ("best test", 2)):
+            diffs = [None if R.best_scores(mine[s])[index] is None or R.best_scores(theirs[s])[index] is None
+                     else R.best_scores(mine[s])[index] - R.best_scores(theirs[s])[index] for s in seeds]
+            stat = t_interval(diffs)
+            row[f"{what} diff"] = _pm(stat)
+            row[f"{what} 95% interval"] = "-" if stat is None or stat[2] < 2 else \
+                f"[{stat[0] - stat[1]:+.3f}, {stat[0] + stat[1]:+.3f}]"
+            row[f"{what} per seed"] = " ".join("-" if d is None else f"{d:+.3f}" for d in diffs)
         rows.append(row)
     return rows
 

@@ -1,10 +1,15 @@
 """The one data path every algorithm shares: samples -> token ids -> length-bucketed batches.
 
-Prompts are tokenised exactly as the engine renders them (the chat template with the
-generation prompt, no extra special tokens), so the adapter learns the very token sequence it
-will later continue. Only completion tokens (plus the end-of-turn token when the reply ended
-there, so the model learns to stop) are scored: a batch carries, per row, the positions whose
-hidden state predicts a completion token, and the model applies its LM head to those only.
+A served sample (a rollout) is trained on the token ids the engine fed and sampled, exactly:
+no decode/encode round trip (which can merge or split tokens), nothing appended (a reply that
+ended on EOS has it among its sampled ids; one cut at a stop string ends with the string's
+tokens, never with an EOS it did not draw). A sample without ids (gold SFT pairs, old rollout
+files) is tokenised as the engine renders prompts (the chat template with the generation
+prompt, no extra special tokens), plus the end-of-turn token when it ended the turn. A sample
+longer than ``lora.max_seq_len`` is refused whole, never cut: a prompt cut from the left is a
+prompt the model never saw. Only completion tokens are scored: a batch carries, per row, the
+positions whose hidden state predicts a completion token, and the model applies its LM head to
+those only.
 """
 from __future__ import annotations
 
@@ -20,21 +25,39 @@ BUCKET_TOKENS = 16  # sequences whose lengths differ by less than this may share
 
 
 def encode_sample(tokenizer, sample: Sample, max_seq_len: int) -> dict | None:
-    """{"input_ids", "n_prompt"} for one sample; None when the completion alone does not fit in
-    ``max_seq_len`` (with one prompt token). Long prompts lose tokens from the left."""
-    text = sample.prompt if isinstance(sample.prompt, str) else render_prompt(tokenizer, sample.prompt)
-    prompt = encode_text(tokenizer, text)
-    completion = encode_text(tokenizer, sample.completion)
-    if sample.eos:  # the chat template closes assistant turns with EOS; generation stops on it
-        completion = completion + [tokenizer.eos_token_id]
+    """{"input_ids", "n_prompt"} for one sample; None when it has no completion token or does
+    not fit in ``max_seq_len`` tokens (refused: see ``sample_tokens`` to count them)."""
+    prompt, completion = sample_tokens(tokenizer, sample)
+    if not completion or len(prompt) + len(completion) > max_seq_len:
+        return None
+    return {"input_ids": prompt + completion, "n_prompt": len(prompt)}
+
+
+def sample_tokens(tokenizer, sample: Sample) -> tuple[list[int], list[int]]:
+    """(prompt ids, completion ids) of a sample: the served ids when it has them, else its text
+    tokenised as the engine renders it (plus EOS when the reply ended the turn)."""
+    if sample.prompt_ids is not None:
+        prompt = list(sample.prompt_ids)
+    else:
+        text = sample.prompt if isinstance(sample.prompt, str) else render_prompt(tokenizer, sample.prompt)
+        prompt = encode_text(tokenizer, text)
+    if sample.completion_ids is not None:
+        completion = list(sample.completion_ids)   # what was sampled, the ending EOS included
+    else:
+        completion = encode_text(tokenizer, sample.completion)
+        if sample.eos:  # the chat template closes assistant turns with EOS; generation stops on it
+            completion = completion + [tokenizer.eos_token_id]
     if not prompt:
         raise ValueError("a sample's prompt renders to no tokens; the prompt must end where the reply starts")
-    if not completion or len(completion) >= max_seq_len:
-        return None
-    overflow = len(prompt) + len(completion) - max_seq_len
-    if overflow > 0:
-        prompt = prompt[overflow:]  # keep the end of the prompt, next to the completion
-    return {"input_ids": prompt + completion, "n_prompt": len(prompt)}
+    return prompt, completion
+
+
+def too_long(tokenizer, samples: list[Sample], max_seq_len: int) -> dict:
+    """How many samples ``encode_sample`` refuses for length: {"refused", "of", "max_seq_len",
+    "longest"} (for the training record: a refused sample is counted, never cut)."""
+    lengths = [sum(map(len, sample_tokens(tokenizer, s))) for s in samples]
+    return {"refused": sum(n > max_seq_len for n in lengths), "of": len(samples), "max_seq_len": int(max_seq_len),
+            "longest": max(lengths, default=0)}
 
 
 def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:

@@ -1,11 +1,12 @@
 """Which training algorithm fits what the rollout shows (not the task's name).
 
 The rules, in order (issue 9): gold targets and poor format-following -> ``sft``; no positive
-sample -> no training (or ``sft`` on gold targets when the task has them); mostly zero reward
-with a few wins -> ``eaw``; binary reward with successes -> ``grpo`` when groups hold both
-outcomes, else ``rs_sft``; graded reward -> ``grpo`` when groups spread, else ``ppo`` (a value
-baseline still learns across groups). ``prior_shape`` (``TaskMeta.reward_shape``) stands in
-for the shape only when the rollout is too small to tell.
+sample -> no training (or ``sft`` on gold targets when the task has them); no group with two
+different rewards -> ``rs_sft``, whatever the reward's shape (every group-relative advantage,
+grpo's and eaw's leave-one-out one, is 0 then, and a value baseline, ppo, would only learn
+which prompts are easy; imitating the samples above the threshold still reinforces what
+worked); mostly zero reward with a few wins -> ``eaw``; otherwise -> ``grpo``. ``prior_shape``
+(``TaskMeta.reward_shape``) stands in for the shape only when the rollout is too small to tell.
 """
 from __future__ import annotations
 
@@ -50,15 +51,15 @@ def choose_algorithm(stats: RewardStats, *, has_gold: bool, format_rate: float, 
         shape = _observed_shape(stats, sparse_zero_share)
         how = f"observed shape '{shape}'"
 
-    if shape == "sparse":
+    if stats.spread_share == 0:
+        # Every group is uniform: group-relative advantages (grpo, eaw) are all zero, and a
+        # value baseline (ppo) would learn which prompts are easy, not which replies are better.
+        name = "rs_sft"
+        why = (f"no group holds two different rewards ({shape} reward), so group-relative advantages vanish; "
+               f"rejection-sampling SFT imitates the {stats.n_positive} samples above the threshold")
+    elif shape == "sparse":
         name, why = "eaw", (f"{stats.zero_share:.0%} of samples at zero with {stats.n_positive} positive: "
-                            "entropic weighting puts the update on the rare wins")
-    elif stats.spread_share == 0:
-        # Every group is uniform: group-relative advantages are all zero.
-        name = "rs_sft" if shape == "binary" else "ppo"
-        why = ("no group holds two different rewards, so group-relative advantages vanish; "
-               + ("rejection-sampling SFT trains on the successful samples" if name == "rs_sft"
-                  else "a value baseline still compares groups"))
+                            "the entropic objective puts the update on the rare wins")
     else:
         name, why = "grpo", (f"{stats.spread_share:.0%} of groups hold different rewards (variance "
                              f"{stats.group_variance:.4f}): group-relative advantages carry the signal")

@@ -4,19 +4,33 @@ The engine reports log-probs of the untempered model, but the samples were drawn
 rollout temperature; so the trainer recomputes the sampling policy's log-probs itself (same
 adapter, same temperature, same precision, no dropout) before the first step. An optional KL
 penalty to the base model uses the same PEFT model with the adapter disabled (no second copy).
+
+Two choices follow current practice (``lora.grpo``):
+
+- ``loss_type`` (default ``dapo``): how per-token losses become a step's loss
+  (:func:`sia.train.policy.reduce_tokens`): DAPO's token-level sum over the step's completion
+  tokens (arXiv 2503.14476), Dr. GRPO's sum over a constant (arXiv 2503.20783), or the original
+  per-row mean then mean over rows, whose length bias TRL's ``GRPOTrainer`` documentation warns
+  about (TRL ``loss_type``, default ``dapo``).
+- ``scale_rewards`` (default ``group``): ``none`` leaves out the division by the group's reward
+  std (Dr. GRPO sec. 3.1: the std gives nearly-solved and nearly-hopeless prompts the largest
+  updates, a question-difficulty bias; TRL ``scale_rewards="none"``).
 """
 from __future__ import annotations
 
 import torch
 
-from sia.train.policy import PolicyModule, masked_mean_per_row
+from sia.train.policy import PolicyModule, masked_mean_per_row, reduce_tokens
 from sia.train.samples import Sample, group_by
 
 STD_EPS = 1e-6
 
 
-def group_advantages(rewards: list[float], groups: list[str]) -> list[float]:
-    """(reward - group mean) / group std (population std); 0 in a group whose rewards are equal."""
+def group_advantages(rewards: list[float], groups: list[str], scale: str = "group") -> list[float]:
+    """reward - group mean, divided by the group's population std when ``scale`` is ``group``
+    (``none``: not divided, Dr. GRPO); 0 in a group whose rewards are equal."""
+    if scale not in ("group", "none"):
+        raise ValueError(f"lora.grpo.scale_rewards must be group or none, got {scale!r}")
     out = [0.0] * len(rewards)
     members: dict[str, list[int]] = {}
     for i, g in enumerate(groups):
@@ -26,7 +40,10 @@ def group_advantages(rewards: list[float], groups: list[str]) -> list[float]:
         mean = sum(values) / len(values)
         std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
         for i in indices:
-            out[i] = 0.0 if std < STD_EPS else (rewards[i] - mean) / (std + STD_EPS)
+            if std < STD_EPS:
+                out[i] = 0.0
+            else:
+                out[i] = (rewards[i] - mean) / (std + STD_EPS) if scale == "group" else rewards[i] - mean
     return out
 
 
@@ -46,15 +63,22 @@ def clipped_surrogate(logp, old_logp, advantage, clip: float):
     return -torch.minimum(unclipped, clipped), (clipped < unclipped)
 
 
-def grpo_loss(logp, old_logp, advantage, mask, clip: float, kl_coef: float = 0.0, ref_logp=None):
-    """Mean over rows of each row's token-mean (surrogate + kl_coef * KL); (loss, metrics)."""
+def grpo_loss(logp, old_logp, advantage, mask, clip: float, kl_coef: float = 0.0, ref_logp=None,
+              loss_type: str = "dapo", step_tokens=None, step_rows=None, max_len=None):
+    """(surrogate + kl_coef * KL) per token, reduced by ``loss_type`` over the whole optimizer
+    step (:func:`sia.train.policy.reduce_tokens`); (loss, metrics). The metrics are this
+    batch's token means: clip_frac, kl, and ratio_dev (largest |ratio - 1|: 0 at step 0)."""
     per_token, was_clipped = clipped_surrogate(logp, old_logp, advantage.unsqueeze(1), clip)
-    metrics = {"clip_frac": masked_mean_per_row(was_clipped.float(), mask).mean().detach()}
+    with torch.no_grad():
+        ratio_dev = (torch.exp(logp - old_logp) - 1.0).abs().masked_fill(~mask, 0.0).max()
+    metrics = {"clip_frac": masked_mean_per_row(was_clipped.float(), mask).mean().detach(),
+               "ratio_dev": ratio_dev}
     if kl_coef and ref_logp is not None:
         kl = kl_to_reference(logp, ref_logp)
         per_token = per_token + kl_coef * kl
         metrics["kl"] = masked_mean_per_row(kl, mask).mean().detach()
-    return masked_mean_per_row(per_token, mask).mean(), metrics
+    loss = reduce_tokens(per_token, mask, loss_type, step_tokens=step_tokens, step_rows=step_rows, max_len=max_len)
+    return loss, metrics
 
 
 class Module(PolicyModule):
@@ -69,25 +93,35 @@ class Module(PolicyModule):
         logp, _ = self.policy_logp(batch)
         return grpo_loss(logp, batch["old_logp"], batch["advantage"], batch["completion_mask"],
                          clip=float(self.settings["clip"]), kl_coef=float(self.settings.get("kl", 0.0)),
-                         ref_logp=batch.get("ref_logp"))
+                         ref_logp=batch.get("ref_logp"), loss_type=str(self.settings.get("loss_type", "dapo")),
+                         **self.step_counts(batch))
 
 
 def prepare(samples: list[Sample], settings: dict) -> tuple[list[tuple[Sample, dict]], str]:
     """Scored samples with their advantage and sampling temperature; groups whose rewards are
     all equal carry no advantage and are left out (they would only cost compute)."""
     scored = _scored(samples, "grpo")
-    advantages = group_advantages([s.reward for s in scored], [s.group for s in scored])
+    advantages = group_advantages([s.reward for s in scored], [s.group for s in scored],
+                                  str(settings.get("scale_rewards", "group")))
     kept = [(s, {"advantage": a, "temperature": s.sampling_temperature or 0.0})
             for s, a in zip(scored, advantages) if a != 0.0]
     if not kept:
         raise ValueError("grpo: every group's samples share one reward, so every advantage is 0; "
                          "draw more samples per prompt or choose rs_sft/ppo")
     groups = len({s.group for s, _ in kept})
-    return kept, f"{len(kept)} samples from {groups} of {len(group_by(scored))} groups with reward spread"
+    return kept, (f"{len(kept)} samples from {groups} of {len(group_by(scored))} groups with reward spread "
+                  f"(loss {settings.get('loss_type', 'dapo')}, reward scale {settings.get('scale_rewards', 'group')})")
 
 
 def _scored(samples: list[Sample], name: str) -> list[Sample]:
+    """The scored samples a ratio-based algorithm can use: those with a reward, drawn without
+    nucleus truncation (top_p < 1 samples from a renormalised head of the distribution, which the
+    recomputed old log-probs, softmax at the temperature, do not describe; rollouts force 1)."""
     scored = [s for s in samples if s.reward is not None]
     if not scored:
         raise ValueError(f"{name} needs samples with a reward; got only gold targets (use algorithm=sft)")
-    return scored
+    plain = [s for s in scored if getattr(s, "top_p", None) is None or float(s.top_p) >= 1.0]
+    if not plain:
+        raise ValueError(f"{name}: every scored sample was drawn with top_p < 1, so its sampling probabilities "
+                         "are unknown to the importance ratio; draw the rollout with top_p=1 (rollouts force it)")
+    return plain

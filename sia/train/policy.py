@@ -110,6 +110,34 @@ def masked_mean_per_row(values: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
     return (values * m).sum(1) / m.sum(1).clamp(min=1.0)
 
 
+def reduce_tokens(per_token: torch.Tensor, mask: torch.Tensor, loss_type: str = "dapo", step_tokens=None,
+                  step_rows=None, max_len=None) -> torch.Tensor:
+    """This micro-batch's share of its optimizer step's loss, from per-token losses (B, C).
+
+    The divisor counts the whole step (``step_tokens``/``step_rows``: every micro-batch of it,
+    TRL's ``num_items_in_batch``), so however a step is split, each token or row weighs the
+    same; without them this batch is the whole step.
+
+    - ``dapo``: sum over the completion tokens / the step's completion tokens (token-level
+      loss: DAPO, arXiv 2503.14476, sec. 3.3; TRL ``GRPOTrainer`` ``loss_type="dapo"``, its
+      default): a long reply's tokens weigh as much as a short one's.
+    - ``dr_grpo``: sum / (step rows x ``max_len``), a constant for the whole update (Dr. GRPO,
+      arXiv 2503.20783, sec. 3.1: no per-response length division, which biases towards long
+      wrong replies; TRL ``loss_type="dr_grpo"`` divides by ``max_completion_length``).
+    - ``grpo``: each row's token mean, summed / the step's rows (the original GRPO form,
+      DeepSeekMath arXiv 2402.03300; length-biased, kept for comparison)."""
+    m = mask.to(per_token.dtype)
+    rows = float(mask.shape[0]) if step_rows is None else step_rows
+    if loss_type == "grpo":
+        return masked_mean_per_row(per_token, mask).sum() / rows
+    total = (per_token * m).sum()
+    if loss_type == "dapo":
+        return total / (m.sum().clamp(min=1.0) if step_tokens is None else step_tokens)
+    if loss_type == "dr_grpo":
+        return total / (rows * float(mask.shape[1] if max_len is None else max_len))
+    raise ValueError(f"loss_type must be one of dapo, dr_grpo, grpo; got {loss_type!r}")
+
+
 class PolicyModule(pl.LightningModule):
     """Base for every algorithm: the optimizer over trainable weights, the loss logged per step.
     Subclasses define ``loss(batch) -> (loss, metrics)``."""
@@ -123,13 +151,25 @@ class PolicyModule(pl.LightningModule):
         self.model = model
         self.lr = lr
         self.settings = dict(settings or {})
+        self.max_completion_len: int | None = None   # longest completion of the update (dr_grpo's constant)
 
     def policy_logp(self, batch: dict):
         temperature = sampling_temperature(batch) if self.uses_temperature else None
         return completion_forward(self.model, batch, temperature)
 
+    def step_counts(self, batch: dict) -> dict:
+        """``reduce_tokens``' divisors: the rows and completion tokens of the whole optimizer
+        step this micro-batch belongs to (the trainer's sampler adds them), and the update's
+        longest completion."""
+        return {"step_tokens": batch.get("step_tokens"), "step_rows": batch.get("step_rows"),
+                "max_len": self.max_completion_len}
+
     def training_step(self, batch, batch_idx):
         loss, metrics = self.loss(batch)
+        if "step_rows" in batch and self._trainer is not None:
+            # The loss is already this micro-batch's share of its step; Lightning divides every
+            # micro-batch's loss by accumulate_grad_batches (even a short last step's), so undo it.
+            loss = loss * self.trainer.accumulate_grad_batches
         size = batch["input_ids"].shape[0]
         self.log("train/loss", loss, prog_bar=True, on_step=True, batch_size=size)
         for key, value in metrics.items():

@@ -13,23 +13,29 @@ from pathlib import Path
 
 from sia.train.samples import Sample
 
-FIELDS = ("group", "example_id", "seed", "temperature", "prompt", "completion", "reward", "eos")
+FIELDS = ("group", "example_id", "seed", "temperature", "top_p", "finish", "prompt", "completion", "reward", "eos",
+          "prompt_ids", "completion_ids")
 
 
 def sample_record(sample: Sample) -> dict:
-    return {"group": sample.group, "example_id": sample.example_id, "seed": sample.seed,
-            "temperature": sample.sampling_temperature, "prompt": sample.prompt,
-            "completion": sample.completion, "reward": sample.reward, "eos": sample.eos}
+    record = {"group": sample.group, "example_id": sample.example_id, "seed": sample.seed,
+              "temperature": sample.sampling_temperature, "top_p": sample.top_p, "finish": sample.finish,
+              "prompt": sample.prompt, "completion": sample.completion, "reward": sample.reward, "eos": sample.eos}
+    if sample.completion_ids is not None:   # the sampled ids: what the trainer trains on
+        record["prompt_ids"], record["completion_ids"] = sample.prompt_ids, sample.completion_ids
+    return record
 
 
 def record_sample(record: dict) -> Sample:
+    """A Sample from a rollout record; a record without ids (an older file) trains on its text."""
     missing = [k for k in ("prompt", "completion") if k not in record]
     if missing:
         raise ValueError(f"rollout record lacks {missing}; each line needs at least prompt and completion")
     return Sample(prompt=record["prompt"], completion=record["completion"], reward=record.get("reward"),
                   group=str(record.get("group", "")), sampling_temperature=record.get("temperature"),
                   eos=bool(record.get("eos", True)), example_id=str(record.get("example_id", "")),
-                  seed=record.get("seed"))
+                  seed=record.get("seed"), top_p=record.get("top_p"), finish=record.get("finish"),
+                  prompt_ids=record.get("prompt_ids"), completion_ids=record.get("completion_ids"))
 
 
 class RolloutWriter:
@@ -123,18 +129,48 @@ def samples_from_events(events: list[dict], reward: float | None, *, group: str,
                         served: list[dict] | None = None) -> list[Sample]:
     """Samples for one harness run: each credited call's messages and completion with the
     run's reward. ``served``: the calls the trusted parent actually answered (the pool's own
-    record); when given, a credited call the model never produced is dropped, so a harness
-    cannot put text of its own into the training data."""
-    trusted = None
-    if served is not None:
-        trusted = {_call_key(c) for c in served if isinstance(c, dict) and c.get("type") == "llm_call"}
+    record); when given, each credited call is matched to a served call, each served call to
+    at most one credited call (a call logged as used 50 times is one sample), and the sample is
+    built from the served record alone (prompt, completion, ids, temperature, top_p, seed,
+    finish): a harness can neither put text of its own into the training data nor say how it
+    was sampled. Without ``served`` (old trajectory files) the events are taken as they are."""
+    credited = credited_calls(events)
+    if served is None:
+        return _samples_from_untrusted(credited, reward, group, example_id, temperature, seed)
+    unmatched: dict[str, list[dict]] = {}
+    for call in served:
+        if isinstance(call, dict) and call.get("type") == "llm_call":
+            unmatched.setdefault(_call_key(call), []).append(call)
     out = []
-    for call in credited_calls(events):
+    for call in credited:
+        left = unmatched.get(_call_key(call))
+        if left:
+            out.append(served_sample(left.pop(0), reward, group=group, example_id=example_id))
+    return out
+
+
+def served_sample(call: dict, reward: float | None, *, group: str, example_id: str) -> Sample:
+    """A Sample from one trusted served-call record (``sia.harness.batcher.served_record``)."""
+    finish = call.get("finish")
+    if finish is None:   # an engine that does not say: its finish_reason is all there is
+        eos = call.get("finish_reason", "stop") == "stop"
+    else:
+        eos = finish == "eos"
+    return Sample(prompt=call["messages"], completion=call["completion"], reward=reward, group=group,
+                  sampling_temperature=call.get("temperature"), eos=eos, example_id=example_id,
+                  seed=call.get("seed"), top_p=call.get("top_p"), finish=finish,
+                  prompt_ids=call.get("prompt_ids"), completion_ids=call.get("completion_ids"))
+
+
+def _samples_from_untrusted(credited: list[dict], reward, group, example_id, temperature, seed) -> list[Sample]:
+    """Old trajectory files (no served record): the harness's events as they are, each distinct
+    call once, trained on their text."""
+    out, seen = [], set()
+    for call in credited:
         messages, completion = call.get("messages"), call.get("completion")
-        if not isinstance(messages, list) or not isinstance(completion, str):
+        if not isinstance(messages, list) or not isinstance(completion, str) or _call_key(call) in seen:
             continue
-        if trusted is not None and _call_key(call) not in trusted:
-            continue
+        seen.add(_call_key(call))
         out.append(Sample(prompt=messages, completion=completion, reward=reward, group=group,
                           sampling_temperature=call.get("temperature", temperature),
                           eos=call.get("finish_reason", "stop") == "stop", example_id=example_id,
@@ -158,5 +194,8 @@ def samples_from_trajectories(trajectories: list[dict], rewards: list[float | No
     return out
 
 
-def _call_key(call: dict) -> str:
-    return json.dumps([call.get("messages"), call.get("completion")], sort_keys=True, ensure_ascii=False)
+def _call_key(call: dict) -> str | None:
+    try:
+        return json.dumps([call.get("messages"), call.get("completion")], sort_keys=True, ensure_ascii=False)
+    except (TypeError, ValueError):   # a harness event that is not plain JSON matches nothing
+        return None

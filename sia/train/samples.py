@@ -16,7 +16,13 @@ class Sample:
     ``reward`` is None for gold SFT targets. ``group`` ties the K samples drawn for one prompt
     (group-relative algorithms compare rewards inside it). ``sampling_temperature`` is what the
     engine sampled with (None or 0: greedy). ``eos``: the completion ended the turn (the model
-    emitted end-of-turn), so the end-of-turn token is trained too."""
+    emitted end-of-turn), so the end-of-turn token is trained too (text path only).
+
+    A served rollout sample also carries what the engine really did (the trusted served
+    record): ``prompt_ids`` and ``completion_ids`` (every sampled token, the ending EOS and a
+    stop string's tokens included), trained exactly as they are, with nothing appended;
+    ``top_p`` and ``finish`` ("eos" | "stop" | "length"). Without ids (gold SFT pairs, old
+    rollout files) the text is tokenised and EOS appended when ``eos``."""
     prompt: str | list[dict]
     completion: str
     reward: float | None = None
@@ -25,10 +31,21 @@ class Sample:
     eos: bool = True
     example_id: str = ""
     seed: int | None = None
+    top_p: float | None = None
+    finish: str | None = None
+    prompt_ids: list[int] | None = None
+    completion_ids: list[int] | None = None
 
     def __post_init__(self):
         if not isinstance(self.completion, str):
             raise ValueError(f"Sample.completion must be a str, got {type(self.completion).__name__}")
+        for key in ("prompt_ids", "completion_ids"):
+            ids = getattr(self, key)
+            if ids is not None and not (isinstance(ids, list) and all(
+                    isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in ids)):
+                raise ValueError(f"Sample.{key} must be a list of token ids (ints >= 0) or None")
+        if self.finish is not None and self.finish not in ("eos", "stop", "length"):
+            raise ValueError(f"Sample.finish must be eos, stop or length, got {self.finish!r}")
         if isinstance(self.prompt, list):
             if not all(isinstance(m, dict) and "role" in m and "content" in m for m in self.prompt):
                 raise ValueError("Sample.prompt as a chat must be a list of {'role', 'content'} messages")

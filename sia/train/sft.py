@@ -5,25 +5,20 @@ from __future__ import annotations
 
 import torch
 
-from sia.train.policy import PolicyModule
+from sia.train.policy import PolicyModule, reduce_tokens
 from sia.train.samples import Sample, samples_from_pairs
 
 
-def sft_loss(logp: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean NLL over every completion token of the batch; with per-row ``weight`` (B,), the
-    batch mean of weight * the row's token-mean NLL (weighted imitation). Dividing by the batch
-    size, not the weights' sum, keeps a batch of low-weight rows a small update."""
-    m = mask.to(logp.dtype)
-    if weight is None:
-        return -(logp * m).sum() / m.sum().clamp(min=1.0)
-    per_row = -(logp * m).sum(1) / m.sum(1).clamp(min=1.0)
-    return (weight * per_row).mean()
+def sft_loss(logp: torch.Tensor, mask: torch.Tensor, step_tokens=None) -> torch.Tensor:
+    """Mean NLL over every completion token of the optimizer step (``step_tokens``: the step's
+    completion tokens across its micro-batches; None: this batch is the whole step)."""
+    return reduce_tokens(-logp, mask, "dapo", step_tokens=step_tokens)
 
 
 class Module(PolicyModule):
     def loss(self, batch):
         logp, _ = self.policy_logp(batch)
-        return sft_loss(logp, batch["completion_mask"]), {}
+        return sft_loss(logp, batch["completion_mask"], batch.get("step_tokens")), {}
 
 
 def prepare(samples: list[Sample], settings: dict) -> tuple[list[tuple[Sample, dict]], str]:

@@ -5,6 +5,12 @@ shared data path, fields that must be fixed before the first step (the sampling 
 log-probs, the base model's, PPO's advantages) are computed in one no-grad pass, then Lightning
 runs ``steps`` optimizer steps and the adapter is saved atomically, continuing from
 ``init_adapter`` when one is given.
+
+Each loss is normalised by its whole optimizer step (the rows or completion tokens of every
+micro-batch of the step, TRL's ``num_items_in_batch``): :class:`StepSampler` hands every
+micro-batch its step's counts, so a short last micro-batch gives each row or token the same
+share as the others (a per-micro-batch mean let one row of a 4+1 split weigh 4x). Gradients
+are clipped to ``lora.gradient_clip_val`` (norm) before each step.
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from sia.engine.hf import load_tokenizer, pick_device
 from sia.engine.model_cache import resolve_model_dir
@@ -25,11 +31,11 @@ from sia.train.policy import (disable_dropout, load_extra_state, load_lora_model
                               release_memory, save_adapter, training_precision)
 from sia.train.resources import PeakRSS, quiet_lightning
 from sia.train.samples import Sample
-from sia.train.settings import algorithm_settings, capped_steps, micro_batches
+from sia.train.settings import algorithm_settings, capped_steps, gradient_clip, micro_batches
 
 log = logging.getLogger(__name__)
 
-RATIO_BASED = ("grpo", "ppo")
+RATIO_BASED = ("grpo", "eaw", "ppo")   # importance ratios: no dropout, or step 0's ratio is not 1
 
 
 @dataclass
@@ -45,6 +51,7 @@ class TrainResult:
     step_s: float = 0.0       # mean seconds per optimizer step after the first
     note: str = ""            # what the algorithm selected (e.g. groups with reward spread)
     metrics: dict = field(default_factory=dict)  # the last step's logged figures (clip_frac, kl...)
+    refused_too_long: int = 0  # selected samples longer than lora.max_seq_len: refused whole, never cut
 
     @property
     def n_examples(self) -> int:  # the name the first SFT trainer used
@@ -58,6 +65,7 @@ def train_adapter(model_cfg, lora_cfg, cache_dir, samples: list[Sample], *, algo
     ``out_dir`` (adapter files, then ``out_dir/COMPLETE`` last). ``threshold``: reward above
     which a sample counts as a success (rs_sft; default ``lora.positive_threshold`` or 0)."""
     settings = algorithm_settings(lora_cfg, algorithm, threshold)
+    clip_norm = gradient_clip(lora_cfg)
     if not samples:
         raise ValueError(f"train_adapter({algorithm}) needs at least one sample; got none")
     if steps < 1:
@@ -69,6 +77,7 @@ def train_adapter(model_cfg, lora_cfg, cache_dir, samples: list[Sample], *, algo
         model_dir = resolve_model_dir(model_cfg, cache_dir)
         tokenizer = load_tokenizer(model_dir)
         examples = _encode(tokenizer, chosen, int(lora_cfg.max_seq_len))
+        refused = len(chosen) - len(examples)
         asked, steps = steps, capped_steps(lora_cfg, algorithm, steps, len(examples))
         if steps < asked:
             cap = (f"{steps} of {asked} steps: lora.rollout_epochs={float(lora_cfg.rollout_epochs):g} passes over "
@@ -79,6 +88,7 @@ def train_adapter(model_cfg, lora_cfg, cache_dir, samples: list[Sample], *, algo
         if algorithm in RATIO_BASED:
             disable_dropout(model)
         module = algo.Module(model, lr=float(lora_cfg.lr), settings=settings)
+        module.max_completion_len = max(completion_length(e) for e in examples)   # dr_grpo's constant
         extra = load_extra_state(init_adapter)
         if extra is not None:
             module.load_extra_state(extra)
@@ -87,10 +97,11 @@ def train_adapter(model_cfg, lora_cfg, cache_dir, samples: list[Sample], *, algo
         micro, accumulate = micro_batches(lora_cfg)
         _precompute(module, examples, micro, tokenizer.pad_token_id, precision, device)
         recorder = _Recorder()
-        sampler = BucketBatchSampler([len(e["input_ids"]) for e in examples], int(lora_cfg.batch_size), seed,
-                                     micro_batch_size=micro)
-        loader = DataLoader(examples, batch_sampler=sampler,
-                            collate_fn=lambda batch: collate(batch, tokenizer.pad_token_id))
+        sampler = StepSampler(BucketBatchSampler([len(e["input_ids"]) for e in examples], int(lora_cfg.batch_size),
+                                                 seed, micro_batch_size=micro),
+                              accumulate, [completion_length(e) for e in examples])
+        loader = DataLoader(_StepRows(examples), batch_sampler=sampler,
+                            collate_fn=lambda rows: step_collate(rows, tokenizer.pad_token_id))
         with quiet_lightning():
             trainer = pl.Trainer(
                 max_steps=steps, max_epochs=-1,  # cycle through the data until max_steps
@@ -98,6 +109,7 @@ def train_adapter(model_cfg, lora_cfg, cache_dir, samples: list[Sample], *, algo
                 precision=precision, enable_checkpointing=False, logger=wandb_logger or False,
                 enable_progress_bar=progress, enable_model_summary=False, log_every_n_steps=1,
                 use_distributed_sampler=False, callbacks=[recorder], accumulate_grad_batches=accumulate,
+                gradient_clip_val=clip_norm, gradient_clip_algorithm="norm",
             )
             trainer.fit(module, train_dataloaders=loader)
         last_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
@@ -111,7 +123,7 @@ def train_adapter(model_cfg, lora_cfg, cache_dir, samples: list[Sample], *, algo
     return TrainResult(losses=recorder.losses, wall_s=time.perf_counter() - started, steps=steps,
                        examples=len(examples), algorithm=algorithm, tokens_per_s=tokens_per_s,
                        peak_rss_mb=rss.peak_mb, adapter_dir=str(out_dir), step_s=step_s,
-                       note=note, metrics=last_metrics)
+                       note=note, metrics=last_metrics, refused_too_long=refused)
 
 
 def _encode(tokenizer, chosen: list[tuple[Sample, dict]], max_seq_len: int) -> list[dict]:
@@ -121,11 +133,61 @@ def _encode(tokenizer, chosen: list[tuple[Sample, dict]], max_seq_len: int) -> l
         if encoded is not None:
             examples.append({**encoded, **fields})
     if len(examples) < len(chosen):
-        log.warning("skipped %d samples whose completion exceeds lora.max_seq_len=%d",
-                    len(chosen) - len(examples), max_seq_len)
+        log.warning("refused %d of %d samples whose prompt + completion exceed lora.max_seq_len=%d tokens "
+                    "(never cut: a cut prompt is one the model never saw)", len(chosen) - len(examples), len(chosen),
+                    max_seq_len)
     if not examples:
-        raise ValueError(f"no sample's completion fits in lora.max_seq_len={max_seq_len} tokens; raise it")
+        raise ValueError(f"no sample's prompt + completion fits in lora.max_seq_len={max_seq_len} tokens; raise "
+                         f"lora.max_seq_len (or lora.max_seq_len_by_task.<task>)")
     return examples
+
+
+def completion_length(example: dict) -> int:
+    return len(example["input_ids"]) - example["n_prompt"]
+
+
+class StepSampler(Sampler):
+    """The bucket sampler's micro-batches, each index paired with its optimizer step's row and
+    completion-token counts. A step is ``accumulate`` consecutive micro-batches: every full
+    batch splits into exactly that many, and the short batch comes last, where Lightning
+    closes the epoch's last step whatever its size."""
+
+    def __init__(self, inner: Sampler, accumulate: int, completion_lengths: list[int]):
+        self.inner, self.accumulate, self.lengths = inner, accumulate, completion_lengths
+
+    def __iter__(self):
+        micro = list(self.inner)
+        for s in range(0, len(micro), self.accumulate):
+            step = micro[s:s + self.accumulate]
+            rows = sum(len(b) for b in step)
+            tokens = sum(self.lengths[i] for b in step for i in b)
+            for b in step:
+                yield [(i, rows, tokens) for i in b]
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+
+class _StepRows:
+    """The examples, indexed by StepSampler's (index, step rows, step tokens)."""
+
+    def __init__(self, examples: list[dict]):
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, key):
+        i, rows, tokens = key
+        return {**self.examples[i], "step_rows": rows, "step_tokens": tokens}
+
+
+def step_collate(rows: list[dict], pad_id: int) -> dict:
+    """``collate`` plus the step's counts (float scalars: divisors of the loss)."""
+    batch = collate(rows, pad_id)
+    batch["step_rows"] = torch.tensor(float(rows[0]["step_rows"]))
+    batch["step_tokens"] = torch.tensor(float(rows[0]["step_tokens"]))
+    return batch
 
 
 def _precompute(module, examples: list[dict], batch_size: int, pad_id: int, precision: str, device) -> None:
@@ -149,7 +211,8 @@ def _precompute(module, examples: list[dict], batch_size: int, pad_id: int, prec
 
 class _Recorder(pl.Callback):
     """Loss, tokens and wall time of every optimizer step (data loading included; set-up and
-    saving not). With micro-batches, a step's loss is the mean of its micro-batches' losses."""
+    saving not). With micro-batches, a step's loss is the sum of its micro-batches' shares
+    (each loss is normalised by the whole step's rows or tokens)."""
 
     def __init__(self):
         self.losses: list[float] = []
@@ -167,12 +230,13 @@ class _Recorder(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        # Lightning hands back the loss divided by the accumulation factor
-        self._pending.append(float(loss.detach()) * trainer.accumulate_grad_batches)
+        # Lightning hands back the loss divided by the accumulation factor, which the module
+        # multiplied in: what is left is this micro-batch's share of the step's loss.
+        self._pending.append(float(loss.detach()))
         if trainer.global_step == self._steps:    # micro-batch without an optimizer step yet
             return
         self._steps = trainer.global_step
-        self.losses.append(sum(self._pending) / len(self._pending))
+        self.losses.append(sum(self._pending))
         self.step_tokens.append(self._tokens)
         now = time.perf_counter()
         self.step_s.append(now - self._last)

@@ -29,6 +29,9 @@ from sia.harness.supervisor import Child
 TASKS_DIR = Path(__file__).resolve().parent.parent
 SIA_PARENT = Path(protocol.__file__).resolve().parents[2]
 LOG_TAIL_BYTES = 1500
+# The child's scratch becomes a tmpfs this big (compiler output, Triton/CUDA caches): a
+# submission that writes more gets ENOSPC, and the host's disk never fills.
+SCRATCH_MB = 1024
 
 
 class ChildFailure(Exception):
@@ -49,7 +52,8 @@ class ChildProcess:
         self.reader = protocol.FrameReader()
         self.pending: list[Any] = []
         self.proc: Child | None = None
-        policy = {**policy, "write_paths": [*policy.get("write_paths", []), str(self.scratch)]}
+        policy = {"scratch_mb": SCRATCH_MB, **policy,
+                  "write_paths": [*policy.get("write_paths", []), str(self.scratch)]}
         self.sandbox: dict = {}
         self._to_child = self._from_child = -1
         try:

@@ -166,7 +166,7 @@ class Settings:
         """SandboxPolicy fields for a child (its scratch folder is added by the child handle).
 
         Compilers (c++, nvcc, ninja) live under /usr, which the sandbox already lets a child
-        read and execute; a non-empty exec_paths also lets the linker chmod its output.
+        read and execute; exec_paths lets a child run the compilers (chmod stays denied: the linker ignores that).
         """
         read_paths = list(self.read_paths)
         write_paths: list[str] = []

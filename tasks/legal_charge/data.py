@@ -184,8 +184,10 @@ def split_records(
 
 
 # ---- labels -----------------------------------------------------------------------------
-def load_labels(labels_path: Path | None, data_path: Path | None, records: list[dict]) -> list[str]:
-    """``labels_path``, else ``charges.json`` beside the data file, else the gold names seen."""
+def load_labels(labels_path: Path | None, data_path: Path | None, train: list[dict]) -> list[str]:
+    """``labels_path``, else ``charges.json`` beside the data file, else the gold names of the
+    ``train`` records: never of val/test records, whose charges the list (public to every
+    harness) would otherwise give away."""
     candidates = [labels_path] if labels_path else []
     if data_path is not None:
         candidates.append(Path(data_path).parent / "charges.json")
@@ -201,7 +203,7 @@ def load_labels(labels_path: Path | None, data_path: Path | None, records: list[
             if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
                 raise DataError(f"{candidate} is not a JSON list of charge names")
             return unique(n for n in map(normalise_charge, names) if n)
-    return unique(name for record in records for name in record["charges"])
+    return unique(name for record in train for name in record["charges"])
 
 
 def by_train_frequency(labels: list[str], train: list[dict]) -> list[str]:

@@ -96,10 +96,13 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-def failure_reason(answer: Any, score: ChargeScore) -> str:
+def failure_reason(answer: Any, score: ChargeScore, public_gold: bool = False) -> str:
     """One sentence on what kind of mistake it was; empty when the set is exact. It never
     names a charge: held-out gold must not reach the feedback side, and a predicted name
-    next to "right"/"extra" would tell which gold names it hit (the counts say how close)."""
+    next to "right"/"extra" would tell which gold names it hit. On val/test it does not count
+    hits either: "1 right, 1 extra" over a few answers recovers each gold set, so only the
+    answer's own size is told. ``public_gold`` (a train example: its charges are in
+    ctx.resources['train']): the reason counts how close."""
     if score.exact:
         return ""
     if answer is None:
@@ -107,6 +110,8 @@ def failure_reason(answer: Any, score: ChargeScore) -> str:
     if score.abstained:
         snippet = answer_text(answer).strip().replace("\n", " ")[:60]
         return f"no valid charge name in the output (abstention): {snippet!r}"
+    if not public_gold:
+        return f"not the gold charge set: named {_count(len(score.predicted), 'valid charge')}"
     hits = len(set(score.predicted) & set(score.gold))
     extra, missing = len(score.predicted) - hits, len(set(score.gold)) - hits
     named = f"named {_count(len(score.predicted), 'valid charge')}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from sia.data import file_problem
 from sia.harness.options import with_options
 from sia.tasks import schema_defaults
 from sia.tasks import (EvalReport, Example, ExampleScore, HarnessEdit, Splits, Task, TaskMeta,
@@ -44,6 +45,14 @@ def _path(value: Any) -> Path | None:
     return Path(str(value)).expanduser() if value not in (None, "") else None
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (links and relative spellings included)."""
+    try:
+        return a.resolve() == b.resolve() or (a.is_file() and b.is_file() and a.samefile(b))
+    except OSError:
+        return False
+
+
 class TaskImpl(Task):
     name = "legal_charge"
 
@@ -77,24 +86,30 @@ class TaskImpl(Task):
         for key, value in (("path", path), ("test_path", test_path)):
             if value is None:
                 continue
-            if not value.is_file():
+            missing = file_problem(f"task.data.{key}", value, "a local LawBench 3-3 JSON file or a CAIL2018 "
+                                   "JSON-lines file", (".json", ".jsonl"))
+            if missing:
                 problems.append(
-                    f"task.data.{key}={str(value)!r} does not exist: point it at a local LawBench "
-                    f"3-3 JSON file or a CAIL2018 JSON-lines file"
-                    + (", or set task.data.path=null for the offline synthetic set" if key == "path" else "")
+                    missing + (", or set task.data.path=null for the offline synthetic set" if key == "path" else "")
                 )
             elif d["format"] == "auto" and (bad := self._undetectable(key, value)):
                 problems.append(bad)
+        if test_path is not None and path is not None and _same_file(path, test_path):
+            problems.append(
+                f"task.data.test_path={str(test_path)!r} is the file of task.data.path: its examples would "
+                f"also be train examples, which every harness reads with their charges "
+                f"(ctx.resources['train']); give the test split a file of its own, or set "
+                f"task.data.test_path=null to cut test from task.data.path"
+            )
         if test_path is not None and path is None:
             problems.append(
                 f"task.data.test_path={str(test_path)!r} is set but task.data.path is null: give "
                 f"task.data.path (train and val come from it) or set task.data.test_path=null"
             )
-        if labels_path is not None and not labels_path.is_file():
-            problems.append(
-                f"task.data.labels_path={str(labels_path)!r} does not exist: point it at a JSON "
-                f"list of charge names (LawBench's charges.json) or set it to null"
-            )
+        if labels_path is not None and (missing := file_problem(
+                "task.data.labels_path", labels_path, "a JSON list of charge names (LawBench's charges.json)",
+                (".json",))):
+            problems.append(missing + ", or set it to null")
         problems += self._fraction_problems()
         if path is None:
             problems += self._synthetic_problems()
@@ -221,7 +236,8 @@ class TaskImpl(Task):
                 records, d["val_fraction"], d["test_fraction"], d["split_seed"]
             )
         try:
-            labels = load_labels(_path(d["labels_path"]), path, train + val + test)
+            # train only: a list built from val/test gold would name held-out charges to every harness
+            labels = load_labels(_path(d["labels_path"]), path, train)
         except DataError as err:
             raise DataProblem(f"task.data.labels_path={d['labels_path']!r} (or, when null, charges.json "
                               f"beside task.data.path): {err}; fix that file, or point "
@@ -245,14 +261,17 @@ class TaskImpl(Task):
         if len(examples) != len(answers):
             raise ValueError(f"{len(examples)} examples but {len(answers)} answers")
         labels = self.labels
+        train_ids = {e.id for e in self.load().train}   # their gold is public: reasons may count hits
         scores, per_example = [], []
         for example, answer in zip(examples, answers):
             score = score_answer(answer, list(example.target or []), labels)
             scores.append(score)
+            public = split == "train" and example.id in train_ids
             per_example.append(ExampleScore(
                 id=example.id,
                 score=score.f1,
-                reason=failure_reason(answer, score),   # never names a charge (gold stays in details)
+                # never names a charge (gold stays in details); counts hits on public train gold only
+                reason=failure_reason(answer, score, public_gold=public),
                 failure=failure_kind(answer, score),
                 details={
                     "predicted": list(score.predicted),

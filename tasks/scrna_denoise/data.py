@@ -24,6 +24,10 @@ class CountsError(ValueError):
     """The data holds no usable integer counts; the message says what was checked."""
 
 
+class UnreadableFile(CountsError):
+    """The file is not an AnnData .h5ad at all (not HDF5, or HDF5 without AnnData's layout)."""
+
+
 @dataclass
 class Counts:
     matrix: sp.csr_matrix     # cells x genes, integer-valued (int64)
@@ -80,7 +84,14 @@ def load_h5ad_counts(path: str | Path, layer: str = "auto") -> Counts:
     path = Path(path)
     if not path.is_file():
         raise CountsError(f"{path} does not exist")
-    adata = anndata.read_h5ad(path)
+    try:
+        adata = anndata.read_h5ad(path)
+    except OSError as err:   # h5py: "Unable to open file (file signature not found)" and the like
+        raise UnreadableFile(f"{path} is not a readable HDF5 file, so not an AnnData .h5ad "
+                             f"(h5py: {str(err)[:200]})") from None
+    except Exception as err:   # noqa: BLE001 - any other reader failure: HDF5, but not AnnData's layout
+        raise UnreadableFile(f"{path} is HDF5 but anndata cannot read it as AnnData "
+                             f"({type(err).__name__}: {str(err)[:200]})") from None
     checked = []
     for name, matrix, genes in _candidates(adata, layer):
         if matrix is None:

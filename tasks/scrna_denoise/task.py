@@ -21,13 +21,14 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from sia.data import file_problem
 from sia.harness.options import read_options, with_options
 from sia.tasks import schema_defaults
 from sia.tasks import EvalReport, Example, ExampleScore, HarnessEdit, Splits, Task, TaskMeta, plain_config
 
 from .config_schema import DataConfig
 from . import baselines
-from .data import Counts, CountsError, McvSplit, cell_splits, load_bundled_pbmc, load_h5ad_counts, mcv_split
+from .data import Counts, CountsError, McvSplit, UnreadableFile, cell_splits, load_bundled_pbmc, load_h5ad_counts, mcv_split
 from .metrics import References, answer_problem, perfect_prediction
 
 DEFAULTS = schema_defaults(DataConfig)   # tasks/scrna_denoise/config_schema.py holds every default
@@ -100,7 +101,9 @@ class TaskImpl(Task):
         elif self._primary_setting not in PRIMARY_METRICS:
             problems.append(f"task.primary_metric: {self._primary_setting!r} is not a metric of this "
                             f"task; use one of {', '.join(PRIMARY_METRICS)}")
-        if d["path"] is not None and Path(str(d["path"])).suffix != ".h5ad":
+        if d["path"] is not None and Path(str(d["path"])).expanduser().is_dir():
+            problems.append(self._counts_problem(CountsError("a directory")))
+        elif d["path"] is not None and Path(str(d["path"])).suffix != ".h5ad":
             problems.append(f"task.data.path: {d['path']!r} is not an .h5ad file; give an AnnData "
                             f".h5ad holding raw counts, or null for scanpy's bundled pbmc68k_reduced")
         if not _is_number(d["train_fraction"]) or not 0 < d["train_fraction"] < 1:
@@ -127,9 +130,14 @@ class TaskImpl(Task):
         path = self.data_cfg["path"]
         if path is None:
             return f"task.data.path: null (scanpy's bundled pbmc68k_reduced) cannot be used: {err}"
-        if not Path(str(path)).is_file():
-            return (f"task.data.path: {path!r} does not exist; point it to an .h5ad with raw integer "
-                    f"counts, or set it to null for scanpy's bundled pbmc68k_reduced")
+        missing = file_problem("task.data.path", path, "an AnnData .h5ad file with raw integer counts",
+                               (".h5ad",))
+        if missing:
+            return f"{missing}, or set it to null for scanpy's bundled pbmc68k_reduced"
+        if isinstance(err, UnreadableFile):
+            return (f"task.data.path={str(path)!r}: {err}; give an .h5ad written by anndata "
+                    f"(adata.write_h5ad) or scanpy, or set task.data.path=null for scanpy's bundled "
+                    f"pbmc68k_reduced")
         return (f"task.data.path: {err}; store raw UMI counts in X or layers['counts'], or name "
                 f"their place with task.data.layer (X, raw or a layer name; now "
                 f"{self.data_cfg['layer']!r})")

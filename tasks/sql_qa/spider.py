@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +26,33 @@ DEV_FILE = "dev.json"
 TRAIN_FILE = "train_spider.json"
 
 
+# A db_id names a folder under database/: a plain name, never a path (Spider's are words and digits).
+DB_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
 def database_file(root: Path, db_id: str) -> Path:
+    if not DB_ID.fullmatch(db_id) or ".." in db_id:   # a path here would read (and copy) outside root
+        raise DataError(f"db_id {db_id!r} is not a plain database name")
     return root / "database" / db_id / f"{db_id}.sqlite"
+
+
+def db_id_problem(file: Path, items: list[dict]) -> str | None:
+    """Items whose db_id is not a plain folder name, or whose database file resolves outside
+    the folder's database/ (a link out of it): such a question would read a database from
+    elsewhere, and its public copy would be written outside the run's folder."""
+    inside = (file.parent / "database").resolve()
+    for index, item in enumerate(items):
+        db_id = item["db_id"]
+        if not DB_ID.fullmatch(db_id) or ".." in db_id:
+            return (f"{file.name} item {index} has db_id {db_id!r}, which is not a plain database name "
+                    f"(letters, digits, '_', '.', '-'; no '/' or '..'): each db_id names a folder "
+                    f"database/<db_id>/ of this Spider folder; fix or drop that item")
+        resolved = database_file(file.parent, db_id).resolve()
+        if resolved.exists() and not resolved.is_relative_to(inside):
+            return (f"{file.name} item {index}: database/{db_id}/{db_id}.sqlite resolves to {resolved}, "
+                    f"outside {inside}: put the database file itself under database/{db_id}/ "
+                    f"(not a link out of the folder)")
+    return None
 
 
 def spider_problems(key: str, path) -> list[str]:
@@ -79,6 +105,8 @@ def _read_questions(file: Path, prefix: str) -> list[Example]:
         if bad:
             raise DataError(f"{file.name} has {len(bad)} of {len(items)} items without a text {key!r} "
                             f"(first: item {bad[0]}); every item needs db_id, question and query (the gold SQL)")
+    if problem := db_id_problem(file, items):
+        raise DataError(problem)
     return [Example(id=f"{prefix}-{i}", inputs={"question": item["question"].strip(), "db_id": item["db_id"]},
                     target={"sql": item["query"].strip(), "level": None})
             for i, item in enumerate(items)]

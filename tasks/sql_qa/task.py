@@ -187,6 +187,8 @@ class TaskImpl(Task):
         files = {}
         for db_id, source in self._used_databases(splits).items():
             target = folder / f"{db_id}.sqlite"
+            if target.resolve().parent != folder.resolve():   # db ids are checked at load; never write elsewhere
+                raise ValueError(f"database id {db_id!r} would put its public copy outside {folder}")
             if target.exists():
                 target.chmod(0o644)
             shutil.copyfile(source, target)
@@ -201,22 +203,29 @@ class TaskImpl(Task):
                   "pred": clean_answer_sql(a)} for e, a in zip(examples, answers)]
         verdicts = evaluate_in_child(items, float(self.settings["query_timeout_s"]),
                                      int(self.settings["max_result_rows"]), int(self.settings["eval_memory_mb"]))
+        train_ids = {e.id for e in self.load().train}   # their gold is public: reasons may compare with it
         per_example = []
         for example, verdict in zip(examples, verdicts):
+            public = split == "train" and example.id in train_ids
             # The evaluator's own reason may quote gold rows: it stays in the trusted details.
             details = {"outcome": verdict.outcome, "level": example.target.get("level"),
                        "evaluator_reason": verdict.reason, **verdict.details}
             failure = None if verdict.score >= 1 else "format" if verdict.outcome in UNREADABLE else "wrong"
-            per_example.append(ExampleScore(example.id, verdict.score, self._reason(verdict), details, failure))
+            per_example.append(ExampleScore(example.id, verdict.score, self._reason(verdict, public), details,
+                                            failure))
         return EvalReport(metrics=self._metrics(examples, verdicts), per_example=per_example,
                           notes={"split": split, "data": self.data_label,
                                  "scorer": "execution accuracy (result multisets; ordered when the gold "
                                            "query has a top-level ORDER BY)",
                                  "query_timeout_s": self.settings["query_timeout_s"]})
 
-    def _reason(self, verdict) -> str:
+    def _reason(self, verdict, public: bool) -> str:
         """What kind of mistake, from the verdict's outcome and counts: never a value of the
-        gold result, nor how many rows it has (both would hand out the held-out answer)."""
+        gold result, nor how many rows it has (both would hand out the held-out answer). On
+        val/test a wrong result is told by the answer's own row count alone: "fewer/more than
+        expected" or "as expected" would let a harness binary-search each gold row count.
+        ``public``: a train example, whose gold is public (ctx.resources['train']): its reason
+        may compare with it."""
         outcome, rows = verdict.outcome, verdict.details.get("rows")
         if verdict.score >= 1:
             return ""
@@ -233,6 +242,8 @@ class TaskImpl(Task):
         expected = verdict.details.get("expected_rows")
         if rows is None or expected is None:
             return "wrong result"
+        if not public:
+            return f"wrong result ({_count(rows)}): not the expected result"
         if rows != expected:
             return f"wrong result: {_count(rows)}, {'fewer' if rows < expected else 'more'} than expected"
         why = verdict.reason   # only its kind is kept (the evaluator words the comparison)

@@ -10,6 +10,12 @@ Script entries (dicts, or callables body -> dict):
     {"status": 500} / {"status": 400, "message": "..."}
     {"delay": 2.0, ...}                            sleep first (a slow answer; the client may time out)
     {"usage": {...}}                               override the computed usage fields
+    {"truncated": True, "text": ..., "tool": ...}  cut at max_tokens: stop_reason max_tokens / finish length
+                                                   (a tool call, if any, has the partial ``input`` given)
+    {"refusal": "..."}                             a refusal: stop_reason refusal / message.refusal
+    {"tool": {"input": "not an object"}}           an invalid tool input (not a JSON object)
+Anthropic prompt caching is emulated with its minimum cacheable prefix (``min_cache_tokens``,
+1024 for Sonnet): a shorter cache_control prefix is neither written nor read.
 When the script runs out, ``default`` answers (if given), else a 400 "script exhausted".
 
     with ScriptedLLMServer([{"tool": {"input": {...}}}]) as server:
@@ -31,13 +37,15 @@ Entry = dict | Callable[[dict], dict]
 
 
 class ScriptedLLMServer:
-    def __init__(self, script: list[Entry] | None = None, default: Entry | None = None):
+    def __init__(self, script: list[Entry] | None = None, default: Entry | None = None,
+                 min_cache_tokens: int = 1024):
         self.script: list[Entry] = list(script or [])
         self.default = default
         self.requests: list[dict] = []
         self._lock = threading.Lock()
         self._cached_prefixes: set[str] = set()
         self._httpd: ThreadingHTTPServer | None = None
+        self.min_cache_tokens = min_cache_tokens
 
     # ---- lifecycle -------------------------------------------------------------------
     def start(self) -> "ScriptedLLMServer":
@@ -134,20 +142,28 @@ class ScriptedLLMServer:
             return 0, False
         prefix = json.dumps([body.get("tools"), system], sort_keys=True, ensure_ascii=False)
         digest = hashlib.sha256(prefix.encode()).hexdigest()
+        if approx_tokens(prefix) < self.min_cache_tokens:
+            return 0, False                     # below the minimum cacheable prefix: not cached
         with self._lock:
             seen = digest in self._cached_prefixes
             self._cached_prefixes.add(digest)
         return approx_tokens(prefix), seen
 
     def _anthropic(self, body: dict, entry: dict) -> dict:
-        if "tool" in entry:
+        content: list[dict] = [{"type": "text", "text": entry["text"]}] if entry.get("text") else []
+        stop = "end_turn"
+        if "refusal" in entry:
+            content, stop = [{"type": "text", "text": entry["refusal"]}], "refusal"
+        elif "tool" in entry:
             tools = body.get("tools") or [{}]
             name = entry["tool"].get("name") or tools[0].get("name", "tool")
-            content = [{"type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:12]}", "name": name,
-                        "input": entry["tool"].get("input", {})}]
+            content.append({"type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:12]}", "name": name,
+                            "input": entry["tool"].get("input", {})})
             stop = "tool_use"
-        else:
-            content, stop = [{"type": "text", "text": entry.get("text", "")}], "end_turn"
+        elif not content and "text" in entry:
+            content = [{"type": "text", "text": ""}]
+        if entry.get("truncated"):
+            stop = "max_tokens"
         total = approx_tokens([body.get("tools"), body.get("system"), body.get("messages")])
         prefix, seen = self._prefix_tokens(body)
         usage = {"input_tokens": max(total - prefix, 1), "output_tokens": approx_tokens(content),
@@ -159,8 +175,11 @@ class ScriptedLLMServer:
                 "stop_sequence": None, "usage": usage}
 
     def _openai(self, body: dict, entry: dict) -> dict:
-        message: dict[str, Any] = {"role": "assistant", "content": None}
-        if "tool" in entry:
+        message: dict[str, Any] = {"role": "assistant", "content": entry.get("text")}
+        finish = "stop"
+        if "refusal" in entry:
+            message["refusal"] = entry["refusal"]
+        elif "tool" in entry:
             tools = body.get("tools") or [{"function": {"name": "tool"}}]
             name = entry["tool"].get("name") or tools[0]["function"]["name"]
             args = entry["tool"].get("arguments")   # a raw string, e.g. to script broken JSON
@@ -169,8 +188,8 @@ class ScriptedLLMServer:
             message["tool_calls"] = [{"id": f"call_{uuid.uuid4().hex[:12]}", "type": "function",
                                       "function": {"name": name, "arguments": args}}]
             finish = "tool_calls"
-        else:
-            message["content"], finish = entry.get("text", ""), "stop"
+        if entry.get("truncated"):
+            finish = "length"
         prompt = approx_tokens([body.get("tools"), body.get("messages")])
         completion = approx_tokens(message)
         usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,

@@ -9,6 +9,8 @@ from sia.engine.base import EngineStats, GenResult
 class ToyPolicy:
     """Applies the task's first applicable library edit once, then stops."""
 
+    wants_train_probe = False
+
     def __init__(self, name: str, note: str):
         self.name, self.note = name, note
 

@@ -27,6 +27,14 @@ class Reply:
     usage: Usage
     stop_reason: str = ""
     parse_error: str | None = None  # why the structured answer could not be read
+    truncated: bool = False         # cut at max_tokens (Anthropic "max_tokens", OpenAI "length")
+    refused: bool = False           # the model declined (Anthropic "refusal", OpenAI refusal/content_filter)
+    called: bool = False            # a tool/function call came back (its input may still be invalid)
+    tool_name: str | None = None    # which tool was called (the first call, when several came back)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.text or "").strip() and not self.called
 
 
 class LLMCallError(RuntimeError):
@@ -61,16 +69,23 @@ class AnthropicBackend:
         self.client = anthropic.Anthropic(api_key=api_key or "none", base_url=s.base_url,
                                           max_retries=s.max_retries, timeout=s.timeout_s)
 
-    def body(self, system: str, user: str, tool: Tool) -> dict:
+    def body(self, system: str, user: str, tool: Tool | list[Tool]) -> dict:
+        tools = tool if isinstance(tool, list) else [tool]
         block: dict[str, Any] = {"type": "text", "text": system}
         if self.s.prompt_cache:
             block["cache_control"] = {"type": "ephemeral"}   # the static prefix: tools + system
-        body = {"model": self.s.model, "max_tokens": self.s.max_tokens}
-        if self.s.temperature is not None:
+        body: dict[str, Any] = {"model": self.s.model, "max_tokens": self.s.max_tokens}
+        if self.s.thinking_tokens:
+            # Extended thinking: its budget comes on top of the answer's; it allows neither a
+            # forced tool nor a temperature.
+            body["max_tokens"] = self.s.max_tokens + self.s.thinking_tokens
+            body["thinking"] = {"type": "enabled", "budget_tokens": self.s.thinking_tokens}
+        elif self.s.temperature is not None:
             body["temperature"] = self.s.temperature
+        # tool_choice auto: the model may reason in prose before it calls the tool.
         return {**body, "system": [block], "messages": [{"role": "user", "content": [{"type": "text", "text": user}]}],
-                "tools": [{"name": tool.name, "description": tool.description, "input_schema": tool.schema}],
-                "tool_choice": {"type": "tool", "name": tool.name}}
+                "tools": [{"name": t.name, "description": t.description, "input_schema": t.schema} for t in tools],
+                "tool_choice": {"type": "auto"}}
 
     def send(self, body: dict) -> dict:
         body = dict(body)
@@ -93,24 +108,34 @@ class AnthropicBackend:
         text = "\n".join(b.get("text", "") for b in blocks if b.get("type") == "text")
         tool = next((b for b in blocks if b.get("type") == "tool_use"), None)
         tool_input = tool.get("input") if tool and isinstance(tool.get("input"), dict) else None
-        return Reply(text=text, tool_input=tool_input, usage=usage, stop_reason=raw.get("stop_reason") or "",
-                     parse_error=None if tool_input is not None else "no tool_use block in the answer")
+        stop = raw.get("stop_reason") or ""
+        error = None if tool_input is not None else (
+            "no tool_use block in the answer" if tool is None else
+            f"the tool call's input is not a JSON object (got {type(tool.get('input')).__name__})")
+        return Reply(text=text, tool_input=tool_input, usage=usage, stop_reason=stop, parse_error=error,
+                     truncated=stop == "max_tokens", refused=stop == "refusal", called=tool is not None,
+                     tool_name=tool.get("name") if tool else None)
 
-    def follow_up(self, body: dict, raw: dict, error: str) -> dict:
-        """``body`` continued with the model's answer and the validation error as the reply."""
-        content, tool_id = [], None
+    def follow_up(self, body: dict, raw: dict, error: str, is_error: bool = True) -> dict:
+        """``body`` continued with the model's answer and ``error`` (or a tool's result, with
+        ``is_error=False``) as the reply to its first tool call; every other call is answered too."""
+        content, ids = [], []
         for b in raw.get("content") or []:
-            if b.get("type") == "text" and b.get("text"):
+            if b.get("type") in ("thinking", "redacted_thinking"):
+                content.append(b)       # the API wants thinking blocks back unchanged
+            elif b.get("type") == "text" and b.get("text"):
                 content.append({"type": "text", "text": b["text"]})
             elif b.get("type") == "tool_use":
-                tool_id = b["id"]
-                content.append({"type": "tool_use", "id": b["id"], "name": b["name"], "input": b.get("input") or {}})
-        answer = ({"type": "tool_result", "tool_use_id": tool_id, "is_error": True, "content": error}
-                  if tool_id else {"type": "text", "text": error})
+                ids.append(b["id"])
+                tool_input = b.get("input") if isinstance(b.get("input"), dict) else {}
+                content.append({"type": "tool_use", "id": b["id"], "name": b["name"], "input": tool_input})
+        answers = [{"type": "tool_result", "tool_use_id": tool_id, "is_error": is_error if i == 0 else True,
+                    "content": error if i == 0 else "not run: one tool call at a time"}
+                   for i, tool_id in enumerate(ids)] or [{"type": "text", "text": error}]
         messages = list(body["messages"])
         if content:
             messages.append({"role": "assistant", "content": content})
-        messages.append({"role": "user", "content": [answer]})
+        messages.append({"role": "user", "content": answers})
         return {**body, "messages": messages}
 
 
@@ -126,7 +151,9 @@ class OpenAIBackend:
         self.client = openai.OpenAI(api_key=api_key or "no-key", base_url=s.base_url,
                                     max_retries=s.max_retries, timeout=s.timeout_s)
 
-    def body(self, system: str, user: str, tool: Tool) -> dict:
+    def body(self, system: str, user: str, tool: Tool | list[Tool]) -> dict:
+        tools = tool if isinstance(tool, list) else [tool]
+        tool = tools[0]                   # json mode answers the first (the decision) only
         body: dict[str, Any] = {"model": self.s.model, "max_tokens": self.s.max_tokens}
         if self.s.temperature is not None:
             body["temperature"] = self.s.temperature
@@ -135,9 +162,9 @@ class OpenAIBackend:
                        f"matching this JSON schema:\n{json.dumps(tool.schema, ensure_ascii=False)}")
             body["response_format"] = {"type": "json_object"}
         else:
-            body["tools"] = [{"type": "function", "function": {"name": tool.name, "description": tool.description,
-                                                               "parameters": tool.schema}}]
-            body["tool_choice"] = {"type": "function", "function": {"name": tool.name}}
+            body["tools"] = [{"type": "function", "function": {"name": t.name, "description": t.description,
+                                                               "parameters": t.schema}} for t in tools]
+            body["tool_choice"] = "auto"      # the model may reason in prose before the call
         body["messages"] = [{"role": "system", "content": system}, {"role": "user", "content": user}]
         return body
 
@@ -170,10 +197,13 @@ class OpenAIBackend:
             error = None if tool_input is not None else "no function call and no JSON object in the answer"
         if tool_input is not None and not isinstance(tool_input, dict):
             tool_input, error = None, "the answer is JSON but not an object"
-        return Reply(text=text, tool_input=tool_input, usage=usage, stop_reason=choice.get("finish_reason") or "",
-                     parse_error=error)
+        finish = choice.get("finish_reason") or ""
+        return Reply(text=text, tool_input=tool_input, usage=usage, stop_reason=finish, parse_error=error,
+                     truncated=finish == "length", called=bool(calls),
+                     tool_name=((calls[0].get("function") or {}).get("name") if calls else None),
+                     refused=bool(message.get("refusal")) or finish == "content_filter")
 
-    def follow_up(self, body: dict, raw: dict, error: str) -> dict:
+    def follow_up(self, body: dict, raw: dict, error: str, is_error: bool = True) -> dict:
         message = ((raw.get("choices") or [{}])[0]).get("message") or {}
         calls = message.get("tool_calls") or []
         assistant: dict[str, Any] = {"role": "assistant", "content": message.get("content") or ""}
@@ -182,7 +212,9 @@ class OpenAIBackend:
             assistant["tool_calls"] = [{"id": c["id"], "type": "function",
                                         "function": {"name": c["function"]["name"],
                                                      "arguments": c["function"]["arguments"]}} for c in calls]
-            messages += [assistant, {"role": "tool", "tool_call_id": calls[0]["id"], "content": error}]
+            messages += [assistant, *[{"role": "tool", "tool_call_id": c["id"],
+                                       "content": error if i == 0 else "not run: one tool call at a time"}
+                                      for i, c in enumerate(calls)]]
         else:
             messages += [assistant, {"role": "user", "content": error}]
         return {**body, "messages": messages}

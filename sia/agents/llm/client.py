@@ -13,13 +13,31 @@ from sia.agents.llm.cache import ResponseCache, request_key
 from sia.agents.llm.config import LLMSettings, Usage, load_settings
 from sia.agents.llm.ledger import Ledger
 from sia.agents.llm.scrub import Scrubber
+from sia.agents.llm.tokens import approx_tokens
+from sia.pace import OutOfTime
 
 LEDGER_FILE = "agents.jsonl"
 CACHE_DIR = "agent_cache"
 
 
+MIN_ANSWER_TOKENS = 2048   # below this an answer cannot hold an edit: the request is not sent
+
+
 class AgentBudgetExhausted(RuntimeError):
-    """The agent token or dollar budget is spent: no further request is sent."""
+    """The agent token or dollar budget is spent, or the next request could overspend it: it is
+    not sent."""
+
+
+class AgentUnavailable(OutOfTime):
+    """``llm.on_failure=stop``: the agent API failed after the SDK's retries. The loop stops the
+    run cleanly as on a spent budget (nothing of the generation is written, so a resume redoes it)."""
+
+
+def unavailable(error: Exception, run_dir: Path | None) -> AgentUnavailable:
+    where = f"python -m sia resume={run_dir}" if run_dir else "python -m sia resume=<the run dir>"
+    return AgentUnavailable(f"the agent API failed after the SDK's retries ({error}); llm.on_failure=stop ended "
+                            f"the run cleanly: once the API answers again, resume it with `{where}` "
+                            f"(or set llm.on_failure=fallback to let the rules policy decide such generations)")
 
 
 class LLMClient:
@@ -34,12 +52,13 @@ class LLMClient:
         self.agent_tokens, self.agent_dollars = agent_tokens, agent_dollars
         self.backend = backend or make_backend(self.settings)
         self.waiting_s = 0.0            # wall time spent waiting on the API in this process
+        self.run_dir = run_dir
 
     def seal(self, sealed: Iterable[str], public: Iterable[str] = ()) -> None:
         """Replace the held-out strings the scrubber masks."""
         self.scrubber = Scrubber(sealed, public, on_event=self.ledger.event)
 
-    def conversation(self, role: str, system: str, user: str, tool: Tool) -> "Conversation":
+    def conversation(self, role: str, system: str, user: str, tool: Tool | list[Tool]) -> "Conversation":
         return Conversation(self, role, self.backend.body(system, user, tool))
 
     def _spent(self) -> str | None:
@@ -50,8 +69,41 @@ class LLMClient:
             return f"budget.agent_dollars={self.agent_dollars} is spent (${t.dollars:.4f})"
         return None
 
+    def estimate(self, body: dict) -> tuple[int, float]:
+        """(input tokens, dollars) of ``body`` before it is sent: input priced uncached (the prompt
+        cache may make it cheaper, never dearer) plus the whole ``max_tokens`` of output."""
+        tokens_in = approx_tokens([body.get("system"), body.get("tools"), body.get("messages")])
+        p = self.settings.prices
+        return tokens_in, (tokens_in * max(p.input, p.cache_write) + int(body.get("max_tokens", 0)) * p.output) / 1e6
+
+    def fit_budget(self, body: dict) -> dict:
+        """``body`` with max_tokens lowered to what the budget left can pay for; raises
+        AgentBudgetExhausted (nothing sent) when even MIN_ANSWER_TOKENS of output would overspend."""
+        spent = self._spent()
+        if spent:
+            raise AgentBudgetExhausted(spent)
+        tokens_in, dollars = self.estimate(body)
+        t, p = self.ledger.totals, self.settings.prices
+        reserved = int((body.get("thinking") or {}).get("budget_tokens", 0))
+        out = int(body.get("max_tokens", 0))
+        if self.agent_tokens:
+            out = min(out, self.agent_tokens - t.tokens - tokens_in)
+        if self.agent_dollars and p.output > 0:
+            left = self.agent_dollars - t.dollars - tokens_in * max(p.input, p.cache_write) / 1e6
+            out = min(out, int(left / p.output * 1e6))
+        if out - reserved < MIN_ANSWER_TOKENS:
+            why = (f"the next request (~{tokens_in} input tokens, estimated ${dollars:.4f} with "
+                   f"max_tokens={body.get('max_tokens')}) would overspend the agent budget: "
+                   f"${t.dollars:.4f} of budget.agent_dollars={self.agent_dollars} and {t.tokens} of "
+                   f"budget.agent_tokens={self.agent_tokens} used; not sent")
+            self.ledger.event({"event": "budget_refused", "tokens_in_estimate": tokens_in,
+                               "dollars_estimate": round(dollars, 6)})
+            raise AgentBudgetExhausted(why)
+        return body if out >= int(body.get("max_tokens", 0)) else {**body, "max_tokens": out}
+
     def send(self, role: str, body: dict) -> tuple[dict, dict, Reply]:
-        """(the body as sent, the raw answer, the parsed reply)."""
+        """(the body as sent, the raw answer, the parsed reply). The cache is keyed by the body as
+        asked (before max_tokens is fitted to the budget), so a resumed run finds its answer."""
         body = self.scrubber.scrub(body, role)
         key = request_key(self.backend.name, self.settings.base_url, body)
         raw = self.cache.get(key)
@@ -59,9 +111,9 @@ class LLMClient:
             reply = self.backend.parse(raw)
             self.ledger.record(role, self.settings.model, Usage(), 0.0, 0.0, "cached", request=key[:16])
             return body, raw, reply
-        spent = self._spent()
-        if spent:
-            raise AgentBudgetExhausted(spent)
+        asked = body
+        body = self.fit_budget(body)
+        tokens_in, dollars = self.estimate(body)
         started = time.monotonic()
         try:
             raw = self.backend.send(body)
@@ -75,9 +127,10 @@ class LLMClient:
         reply = self.backend.parse(raw)
         # Counted before cached: a kill between the two may pay twice but never spends uncounted.
         self.ledger.record(role, self.settings.model, reply.usage, self.settings.prices.dollars(reply.usage),
-                           latency, "ok", request=key[:16], stop_reason=reply.stop_reason)
+                           latency, "ok", request=key[:16], stop_reason=reply.stop_reason,
+                           estimate={"tokens_in": tokens_in, "dollars": round(dollars, 6)})
         self.cache.put(key, raw)
-        return body, raw, reply
+        return asked, raw, reply
 
 
 class Conversation:
@@ -95,6 +148,11 @@ class Conversation:
         """Continue the conversation: the last answer, then ``error`` as the user's reply."""
         assert self.raw is not None, "ask() first"
         self.body = self.client.backend.follow_up(self.body, self.raw, error)
+
+    def reply_result(self, result: str) -> None:
+        """Continue the conversation: the last answer, then ``result`` as its tool call's result."""
+        assert self.raw is not None, "ask() first"
+        self.body = self.client.backend.follow_up(self.body, self.raw, result, is_error=False)
 
 
 _SHARED: dict[tuple, LLMClient] = {}

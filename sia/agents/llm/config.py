@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 BACKENDS = ("anthropic", "openai")
+ON_FAILURE = ("fallback", "stop")
 DEFAULT_KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
 # Dollars per million tokens; claude-sonnet-4-6 list prices (the defaults).
 SONNET_PRICES = {"input": 3.0, "output": 15.0, "cache_write": 3.75, "cache_read": 0.30}
@@ -50,7 +51,9 @@ class LLMSettings:
     model: str = "claude-sonnet-4-6"
     base_url: str | None = None
     api_key_env: str | None = None
-    max_tokens: int = 8192
+    max_tokens: int = 16000              # per answer: a whole harness file with room to reason first
+    thinking_tokens: int = 0             # anthropic: extended thinking budget (0: off)
+    on_failure: str = "fallback"         # an API failure after the SDK's retries: fallback | stop
     temperature: float | None = None     # None: the API's default (not sent)
     max_retries: int = 4
     timeout_s: float = 300.0
@@ -103,6 +106,13 @@ def settings_problems(cfg: Any) -> list[str]:
     v = c.get("timeout_s", 1.0)
     if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
         p.append(f"llm.timeout_s={v!r} must be a number of seconds > 0, e.g. llm.timeout_s=300")
+    v = c.get("thinking_tokens", 0)
+    if not isinstance(v, int) or isinstance(v, bool) or v < 0 or 0 < v < 1024:
+        p.append(f"llm.thinking_tokens={v!r} must be 0 (off) or a whole number >= 1024 (Anthropic's minimum "
+                 f"thinking budget), e.g. llm.thinking_tokens=4096")
+    if c.get("on_failure", "fallback") not in ON_FAILURE:
+        p.append(f"llm.on_failure={c.get('on_failure')!r} is not one of {', '.join(ON_FAILURE)}; fallback hands "
+                 f"the generation to the rules policy, stop ends the run cleanly (resumable)")
     if c.get("tool_mode", "tools") not in ("tools", "json"):
         p.append(f"llm.tool_mode={c.get('tool_mode')!r} is not tools or json")
     for name, value in (c.get("prices") or {}).items():

@@ -39,8 +39,13 @@ def held_out_strings(splits: Any, resources: dict | None = None) -> tuple[list[s
     public string cannot be told apart from public data, and masking it would blank the labels."""
     public = {s for e in splits.train for s in _flatten(e.target)}
     _strings(resources or {}, public)
+    # Example ids are identifiers the agents are shown, not answers, even when a target repeats
+    # its own id (sql_qa's ``instance``): a string inside an id is public through the id.
+    ids = {str(e.id) for split in (splits.train, splits.val, splits.test) for e in split}
+    public |= ids
     sealed = {s for split in (splits.val, splits.test) for e in split for s in _flatten(e.target)}
-    return sorted(sealed - public), sorted(public)
+    sealed = {s for s in sealed - public if not any(s in i for i in ids)}
+    return sorted(sealed), sorted(public)
 
 
 def fingerprint(text: str) -> str:

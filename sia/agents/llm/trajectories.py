@@ -1,9 +1,10 @@
 """Trajectories for the Feedback-Agent: failure-first, stratified by failure kind, rendered
-whole, and cut to a token budget by dropping whole examples (never part of a model call).
-Only named fields are read: ``details`` (which may hold the gold) is never rendered."""
+whole as quoted JSON (harness-controlled text is data, never request structure), and cut to a
+token budget by dropping whole examples (never part of a model call). Only named fields are
+read: ``details`` (which may hold the gold) is never rendered. Train trajectories carry their
+gold (train is not held out); val ones are summarised gold-free by ``prompts.val_summary``."""
 from __future__ import annotations
 
-import json
 from statistics import mean
 from typing import Any
 
@@ -42,46 +43,52 @@ def _logprob_summary(values: list) -> str:
     nums = [v for v in values or [] if isinstance(v, (int, float))]
     if not nums:
         return "no log-probs"
-    return f"log-probs: n={len(nums)} mean={mean(nums):.2f} min={min(nums):.2f}"
+    return f"n={len(nums)} mean={mean(nums):.2f} min={min(nums):.2f}"
 
 
-def _show(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
-
-
-def render_event(i: int, e: dict) -> str:
+def event_record(e: dict) -> dict:
+    """One logged event as data (model calls whole, other events' fields as logged)."""
     kind = e.get("type", "?")
     if kind == "llm_call":
-        msgs = "\n".join(f"      [{m.get('role')}] {_show(m.get('content'))}" for m in e.get("messages") or [])
-        return (f"  [{i}] model call ({e.get('prompt_tokens', '?')} prompt + {e.get('completion_tokens', '?')} "
-                f"completion tokens, finish {e.get('finish_reason', '?')}, {_logprob_summary(e.get('logprobs'))})\n"
-                f"    messages:\n{msgs}\n    completion: {_show(e.get('completion'))}")
-    data = {k: v for k, v in e.items() if k != "type"}
-    label = "tool call" if kind == "tool_call" else kind
-    return f"  [{i}] {label}: {_show(data)}"
+        return {"model_call": {"messages": [{"role": m.get("role"), "content": m.get("content")}
+                                            for m in e.get("messages") or [] if isinstance(m, dict)],
+                               "completion": e.get("completion"),
+                               "tokens": f"{e.get('prompt_tokens', '?')} prompt + {e.get('completion_tokens', '?')} "
+                                         f"completion", "finish": e.get("finish_reason"),
+                               "logprobs": _logprob_summary(e.get("logprobs"))}}
+    return {"tool_call" if kind == "tool_call" else str(kind): {k: v for k, v in e.items() if k != "type"}}
 
 
-def render_example(t: dict) -> str:
-    score = t.get("score")
-    head = (f"### example {t.get('id')}: failure={failure_kind(t) or 'none'} "
-            f"score={'n/a' if score is None else f'{score:.3f}'}")
-    lines = [head, f"  reason: {t.get('reason') or ''}", f"  answer: {_show(t.get('answer'))}"]
+def example_record(t: dict, gold: Any = None, with_gold: bool = False) -> dict:
+    """What the agent sees of one trajectory (``details``, which may hold gold, is never read)."""
+    events = [e for e in t.get("events") or [] if isinstance(e, dict)]
+    out: dict[str, Any] = {"id": t.get("id"), "failure": failure_kind(t) or "none",
+                           "score": t.get("score")}
+    if with_gold:
+        out["gold"] = gold
+    out.update({"answer": t.get("answer"), "reason": t.get("reason") or ""})
     if t.get("error"):
-        lines.append(f"  harness error: {_show(t['error'])}")
-    events = t.get("events") or []
-    retries = sum(1 for e in events if e.get("type") == "retry")
-    tools = sum(1 for e in events if e.get("type") == "tool_call")
-    calls = sum(1 for e in events if e.get("type") == "llm_call")
-    lines.append(f"  steps: {calls} model calls, {tools} tool calls, {retries} retries")
-    lines += [render_event(i, e) for i, e in enumerate(events, 1)]
-    return "\n".join(lines)
+        out["harness_error"] = t["error"]
+    out["steps"] = {"model_calls": sum(1 for e in events if e.get("type") == "llm_call"),
+                    "tool_calls": sum(1 for e in events if e.get("type") == "tool_call"),
+                    "retries": sum(1 for e in events if e.get("type") == "retry")}
+    out["events"] = [event_record(e) for e in events]
+    return out
 
 
-def select(trajectories: list[dict], token_budget: int) -> tuple[str, dict]:
-    """(rendered text, stats): as many whole examples as fit, in ``order``."""
+def render_example(t: dict, gold: Any = None, with_gold: bool = False) -> str:
+    """One trajectory as quoted JSON: every string escaped, so nothing in it starts a line."""
+    from sia.agents.llm.prompts import quoted_json
+
+    return quoted_json(example_record(t, gold, with_gold))
+
+
+def select(trajectories: list[dict], token_budget: int, gold: dict | None = None) -> tuple[str, dict]:
+    """(rendered text, stats): as many whole examples as fit, in ``order``. ``gold``: id -> target
+    for TRAIN trajectories (train is not held out); None renders no gold."""
     shown, used, skipped = [], 0, 0
     for t in order(trajectories):
-        text = render_example(t)
+        text = render_example(t, (gold or {}).get(t.get("id")), with_gold=gold is not None)
         cost = approx_tokens(text)
         if used + cost > token_budget:
             skipped += 1        # a smaller one further down may still fit
