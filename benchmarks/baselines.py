@@ -1,6 +1,6 @@
 """Score every baseline of a task on its val and test splits with the task's own evaluator.
 
-    .venv/bin/python benchmarks/baselines.py legal_charge task.data.path=../shared/data/lawbench/charge_3-3_dev.json
+    .venv/bin/python benchmarks/baselines.py legal_charge task.data.path=bundled:lawbench/charge_3-3_dev.json
     .venv/bin/python benchmarks/baselines.py sql_qa task.data.split_by=template
     .venv/bin/python benchmarks/baselines.py scrna_denoise            # bundled pbmc68k_reduced
     .venv/bin/python benchmarks/baselines.py cuda_kernel task.device=cpu

@@ -157,14 +157,20 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--ppo-task", default="legal_charge", help="the task that also runs ppo ('' for none)")
     parser.add_argument("--out", default=str(REPO / "outputs" / "benchmarks"))
+    parser.add_argument("--base-from", default="", help="an earlier benchmark folder whose <task>_base runs "
+                        "are the incumbents (more seeds from the same incumbent; its rows are not re-read)")
     parser.add_argument("overrides", nargs="*", help="extra overrides for every run, e.g. budget.train_steps=24")
     args = parser.parse_args()
     out = Path(args.out) / time.strftime("weights_%Y-%m-%d_%H-%M-%S")
     rows: list[dict] = []
     for task in args.tasks:
         base = out / f"{task}_base"
-        sia(base, [f"task={task}", *BASE_RUNS.get(task, ["feedback=harness_only", "budget.generations=1"]),
-                   *args.overrides])
+        if args.base_from:
+            shutil.copytree(Path(args.base_from) / f"{task}_base", base,
+                            ignore=shutil.ignore_patterns("scratch", "wandb"))
+        else:
+            sia(base, [f"task={task}", *BASE_RUNS.get(task, ["feedback=harness_only", "budget.generations=1"]),
+                       *args.overrides])
         print(f"{task}: base incumbent val {read_state(base)['incumbent']['val']:.3f}", flush=True)
         algorithms = args.algorithms + (["ppo"] if task == args.ppo_task and "ppo" not in args.algorithms else [])
         rollouts: dict = {}

@@ -10,16 +10,24 @@ the gain is in "examples' worth" of score. At each look, in this order:
 
 1. **keep** when the gain is significant: the one-sided sign-flip p-value of "mean gain > 0" is
    at most ``alpha / K``, K the number of looks the pool allows (Bonferroni over the looks, so
-   the chance of keeping a candidate no better than the incumbent stays at most ``alpha``
-   however many looks are taken);
+   the chance that this path keeps a candidate no better than the incumbent stays at most
+   ``alpha`` however many looks are taken);
 2. **reject** when it is significantly worse (one-sided p of "mean gain < 0" at most ``alpha``;
    stopping a loser early only costs power, never a false keep), or when it **cannot win**:
    even gaining the most it still could on every example left (the score's upper bound minus
    the incumbent's score there), it would end below the margin and not be significant;
 3. at the **end of the pool** (``budget.val_examples`` examples run, none of the above): kept
    when the summed gain is at least ``margin`` examples' worth (default 2: a one-example
-   gain, the smallest flip noise makes, is never enough), else rejected;
+   gain, the smallest flip noise makes, is never enough), else rejected. This path is a
+   deliberate hill-climbing allowance and its false-keep chance is *not* bounded by ``alpha``:
+   a candidate that differs from the incumbent on m examples, each a coin flip, ends 2 or more
+   ahead with probability 25% (m=2), 31% (m=4), 34% (m=6). The record keeps the gain, its
+   interval and which path decided; ``feedback.keep_margin=1e9`` leaves significance alone;
 4. otherwise score the next chunk.
+
+A pool too small for the test (a candidate better on every example would still not be
+significant: fewer than log2(K / alpha) examples, e.g. cuda_kernel's 2 val kernels) is judged
+whole, by the sign of the summed gain, as ``strict`` would, and the verdict says so.
 
 A kept candidate is then scored on the rest of the pool (its val is a whole-pool number, and the
 next candidates are paired with it on every example); a rejected one stops where it was.
@@ -58,7 +66,7 @@ _EPS = 1e-12
 @dataclass
 class KeepSettings:
     rule: str = "paired"      # paired | strict
-    alpha: float = 0.05       # chance of keeping a candidate no better than the incumbent (all looks)
+    alpha: float = 0.05       # false-keep chance of the significance path, over all looks
     margin: float = 2.0       # end of the pool: summed gain needed, in examples of full credit
     chunk: int = 16           # val examples per look (one wave of the default 16 workers)
 
@@ -173,6 +181,12 @@ class PairedRule:
         self.inc, self.direction, self.s, self.bounds = [float(v) for v in inc_scores], direction, settings, bounds
         self.pool = len(self.inc)
         self.looks = max(1, math.ceil(self.pool / settings.chunk))
+        self.powerless = self._powerless()
+
+    def _powerless(self) -> bool:
+        """A pool too small for the test: even a candidate better on every example would not be
+        significant (1/2^pool > alpha/K), whatever the scores (cuda_kernel's 2 val kernels)."""
+        return self.pool == 0 or 0.5 ** self.pool > self.s.alpha / self.looks
 
     def _span(self, gains: list[float]) -> float:
         if self.bounds is not None:
@@ -200,6 +214,12 @@ class PairedRule:
         level = self.s.alpha / self.looks
         stats = (f"paired gain {mean:+.3f} per example ({total:+.2f} examples' worth) on {n} of {self.pool} val "
                  f"examples, 95% interval [{low:+.3f}, {high:+.3f}]")
+        if self.powerless:   # nothing could pass the rule: judge the whole pool by the sign of the gain
+            if not end:
+                return verdict("continue", stats)
+            small = (f"the val pool of {self.pool} is too small for a significant gain, so any positive gain "
+                     f"keeps (as feedback.keep=strict)")
+            return verdict("keep" if total > 1e-12 else "reject", f"{stats}: {small}")
         if p_up <= level:
             return verdict("keep", f"{stats}: significant (sign-flip p={p_up:.4f} <= {self.s.alpha:g}/{self.looks} "
                                    f"looks)")

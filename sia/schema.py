@@ -116,7 +116,7 @@ class OfflineFeedbackConfig:
     #                                   kept harness edit) => try the edits that bring a baseline's method in
     algorithm: str = "${lora.algorithm}"   # auto: the weights lever picks it from the reward statistics
     keep: str = "paired"              # keep rule (sia/keep.py): paired (significant paired gain) | strict (val above)
-    keep_alpha: float = 0.05          # paired: chance of keeping a candidate no better than the incumbent
+    keep_alpha: float = 0.05          # paired: false-keep chance of the significance path (sia/keep.py)
     keep_margin: float = 2.0          # paired, val pool spent: summed gain needed (examples of full credit)
     keep_chunk: int = 16              # paired: val examples per look
 

@@ -12,7 +12,6 @@ from sia.build import normalise_overrides
 
 REPO = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO / "conf"
-SHARED_LAWBENCH = REPO.parent / "shared" / "data" / "lawbench" / "charge_3-3_dev.json"
 
 
 @pytest.fixture

@@ -198,3 +198,15 @@ def test_a_resumed_generation_replays_the_same_decision(compose_cfg, tmp_path):
     assert engine.requests == []
     assert (again.kept, again.keep_n, again.keep_gain, again.keep_why) == \
         (first.kept, first.keep_n, first.keep_gain, first.keep_why)
+
+
+def test_a_pool_too_small_for_the_rule_is_judged_by_the_sign_of_the_gain():
+    """2 val kernels: no candidate could be significant (p >= 1/4 > 0.05), so any positive gain
+    keeps, as the strict rule would; from 5 examples (1/32 <= 0.05) the rule applies."""
+    rule = PairedRule([0.5, 0.4], "max", KeepSettings())
+    assert rule.powerless
+    assert rule.replay([0.1, 0.0]).decision == "keep" and "too small" in rule.replay([0.1, 0.0]).why
+    assert rule.replay([0.1, -0.2]).decision == "reject"
+    assert not PairedRule([1.0] * 24, "max", KeepSettings(chunk=8)).powerless     # 1/2^24 <= 0.05/3
+    assert PairedRule([0.0] * 4, "max", KeepSettings()).powerless and not PairedRule([0.0] * 5, "max",
+                                                                                        KeepSettings()).powerless

@@ -20,17 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TASK_DIR = TASKS_DIR / "legal_charge"
 
 
-def _lawbench_dir() -> Path | None:
-    candidates = [os.environ.get("SIA_LAWBENCH_DIR"), ROOT.parent / "shared/data/lawbench",
-                  ROOT / "shared/data/lawbench", "/work/shared/data/lawbench"]
-    for candidate in candidates:
-        if candidate and (Path(candidate) / "charge_3-3_dev.json").is_file():
-            return Path(candidate)
-    return None
-
-
-LAWBENCH = _lawbench_dir()
-needs_lawbench = pytest.mark.skipif(LAWBENCH is None, reason="LawBench dev data not present")
+LAWBENCH = TASK_DIR / "lawbench"   # the shipped LawBench 3-3 dev half (README there)
 
 
 def _module(name: str):
@@ -163,7 +153,6 @@ def test_train_reasons_count_right_charges_only_for_train_examples():
 
 
 # ---- loaders --------------------------------------------------------------------------------
-@needs_lawbench
 def test_lawbench_loader_and_labels():
     path = LAWBENCH / "charge_3-3_dev.json"
     assert data.detect_format(path) == "lawbench"
@@ -227,7 +216,6 @@ def test_label_list_without_charges_json_names_no_charge_seen_only_in_val_or_tes
     assert set(task.public_resources(splits)["labels"]) == train
 
 
-@needs_lawbench
 def test_test_path_is_the_whole_test_split(tmp_path):
     test_file = _write_cail(tmp_path / "test.jsonl")
     task = make_task(path=str(LAWBENCH / "charge_3-3_dev.json"), test_path=str(test_file))
@@ -284,7 +272,6 @@ def test_synthetic_is_deterministic_and_well_formed():
     assert len({f.split("被告人", 1)[1][3:12] for f in theft}) >= 3
 
 
-@needs_lawbench
 def test_synthetic_uses_real_lawbench_names_and_hides_them():
     lawbench = json.loads((LAWBENCH / "charges.json").read_text("utf-8"))
     assert set(synthetic.ALL_CHARGES) <= set(lawbench)

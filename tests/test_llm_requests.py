@@ -362,3 +362,13 @@ def test_try_harness_is_refused_once_the_tries_are_spent(tmp_path):
                               tries=1).decide(Ctx(trier=FakeTrier()))
     assert d.action == "stop" and len(d.stats["tries"]) == 1 and "no tries left" in d.stats["errors"][0]
     assert "No try_harness calls are left" in json.dumps(server.requests[2]["body"]["messages"][-1])
+
+
+def test_val_failure_summaries_carry_no_per_example_score():
+    # a graded val score is a function of the gold (F1 with the answer's size gives the hits)
+    from sia.agents.llm.prompts import val_summary
+
+    text = val_summary([{"id": "v1", "score": 0.6666, "failure": "wrong", "reason": "not the gold charge set"},
+                        {"id": "v2", "score": 1.0, "failure": None, "reason": ""}])
+    assert "v1" in text and "not the gold charge set" in text
+    assert "0.6666" not in text and '"score"' not in text and "v2" not in text

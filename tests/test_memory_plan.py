@@ -76,7 +76,7 @@ def test_same_gpu_without_sleep_is_refused_with_the_numbers():
     # The old setting: vLLM takes 90% of the GPU while the trainer loads its own copy.
     problems = plan_problems(_model("gpt_oss_20b", gpu={"trainer_placement": "same_gpu"}, gpu_memory_utilization=0.9), LORA)
     assert len(problems) == 1 and problems[0].startswith("train (LoRA SFT) needs")
-    assert "but has 7.5 GiB" in problems[0] and "lora.batch_size" in problems[0]
+    assert "but has 7.5 GiB" in problems[0] and "lora.micro_batch_size" in problems[0]
 
 
 def test_120b_expert_lora_needs_two_serving_gpus():
@@ -128,3 +128,15 @@ def test_adapter_directories_are_checked_before_vllm_sees_them(tmp_path):
     with pytest.raises(ValueError, match="rank 64.*model.max_lora_rank=32"):
         _check_adapter_dir("v3", tmp_path, max_rank=32)
     assert _check_adapter_dir("v3", tmp_path, max_rank=64) == tmp_path.resolve()
+
+
+def test_activations_are_one_micro_batch_and_checkpointing_keeps_layer_inputs_only():
+    def activations(**lora):
+        train = plan(_model("gpt_oss_20b"), OmegaConf.merge(LORA, lora))[1]
+        return train.parts["activations"]
+
+    full = activations(micro_batch_size=4, max_seq_len=1024)
+    # gradient accumulation: the step's batch_size does not hold activations, a micro-batch does
+    assert activations(micro_batch_size=4, max_seq_len=1024, batch_size=64) == pytest.approx(full)
+    assert activations(micro_batch_size=2, max_seq_len=1024) == pytest.approx(full / 2)
+    assert activations(micro_batch_size=4, max_seq_len=1024, activation_checkpointing=True) < full / 2

@@ -26,19 +26,19 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from conftest import CONF_DIR, REPO, SHARED_LAWBENCH
+from conftest import CONF_DIR, REPO
 from support.readme import explain, readme_commands, run_readme, split_command
 from tests.support.slurm import ECHO_RUN, job_folders, read_state, require_slurm
 
 DEFAULT = "python -m sia"
 OWN_FILES = "python -m sia task.data.path=train.json task.data.test_path=test.json"
-LAWBENCH = "python -m sia task.data.path=../shared/data/lawbench/charge_3-3_dev.json"
+LAWBENCH = "python -m sia task.data.path=bundled:lawbench/charge_3-3_dev.json"
 RUN_DIR = "outputs/2026-11-25/21-50-00_legal_charge_rules"     # the README's example run dir
 RESUME = f"python -m sia resume={RUN_DIR}"
 RESUME_MORE = f"python -m sia resume={RUN_DIR} budget.wall_clock_minutes=60"
 SWEEP_LOCAL = "python -m sia -m +sweep=ablation hydra/launcher=slurm_local budget=smoke"
-SWEEP_GPU = ("python -m sia -m +sweep=ablation hydra/launcher=slurm hydra.launcher.partition=gpu model=gpt_oss_120b "
-             "lora.rank=32 task=legal_charge task.data.path=/data/lawbench.json")
+SWEEP_GPU = ("python -m sia -m +sweep=ablation hydra/launcher=slurm hydra.launcher.partition=gpu model=gpt_oss_20b "
+             "lora.rank=32 lora.activation_checkpointing=true task=legal_charge task.data.path=/data/lawbench.json")
 REPORT = "python -m sia.report multirun/2026-12-01/18-00-00"
 VLLM = ".venv-vllm/bin/python -m sia model.engine=vllm budget=smoke"
 MEMORY_PLAN = "python -m sia.engine.memory_plan gpt_oss_20b lora.rank=32"
@@ -186,9 +186,6 @@ def test_readme_command_composes_and_validates(line, tmp_path, monkeypatch, requ
         placeholders[RUN_DIR] = str(request.getfixturevalue("finished_run"))
     if line == OWN_FILES:
         write_own_files(tmp_path)
-    if line == LAWBENCH:
-        monkeypatch.chdir(REPO)    # the README's relative path is from the repository root
-        need_lawbench()
     _, _, args = split_command(line, **placeholders)
     problems = config_problems_of(args, tmp_path / "run")
     expected = COMMANDS[line].machine_problems
@@ -241,22 +238,11 @@ def test_own_data_files_command(tmp_path, model_cache_dir):
     assert "train.json" in summary["data"] and "test.json" in summary["data"], summary["data"]
 
 
-def need_lawbench() -> None:
-    """The README's LawBench line reads ../shared/data, which a fresh clone does not have."""
-    if SHARED_LAWBENCH.is_file():
-        return
-    why = (f"the README's LawBench command needs {SHARED_LAWBENCH}, which a fresh clone does not have "
-           f"(issue 24: ship the LawBench 3-3 files with the package and point the README there)")
-    if os.environ.get("CI") == "true":
-        pytest.fail(why, pytrace=False)
-    pytest.skip(why)
-
-
 @pytest.mark.slow
 def test_lawbench_command(tmp_path, model_cache_dir):
-    need_lawbench()
+    # the shipped copy: the command works from any folder of a fresh clone
     run = tmp_path / "run"
-    proc = run_readme(LAWBENCH, f"hydra.run.dir={run}", f"cache_dir={model_cache_dir}")
+    proc = run_readme(LAWBENCH, f"hydra.run.dir={run}", f"cache_dir={model_cache_dir}", cwd=tmp_path)
     assert proc.returncode == 0, explain(proc)
     _finished(run)
     assert "charge_3-3_dev.json" in json.loads((run / "summary.json").read_text())["data"]

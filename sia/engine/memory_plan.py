@@ -5,8 +5,9 @@ Serving: vLLM takes ``gpu_memory_utilization`` of each of its ``tensor_parallel_
 up front; weights, resident LoRA slots, a runtime reserve and at least one full-context
 sequence of KV cache must fit in that share. Training: the trainer holds the base model in its
 training dtype (PEFT trains through bf16 weights, not MXFP4 kernels), fp32 LoRA weights with
-gradients and AdamW state (16 bytes a parameter), and activations without gradient
-checkpointing (the trainer does not enable it). Placement: ``same_gpu_sleep`` trains on vLLM's
+gradients and AdamW state (16 bytes a parameter), and the activations of one micro-batch
+(``lora.micro_batch_size`` x ``lora.max_seq_len`` tokens; with ``lora.activation_checkpointing``
+only each layer's input plus one layer recomputed in backward). Placement: ``same_gpu_sleep`` trains on vLLM's
 GPUs while vLLM sleeps (level 1: weights to host RAM, KV cache dropped, a residual stays);
 ``same_gpu`` trains next to an awake vLLM in the share it leaves; ``separate_gpus`` trains on
 ``gpu.train_gpus`` GPUs of their own. Estimates, not measurements: activations are rounded up."""
@@ -153,13 +154,20 @@ def plan(model_cfg, lora_cfg) -> list[Phase]:
     if placement not in PLACEMENTS:
         raise ValueError(f"model.gpu.trainer_placement={placement!r}; use one of {', '.join(PLACEMENTS)}")
     n_train = int(_get(g, "train_gpus", 1))
-    tokens = int(_get(lora_cfg, "batch_size", 8)) * int(_get(lora_cfg, "max_seq_len", 384))
+    # Activations live for one forward/backward: a micro-batch (gradient accumulation makes the step)
+    micro = int(_get(lora_cfg, "micro_batch_size", None) or _get(lora_cfg, "batch_size", 8))
+    tokens = micro * int(_get(lora_cfg, "max_seq_len", 1024))
     # Activations run in the base's dtype (a bf16 base under "32-true" still computes in bf16);
     # a 16-bit precision setting (auto is one on a GPU) casts an fp32 base down.
     precision = str(_get(lora_cfg, "precision", "32-true"))
     act_bytes = 2.0 if precision == "auto" or precision.startswith(("16", "bf16")) else dtype
     k = arch.experts_per_token if arch.experts else 1
-    activations = tokens * arch.layers * (12 * arch.hidden + 5 * k * arch.intermediate) * act_bytes / GIB
+    per_layer = (12 * arch.hidden + 5 * k * arch.intermediate) * act_bytes   # bytes a token, one layer
+    if bool(_get(lora_cfg, "activation_checkpointing", False)):
+        # each layer keeps only its input; backward recomputes one layer's activations at a time
+        activations = tokens * (arch.layers * arch.hidden * act_bytes + per_layer) / GIB
+    else:
+        activations = tokens * arch.layers * per_layer / GIB
     logits = tokens * arch.vocab * 8 / GIB  # fp32 logits and their gradient
     base = (arch.expert_params() * train_dtype + arch.other_params() * 2.0) / GIB
     parts = {"base weights": base / n_train, "LoRA + grads + AdamW": lora * 16 / GIB / n_train,
@@ -220,7 +228,7 @@ def _advice(phase: str) -> str:
     if phase.startswith("serve"):
         return ("raise model.tensor_parallel_size or model.gpu_memory_utilization, lower model.max_context "
                 "or model.max_loras, or use a GPU with more memory (model.gpu.memory_gb)")
-    return ("lower lora.batch_size or lora.max_seq_len, drop lora target parameters (model.lora_target_parameters), "
+    return ("set lora.activation_checkpointing=true, lower lora.micro_batch_size or lora.max_seq_len, drop lora target parameters (model.lora_target_parameters), "
             "use model.gpu.trainer_placement=separate_gpus with more model.gpu.train_gpus, or a quantised "
             "model.gpu.train_expert_dtype")
 

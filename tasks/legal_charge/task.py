@@ -41,8 +41,18 @@ def _examples(n: int) -> str:
     return f"{n} example" if n == 1 else f"{n} examples"
 
 
+BUNDLED_PREFIX = "bundled:"   # a data file shipped in this folder, e.g. bundled:lawbench/charge_3-3_dev.json
+
+
 def _path(value: Any) -> Path | None:
-    return Path(str(value)).expanduser() if value not in (None, "") else None
+    """A data path; ``bundled:<file>`` names a file shipped with the task (a fresh clone or an
+    installed wheel has it wherever the command runs)."""
+    if value in (None, ""):
+        return None
+    text = str(value)
+    if text.startswith(BUNDLED_PREFIX):
+        return Path(__file__).resolve().parent / text[len(BUNDLED_PREFIX):]
+    return Path(text).expanduser()
 
 
 def _same_file(a: Path, b: Path) -> bool:

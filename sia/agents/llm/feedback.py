@@ -40,7 +40,7 @@ class FeedbackCtx(Protocol):
     history: list                # records with .to_json() or dicts
     offer: LeverOffer | None
     budget_left: dict
-    trajectories: list[dict]     # per VAL example (summarised gold-free): id, score, reason, failure, error
+    trajectories: list[dict]     # per VAL example (summarised gold-free): id, reason, failure, error (no score)
     train_trajectories: list[dict]   # the incumbent on the train probe (shown whole, with gold)
     train_examples: list         # the probe's train examples (id, target): the gold of train_trajectories
     baselines: dict              # name -> val score

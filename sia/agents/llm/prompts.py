@@ -202,8 +202,8 @@ def levers_text(offer: Any, facts: dict | None = None, harness_code: str = "") -
                  + (f"; the rollout algorithms use min(examples, {rollout}) train examples (lora.rollout_examples)"
                     + (f", {samples} samples each" if samples else "") if rollout else ""))
     if facts.get("train_max_seq_len"):
-        lines.append(f"  training prompts+completions are cut to {facts['train_max_seq_len']} tokens "
-                     f"(lora.max_seq_len): a longer harness prompt trains on its beginning only")
+        lines.append(f"  a sample longer than {facts['train_max_seq_len']} tokens, prompt + completion "
+                     f"(lora.max_seq_len), is not trained on (refused whole, never cut; train.json counts them)")
     return "\n".join(lines)
 
 
@@ -285,7 +285,9 @@ def history_text(history: list) -> str:
 
 
 def val_summary(trajectories: list[dict], limit: int = 24) -> str:
-    """Val failures, gold-free: id, kind, score, the evaluator's reason, the harness error kind."""
+    """Val failures, gold-free: id, kind, the evaluator's reason, the harness error kind. No
+    per-example score: a graded one is a function of the gold (legal_charge's F1 with the size of
+    the answer gives how many of its charges were right)."""
     from sia.agents.llm.trajectories import failure_kind, order
 
     rows = []
@@ -294,7 +296,7 @@ def val_summary(trajectories: list[dict], limit: int = 24) -> str:
         if kind is None:
             continue
         err = t.get("error") if isinstance(t.get("error"), dict) else {}
-        rows.append({"id": t.get("id"), "failure": kind, "score": t.get("score"),
+        rows.append({"id": t.get("id"), "failure": kind,
                      "reason": str(t.get("reason") or "")[:300],
                      **({"harness_error": f"{err.get('kind')}: {str(err.get('message') or '')[-300:]}"}
                         if err else {})})
