@@ -32,7 +32,7 @@ def _setup_logging(quiet: bool) -> None:
 # What a resume may change: more time, generations, training or agent spend. The split sizes
 # stay, or the new val scores would not compare with the saved ones.
 RESUMABLE_BUDGET = ("generations", "wall_clock_minutes", "train_steps", "train_examples", "agent_tokens",
-                    "agent_dollars")
+                    "agent_dollars", "train_step_s")
 
 
 def budget_overrides() -> list[str]:

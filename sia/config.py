@@ -79,6 +79,19 @@ def config_problems(cfg: DictConfig) -> list[str]:
     if _get(cfg, "feedback.baseline_gap") is not None:
         _check_number(p, cfg, "feedback.baseline_gap", 0, 1, "e.g. feedback.baseline_gap=0.5 (0 turns the rule off)",
                       low_inclusive=True)
+    if _get(cfg, "feedback.keep") is not None:
+        from sia.keep import KeepSettings
+
+        try:
+            p += KeepSettings(rule=str(_get(cfg, "feedback.keep")), alpha=float(_get(cfg, "feedback.keep_alpha")),
+                              margin=float(_get(cfg, "feedback.keep_margin")),
+                              chunk=int(_get(cfg, "feedback.keep_chunk"))).problems()
+        except (TypeError, ValueError):
+            p.append("feedback.keep_alpha, feedback.keep_margin and feedback.keep_chunk must be numbers "
+                     "(e.g. 0.05, 2, 16)")
+    if _get(cfg, "budget.train_step_s") is not None:
+        _check_number(p, cfg, "budget.train_step_s", 0, None, "seconds per optimizer step of the first weight "
+                      "update's plan, e.g. budget.train_step_s=12")
     _check_int(p, cfg, "agent.workers", 1, "e.g. agent.workers=8")
     _check_number(p, cfg, "agent.example_timeout_s", 0, None, "e.g. agent.example_timeout_s=60")
     _check_int(p, cfg, "agent.memory_mb", 256, "e.g. agent.memory_mb=2048")

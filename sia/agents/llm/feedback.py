@@ -160,7 +160,8 @@ class LLMFeedbackPolicy:
                  trajectory_tokens: int = 12000, repairs: int = 1, sealed: Iterable[str] = (),
                  public: Iterable[str] = (), agent_tokens: int | None = None, agent_dollars: float | None = None,
                  client: LLMClient | None = None, task: Any = None, name: str = "llm", facts: dict | None = None,
-                 tries: int = 2, try_examples: int = 4):
+                 tries: int = 2, try_examples: int = 4, keep: str = "paired", keep_alpha: float = 0.05,
+                 keep_margin: float = 2.0, keep_chunk: int = 16):
         if not isinstance(trajectory_tokens, int) or trajectory_tokens < 0:
             raise ValueError(f"feedback.trajectory_tokens={trajectory_tokens!r} must be a whole number >= 0")
         self.name, self.llm, self.fallback = name, llm, fallback
@@ -168,6 +169,8 @@ class LLMFeedbackPolicy:
         self.trajectory_tokens, self.repairs = trajectory_tokens, int(repairs)
         self.agent_tokens, self.agent_dollars = agent_tokens, agent_dollars
         self.facts = dict(facts or {})   # run facts from the config: task model, context, per-example caps
+        # the loop's keep rule (sia.keep.settings_of reads these off the policy, as off the offline ones)
+        self.keep, self.keep_alpha, self.keep_margin, self.keep_chunk = keep, keep_alpha, keep_margin, keep_chunk
         for key, value in (("tries", tries), ("try_examples", try_examples)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"agent.{key}={value!r} must be a whole number >= 0 (0 turns try_harness off)")
