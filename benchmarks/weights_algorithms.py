@@ -142,8 +142,9 @@ def table(rows: list[dict]) -> None:
         if not group:
             print(f"{task:<14} {algorithm:<8} no training: {mine[0]['skipped']}")
             continue
-        reward = " / ".join("-" if mine[0].get(k) is None else f"{mine[0][k]:.2f}"
-                            for k in ("reward_mean", "zero_share", "spread_share"))
+        reward = " / ".join("-" if not seen else f"{statistics.mean(seen):.2f}"   # mean over the seeds' rollouts
+                            for seen in ([r[k] for r in mine if r.get(k) is not None]
+                                         for k in ("reward_mean", "zero_share", "spread_share")))
         print(f"{task:<14} {algorithm:<8} {len(group):>5}  {fmt([100 * r['gain'] for r in group]):<28} "
               f"{statistics.mean(r['minutes'] for r in group):>7.1f}  "
               f"{fmt([100 * r['gain_per_min'] for r in group]):<28} {100 * group[0]['base_val']:>8.1f}  {reward}, "

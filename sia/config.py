@@ -59,7 +59,9 @@ def config_problems(cfg: DictConfig) -> list[str]:
     _check_number(p, cfg, "lora.dropout", 0, 0.99, "use e.g. lora.dropout=0.05", low_inclusive=True)
     _check_number(p, cfg, "lora.lr", 0, 1.0, "use e.g. lora.lr=1e-3")
     _check_int(p, cfg, "lora.batch_size", 1, "use e.g. lora.batch_size=8")
-    _check_int(p, cfg, "lora.max_seq_len", 16, "use e.g. lora.max_seq_len=384")
+    _check_int(p, cfg, "lora.max_seq_len", 16, "use e.g. lora.max_seq_len=1024")
+    if _get(cfg, "lora.gradient_clip_val") is not None:
+        _check_number(p, cfg, "lora.gradient_clip_val", 0, None, "e.g. lora.gradient_clip_val=1.0, or null for no clipping")
     if _get(cfg, "lora.rollout_epochs") is not None:
         _check_number(p, cfg, "lora.rollout_epochs", 0, None, "e.g. lora.rollout_epochs=2, or null for no cap")
     if isinstance(_get(cfg, "lora.batch_size"), int) and _get(cfg, "lora.micro_batch_size") is not None:

@@ -4,6 +4,8 @@ namespace, seccomp, size-bounded scratch (tmpfs in a mount namespace) or PID nam
 the run instead of passing it silently."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from sia.harness.supervisor import containment_error, in_ci
@@ -34,3 +36,19 @@ def check_present(layers: dict, needed=LAYER_NAMES, containment: bool = True) ->
     if in_ci():
         pytest.fail(f"CI=true but sandbox layers are missing: {', '.join(missing)}")
     pytest.skip(f"sandbox layers missing here: {', '.join(missing)}")
+
+
+def canary(tmp_path):
+    """A file outside every sandbox folder, with a mode, an mtime and an xattr to watch."""
+    path = tmp_path / "outside" / "canary.json"
+    path.parent.mkdir()
+    path.write_text("{}")
+    os.chmod(path, 0o600)
+    os.utime(path, (1_600_000_000, 1_600_000_000))
+    os.setxattr(path, "user.kept", b"1")
+    return path
+
+
+def metadata_of(path) -> tuple:
+    st = os.stat(path)
+    return st.st_mode, st.st_mtime_ns, st.st_uid, st.st_gid, sorted(os.listxattr(path))

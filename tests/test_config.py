@@ -168,7 +168,9 @@ def test_cli_lora_rank_too_large_stops_with_exit_code_2(tmp_path):
 def test_keep_rule_settings_are_checked_before_work_for_every_policy(compose_cfg):
     from sia.config import config_problems
 
-    problems = config_problems(compose_cfg("feedback.keep=bogus", "feedback.keep_chunk=0", "budget.train_step_s=-1"))
+    problems = config_problems(compose_cfg("feedback.keep=bogus", "feedback.keep_chunk=0", "budget.train_step_s=-1",
+                                           "lora.gradient_clip_val=0"))
+    assert any(p.startswith("lora.gradient_clip_val=0") for p in problems), problems
     assert any(p.startswith("feedback.keep='bogus'") for p in problems), problems
     assert any(p.startswith("feedback.keep_chunk=0") for p in problems), problems
     assert any(p.startswith("budget.train_step_s=-1") for p in problems), problems

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from security_layers import needs
+from security_layers import canary, metadata_of, needs
 from sia.harness.sandbox import probe
 from sia.tasks import load_task
 
@@ -139,23 +139,13 @@ def custom_kernel(data):
 
 
 def test_a_kernel_child_cannot_change_metadata_of_files_outside_its_sandbox(tmp_path):
-    path = tmp_path / "outside" / "canary.json"
-    path.parent.mkdir()
-    path.write_text("{}")
-    os.chmod(path, 0o600)
-    os.utime(path, (1_600_000_000, 1_600_000_000))
-    os.setxattr(path, "user.kept", b"1")
-
-    def metadata():
-        st = os.stat(path)
-        return st.st_mode, st.st_mtime_ns, st.st_uid, st.st_gid, sorted(os.listxattr(path))
-
-    before = metadata()
+    path = canary(tmp_path)
+    before = metadata_of(path)
     verdict = judge(METADATA_SUBMISSION.replace("@CANARY@", str(path)))
     assert verdict.kind == "runtime", verdict.reason
     denied = str(["EPERM"] * 5)
     assert f"import {denied} call {denied}" in verdict.reason, verdict.reason
-    assert metadata() == before
+    assert metadata_of(path) == before
 
 
 FILL_SUBMISSION = '''

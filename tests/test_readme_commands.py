@@ -40,6 +40,7 @@ SWEEP_LOCAL = "python -m sia -m +sweep=ablation hydra/launcher=slurm_local budge
 SWEEP_GPU = ("python -m sia -m +sweep=ablation hydra/launcher=slurm hydra.launcher.partition=gpu model=gpt_oss_20b "
              "lora.rank=32 lora.activation_checkpointing=true task=legal_charge task.data.path=/data/lawbench.json")
 REPORT = "python -m sia.report multirun/2026-12-01/18-00-00"
+REPORT_WANDB = "python -m sia.report multirun/2026-12-01/18-00-00 --wandb"   # publishing needs a login: built offline
 VLLM = ".venv-vllm/bin/python -m sia model.engine=vllm budget=smoke"
 MEMORY_PLAN = "python -m sia.engine.memory_plan gpt_oss_20b lora.rank=32"
 LLM_SCRIPTED = "python -m sia agent.meta=llm feedback=llm llm.base_url=http://127.0.0.1:PORT"
@@ -85,6 +86,7 @@ COMMANDS = {
                                          r"^model\.device='cuda' but this machine has no usable CUDA device")),
     SWEEP_LOCAL: Command(HERE + "test_slurm_sweep_and_report_commands"),
     REPORT: Command(HERE + "test_slurm_sweep_and_report_commands"),
+    REPORT_WANDB: Command("tests/test_report.py::test_wandb_report_is_built_offline_with_its_panels_and_queries"),
     VLLM: Command("tests/test_vllm.py::test_readme_vllm_smoke_command"),
     MEMORY_PLAN: Command(HERE + "test_memory_plan_command"),
 }

@@ -35,8 +35,11 @@ def test_report_compares_the_policies_of_a_sweep(sweep):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "comparison" in out.stdout and "rules" in out.stdout and "harness_only" in out.stdout
     md = (sweep / "report.md").read_text(encoding="utf-8")
-    rows = {line.split("|")[2].strip(): line for line in md.splitlines() if line.startswith("| legal_charge |")}
+    comparison = md.split("## Comparison")[1].split("\n## ")[0]
+    rows = {line.split("|")[2].strip(): line for line in comparison.splitlines() if line.startswith("| legal_charge |")}
     assert set(rows) == {"rules", "harness_only"}
+    paired = md.split("## Paired by seed")[1].split("\n## ")[0]
+    assert "| legal_charge | rules - harness_only |" in paired, paired
     assert all("| 2/2 | 0,1 |" in row for row in rows.values()), rows
     # the numbers are the runs' own: best val of the rules group is the mean of its two summaries
     bests = [json.loads((sweep / d / "summary.json").read_text())["best"]["val"]

@@ -20,7 +20,7 @@ from sia.harness import protocol
 from sia.harness.contract import Job
 from sia.harness.pool import HarnessPool
 from sia.harness.sandbox import probe, scrubbed_env
-from security_layers import check_present, needs
+from security_layers import canary, check_present, metadata_of, needs
 
 LAYERS = probe()
 # Skipped on a machine without the layers, except under CI=true: there they run and fail.
@@ -452,22 +452,6 @@ METADATA_HARNESS = """
                 "removexattr": _try(lambda: os.removexattr(path, "user.kept")),
                 "scratch_chmod": _try(lambda: (open("own", "w").close(), os.chmod("own", 0o600)))}
 """
-
-
-def canary(tmp_path):
-    """A file outside every sandbox folder, with a mode, an mtime and an xattr to watch."""
-    path = tmp_path / "outside" / "canary.json"
-    path.parent.mkdir()
-    path.write_text("{}")
-    os.chmod(path, 0o600)
-    os.utime(path, (1_600_000_000, 1_600_000_000))
-    os.setxattr(path, "user.kept", b"1")
-    return path
-
-
-def metadata_of(path) -> tuple:
-    st = os.stat(path)
-    return st.st_mode, st.st_mtime_ns, st.st_uid, st.st_gid, sorted(os.listxattr(path))
 
 
 def test_a_harness_cannot_change_metadata_of_files_outside_its_sandbox(tmp_path):
