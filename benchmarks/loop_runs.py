@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 
 REPO = Path(__file__).resolve().parent.parent
-LAWBENCH = REPO.parent / "shared" / "data" / "lawbench" / "charge_3-3_dev.json"
+LAWBENCH = "bundled:lawbench/charge_3-3_dev.json"   # shipped in tasks/legal_charge/lawbench/
 
 SUITES = {
     "default": [["feedback=rules"], ["feedback=harness_only"]],
