@@ -141,19 +141,23 @@ def p_less(diffs, theta: float = 0.0) -> float:
     return p_greater(-np.asarray(diffs, dtype=float), -theta)
 
 
+def t_half_width(values, level: float = INTERVAL_LEVEL) -> float:
+    """Half-width of the two-sided ``level`` Student t interval of the mean of ``values`` (at
+    least two); the report's intervals over seeds use it too."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=float)
+    return float(stats.t.ppf(1 - (1 - level) / 2, v.size - 1)) * float(v.std(ddof=1)) / math.sqrt(v.size)
+
+
 def interval(diffs, span: float, level: float = INTERVAL_LEVEL) -> tuple[float, float]:
     """Two-sided ``level`` paired t interval of the mean difference, clipped to [-span, span]
     (the largest difference the scores allow). Descriptive: decisions rest on the exact
     sign-flip test, not on this interval (see the module docstring)."""
-    from scipy import stats
-
     d = np.asarray(diffs, dtype=float)
-    if d.size == 0:
+    if d.size < 2:
         return -span, span
-    mean = float(d.mean())
-    if d.size == 1:
-        return -span, span
-    half = float(stats.t.ppf(1 - (1 - level) / 2, d.size - 1)) * float(d.std(ddof=1)) / math.sqrt(d.size)
+    mean, half = float(d.mean()), t_half_width(d, level)
     return max(-span, mean - half), min(span, mean + half)
 
 

@@ -8,6 +8,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from sia.keep import t_half_width
 from sia.report import runs as R
 from sia.report.jobs import Job
 
@@ -82,14 +83,7 @@ def t_interval(values: list[float | None], level: float = 0.95) -> tuple[float, 
     mean = statistics.fmean(vals)
     if len(vals) < 2:
         return mean, float("nan"), 1
-    from scipy import stats
-
-    half = float(stats.t.ppf(1 - (1 - level) / 2, len(vals) - 1)) * statistics.stdev(vals) / len(vals) ** 0.5
-    return mean, half, len(vals)
-
-
-def _stats(values: list[float | None]) -> tuple[float, float, int] | None:
-    return t_interval(values)
+    return mean, t_half_width(vals, level), len(vals)
 
 
 def _pm(stat: tuple[float, float, int] | None, digits: int = 3) -> str:
@@ -128,16 +122,16 @@ def comparison_rows(groups: list[Group]) -> list[dict]:
         row = {
             "task": g.task, "policy": g.label, "runs": f"{len(done)}/{len(g.runs)}",
             "seeds": ",".join(str(r.seed) for r in done if r.seed is not None) or "-",
-            "first val": _pm(_stats([f[0] for f in first])), "first test": _pm(_stats([f[1] for f in first])),
-            "best val": _pm(_stats([b[1] for b in best])), "best test": _pm(_stats([b[2] for b in best])),
+            "first val": _pm(t_interval([f[0] for f in first])), "first test": _pm(t_interval([f[1] for f in first])),
+            "best val": _pm(t_interval([b[1] for b in best])), "best test": _pm(t_interval([b[2] for b in best])),
             "best baseline val / test": _best_baseline(done),
-            "generations": _pm(_stats([R.generations_used(r) for r in done]), 1),
-            "wall s": _pm(_stats([R.wall_s(r) for r in done]), 0),
-            "train s": _pm(_stats([R.train_s(r) for r in done]), 0),
+            "generations": _pm(t_interval([R.generations_used(r) for r in done]), 1),
+            "wall s": _pm(t_interval([R.wall_s(r) for r in done]), 0),
+            "train s": _pm(t_interval([R.train_s(r) for r in done]), 0),
         }
         if any(t or d for t, d in costs):
-            row["agent $"] = _pm(_stats([d for _, d in costs]), 4)
-            row["agent tokens"] = _pm(_stats([t for t, _ in costs]), 0)
+            row["agent $"] = _pm(t_interval([d for _, d in costs]), 4)
+            row["agent tokens"] = _pm(t_interval([t for t, _ in costs]), 0)
         rows.append(row)
     return rows
 
