@@ -82,12 +82,10 @@ def config_problems(cfg: DictConfig) -> list[str]:
         _check_number(p, cfg, "feedback.baseline_gap", 0, 1, "e.g. feedback.baseline_gap=0.5 (0 turns the rule off)",
                       low_inclusive=True)
     if _get(cfg, "feedback.keep") is not None:
-        from sia.keep import KeepSettings
+        from sia.keep import read_settings
 
         try:
-            p += KeepSettings(rule=str(_get(cfg, "feedback.keep")), alpha=float(_get(cfg, "feedback.keep_alpha")),
-                              margin=float(_get(cfg, "feedback.keep_margin")),
-                              chunk=int(_get(cfg, "feedback.keep_chunk"))).problems()
+            p += read_settings(cfg.feedback).problems()
         except (TypeError, ValueError):
             p.append("feedback.keep_alpha, feedback.keep_margin and feedback.keep_chunk must be numbers "
                      "(e.g. 0.05, 2, 16)")

@@ -84,13 +84,19 @@ class KeepSettings:
         return out
 
 
-def settings_of(policy) -> KeepSettings:
-    """The keep settings a feedback policy carries (``feedback.keep*``); defaults otherwise."""
+def read_settings(source) -> KeepSettings:
+    """The keep settings of a feedback policy or its config node (``feedback.keep*``);
+    defaults for what it lacks. TypeError/ValueError when a value is not a number."""
     default = KeepSettings()
-    settings = KeepSettings(rule=str(getattr(policy, "keep", default.rule)),
-                            alpha=float(getattr(policy, "keep_alpha", default.alpha)),
-                            margin=float(getattr(policy, "keep_margin", default.margin)),
-                            chunk=int(getattr(policy, "keep_chunk", default.chunk)))
+    return KeepSettings(rule=str(getattr(source, "keep", default.rule)),
+                        alpha=float(getattr(source, "keep_alpha", default.alpha)),
+                        margin=float(getattr(source, "keep_margin", default.margin)),
+                        chunk=int(getattr(source, "keep_chunk", default.chunk)))
+
+
+def settings_of(policy) -> KeepSettings:
+    """The keep settings a feedback policy carries, checked (ValueError names each problem)."""
+    settings = read_settings(policy)
     problems = settings.problems()
     if problems:
         raise ValueError("; ".join(problems))
