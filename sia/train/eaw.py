@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 
 from sia.train import grpo
-from sia.train.samples import Sample, group_by
+from sia.train.samples import Sample, group_by, indices_by_group
 
 BETA_MAX = 1e6
 BISECT_STEPS = 60
@@ -70,7 +70,7 @@ def entropic_advantages(rewards: list[float], groups: list[str], kl_target: floa
     within each group, beta from :func:`adaptive_beta`; 0 for a group of one."""
     out = [0.0] * len(rewards)
     betas: dict[str, float] = {}
-    for g, indices in _members(groups).items():
+    for g, indices in indices_by_group(groups).items():
         values = [rewards[i] for i in indices]
         beta = betas[g] = adaptive_beta(values, kl_target)
         k = len(values)
@@ -83,13 +83,6 @@ def entropic_advantages(rewards: list[float], groups: list[str], kl_target: floa
             others = (total - ei) / (k - 1)
             out[i] = ei / others - 1.0
     return out, betas
-
-
-def _members(groups: list[str]) -> dict[str, list[int]]:
-    members: dict[str, list[int]] = {}
-    for i, g in enumerate(groups):
-        members.setdefault(g, []).append(i)
-    return members
 
 
 class Module(grpo.Module):

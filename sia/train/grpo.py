@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from sia.train.policy import PolicyModule, masked_mean_per_row, reduce_tokens
-from sia.train.samples import Sample, group_by
+from sia.train.samples import Sample, group_by, indices_by_group
 
 STD_EPS = 1e-6
 
@@ -32,10 +32,7 @@ def group_advantages(rewards: list[float], groups: list[str], scale: str = "grou
     if scale not in ("group", "none"):
         raise ValueError(f"lora.grpo.scale_rewards must be group or none, got {scale!r}")
     out = [0.0] * len(rewards)
-    members: dict[str, list[int]] = {}
-    for i, g in enumerate(groups):
-        members.setdefault(g, []).append(i)
-    for indices in members.values():
+    for indices in indices_by_group(groups).values():
         values = [rewards[i] for i in indices]
         mean = sum(values) / len(values)
         std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5

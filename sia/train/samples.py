@@ -123,12 +123,17 @@ def _variance(values: list[float]) -> float:
     return sum((v - mean) ** 2 for v in values) / len(values)
 
 
+def indices_by_group(groups: list[str]) -> dict[str, list[int]]:
+    """Indices per group label, groups in first-seen order."""
+    members: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    return members
+
+
 def group_by(samples: list[Sample]) -> dict[str, list[int]]:
     """Sample indices per group, groups in first-seen order."""
-    groups: dict[str, list[int]] = {}
-    for i, s in enumerate(samples):
-        groups.setdefault(s.group, []).append(i)
-    return groups
+    return indices_by_group([s.group for s in samples])
 
 
 def samples_from_pairs(pairs: list) -> list[Sample]:
