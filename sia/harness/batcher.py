@@ -56,7 +56,7 @@ def check_sampling(sampling: Any) -> dict | None:
         raise ValueError(f"sampling temperature={t!r}: must be a number in [0, {MAX_TEMPERATURE:g}], e.g. 0.8")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"sampling seed={seed!r}: must be an int, e.g. 0")
-    return {"temperature": float(t) if t >= GREEDY_BELOW else 0.0, "seed": seed}
+    return {"temperature": _served_temperature(t), "seed": seed}
 
 
 def call_seed(seed: int, job_id: str, call: int) -> int:
@@ -75,6 +75,12 @@ def max_prompt_chars(engine) -> int:
 
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _served_temperature(t: float) -> float:
+    """What a valid temperature is served at: below GREEDY_BELOW greedy (0), the limit of
+    sampling as t -> 0 (the sampler's division by t overflows there)."""
+    return float(t) if t >= GREEDY_BELOW else 0.0
 
 
 def gen_request(raw: Any, max_new_tokens: int, max_chars: int = DEFAULT_MAX_PROMPT_CHARS) -> GenRequest:
@@ -99,8 +105,6 @@ def gen_request(raw: Any, max_new_tokens: int, max_chars: int = DEFAULT_MAX_PROM
     if not _number(temperature) or not 0.0 <= temperature <= MAX_TEMPERATURE:
         raise ValueError(f"temperature must be a number in [0, {MAX_TEMPERATURE:g}] (0: greedy; below "
                          f"{GREEDY_BELOW:g} is served greedy), got {temperature!r}")
-    if temperature < GREEDY_BELOW:
-        temperature = 0.0
     if not _number(top_p) or not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be a number in (0, 1], got {top_p!r}")
     if stop is not None and (not isinstance(stop, list) or len(stop) > 16 or not all(isinstance(s, str) and s for s in stop)):
@@ -108,7 +112,7 @@ def gen_request(raw: Any, max_new_tokens: int, max_chars: int = DEFAULT_MAX_PROM
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
         raise ValueError("seed must be an int or None")
     return GenRequest(messages=[{"role": m["role"], "content": m["content"]} for m in messages],
-                      max_tokens=min(max_tokens, MAX_TOKENS_PER_CALL), temperature=float(temperature),
+                      max_tokens=min(max_tokens, MAX_TOKENS_PER_CALL), temperature=_served_temperature(temperature),
                       top_p=float(top_p), stop=stop, seed=seed)
 
 
