@@ -1,6 +1,6 @@
 """Packages of the wheel: ``sia`` and its Hydra plugin, plus the repo's ``conf/``, ``tasks/`` and
 ``sweeps/`` folders carried inside the package as ``sia/_bundled/`` so a non-editable install
-runs too (``sia.resources`` finds either layout). Everything else is in pyproject.toml."""
+runs too (``sia.paths`` finds either layout). Everything else is in pyproject.toml."""
 import os
 
 from setuptools import find_namespace_packages, find_packages, setup

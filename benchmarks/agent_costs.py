@@ -30,7 +30,7 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from sia.agents.llm.client import LLMClient  # noqa: E402
 from sia.agents.llm.config import load_settings  # noqa: E402
-from sia.agents.llm.feedback import LLMFeedbackPolicy  # noqa: E402
+from sia.agents.llm.feedback import LLMFeedback  # noqa: E402
 from sia.agents.llm.meta import LLMMetaAgent  # noqa: E402
 from sia.agents.llm.tokens import LABEL, approx_tokens  # noqa: E402
 from sia.parts import AgentEnv, LeverOffer  # noqa: E402
@@ -84,10 +84,10 @@ def estimate(args) -> None:
                            train=splits.train, checker=AcceptAll())
             LLMMetaAgent(llm=cfg, client=client, facts=run_facts(name)).first_harness(env)
             offer = LeverOffer(True, "", ("sft",), max_steps=24, max_examples=160)
-            policy = LLMFeedbackPolicy(llm=cfg, client=client, trajectory_tokens=args.trajectory_tokens,
+            feedback = LLMFeedback(llm=cfg, client=client, trajectory_tokens=args.trajectory_tokens,
                                        facts=run_facts(name), tries=args.tries)
             for g in (1, 6):
-                policy.decide(Ctx(task, splits, g, offer))
+                feedback.decide(Ctx(task, splits, g, offer))
             bodies = [r["body"] for r in server.requests]
         for label, body in zip(("meta", "feedback g1", "feedback g6"), bodies):
             static, rest = _body_tokens(body)
@@ -132,10 +132,10 @@ def scripted(args) -> None:
         before = client.ledger.totals.to_json()
         out = LLMMetaAgent(llm=cfg, client=client).first_harness(env)
         rows.append(("0 (meta)", out.info["cost"]))
-        policy = LLMFeedbackPolicy(llm=cfg, client=client)
+        feedback = LLMFeedback(llm=cfg, client=client)
         offer = LeverOffer(True, "", ("sft",), max_steps=24, max_examples=160)
         for g in range(1, args.generations + 1):
-            d = policy.decide(Ctx(task, splits, g, offer))
+            d = feedback.decide(Ctx(task, splits, g, offer))
             rows.append((f"{g} ({d.action}{', fallback' if d.stats['fallback'] else ''})", d.stats["cost"]))
         wall = time.monotonic() - started
     print(f"scripted agents on legal_charge, {args.latency}s per answer, Sonnet prices (usage from the server, "

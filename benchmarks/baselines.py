@@ -80,13 +80,13 @@ def main() -> int:
     if not task.baselines():
         print(f"{args.task} has no baselines (tasks/{args.task}/baselines.py)")
         return 1
-    primary = task.meta.primary_metric
-    print(f"task {args.task}; data: {task.data_label}; primary metric: {primary} ({task.meta.direction})")
+    primary = task.scoring.primary_metric
+    print(f"task {args.task}; data: {task.data_label}; primary metric: {primary} ({task.scoring.direction})")
     for baseline in task.baselines():
         print(f"  {baseline.name}: {baseline.description}")
     rows = score_baselines(task)
     for row in rows:
-        others = [k for k in task.meta.metrics if k != primary and k in row["metrics"]][:SHOWN_METRICS]
+        others = [k for k in task.scoring.metrics if k != primary and k in row["metrics"]][:SHOWN_METRICS]
         rest = " ".join(f"{k}={row['metrics'][k]:.3f}" for k in others)
         print(f"{row['baseline']:<22} {row['split']:<4} n={row['n']:<4} {primary}={row['metrics'][primary]:.3f} "
               f"{rest}  predict {row['predict_s']:.1f}s eval {row['eval_s']:.1f}s")

@@ -77,7 +77,7 @@ def run_bare(args, model_cfg, lora_cfg, samples) -> dict:
     from sia.engine.hf import load_tokenizer
     from sia.engine.model_cache import resolve_model_dir
     from sia.train.batching import BucketBatchSampler, collate, encode_sample
-    from sia.train.resources import PeakRSS
+    from sia.train.peak_memory import PeakRSS
     from sia.train.trainer import steady_rate
 
     with PeakRSS() as rss:

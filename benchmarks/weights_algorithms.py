@@ -1,6 +1,6 @@
 """Val gain per wall-clock minute of each reward-driven algorithm, from the same incumbent.
 
-Per task, one base run builds the incumbent (the harness-only policy for a few generations,
+Per task, one base run builds the incumbent (the harness-only feedback for a few generations,
 e.g. legal_charge's few-shot edit). Per seed, the rollout is drawn once (by the first
 algorithm's run) and every algorithm trains on that same rollout: a copy of the base run dir,
 resumed through the real CLI for one more generation with ``feedback=weights_only
@@ -30,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 # The base run of each task: enough harness generations for a first kept edit where the seed
-# harness's answers are unusable (legal_charge's seed scores 0 until the rules policy's
+# harness's answers are unusable (legal_charge's seed scores 0 until the rules feedback's
 # few-shot edit; sql_qa's until its few-shot edit); scrna_denoise starts from its seed.
 BASE_RUNS = {"legal_charge": ["feedback=rules", "budget.generations=2"],
              "sql_qa": ["feedback=harness_only", "budget.generations=1"],
@@ -112,9 +112,9 @@ def auto_choice(task: str, stats: dict) -> str | None:
     from sia.train.samples import RewardStats
 
     thresholds = OmegaConf.load(REPO / "conf" / "lora" / "default.yaml").thresholds
-    meta = load_task(task, {})
-    name, _ = choose_algorithm(RewardStats(**stats), has_gold=meta.supports_gold_sft(), format_rate=0.0,
-                               prior_shape=meta.meta.reward_shape, **thresholds)
+    loaded = load_task(task, {})
+    name, _ = choose_algorithm(RewardStats(**stats), has_gold=loaded.supports_gold_sft(), format_rate=0.0,
+                               prior_shape=loaded.scoring.reward_shape, **thresholds)
     return name or "none"
 
 

@@ -7,7 +7,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import sia.schema  # noqa: F401  (registers the config schemas)
-from sia.resources import conf_dir
+from sia.paths import conf_dir
 
 
 def _run_dir(resume, default):

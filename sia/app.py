@@ -141,7 +141,7 @@ def run(cfg: DictConfig) -> int:
         state = new_state()
         run_dir.save_state(state)
     print(f"sia: run dir {run_dir.path}  (resume with: python -m sia resume={run_dir.path})", flush=True)
-    print(f"sia: task {task.name} on {task.data_label}; policy {cfg.feedback.name}; model {cfg.model.name}",
+    print(f"sia: task {task.name} on {task.data_label}; feedback {cfg.feedback.name}; model {cfg.model.name}",
           flush=True)
 
     if cfg.model.get("gpu") is not None:   # what runs where, and its peak memory per GPU

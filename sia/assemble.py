@@ -1,7 +1,7 @@
 """Wire the parts of one run together: data, workbench, evaluator, agents, lever, baselines.
 
 Each part comes from its config node's ``_target_`` unless the caller hands one in (tests
-inject scripted policies or engines this way, without touching ``sia/``)."""
+inject scripted feedback agents or engines this way, without touching ``sia/``)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,14 +18,14 @@ from sia.tasks import Task
 
 
 def assemble(cfg, run_dir: RunDir, task: Task, engine, pool, tracker, state: RunState, *,
-             meta=None, policy=None, lever=None) -> Loop:
+             meta=None, feedback=None, lever=None) -> Loop:
     progress = not cfg.quiet
     data = prepare_data(task, run_dir, cfg.budget)
     bench = Workbench(pool, data.resources, data.files, progress)
     checker = SandboxChecker(bench, data.splits.train, run_dir.path / "candidates")
     env = AgentEnv(task=task, run_dir=run_dir.path, resources=data.resources, files=data.files,
                    train=data.splits.train, checker=checker)
-    parts = Parts(meta=meta or build(cfg.agent.meta), policy=policy or build(cfg.feedback, optional={"task": task}),
+    parts = Parts(meta=meta or build(cfg.agent.meta), feedback=feedback or build(cfg.feedback, optional={"task": task}),
                   lever=lever or build(cfg.lever, cfg=cfg, task=task, bench=bench, run=run_dir, engine=engine,
                                        train=data.splits.train, progress=progress),
                   evaluator=SplitEvaluator(task, bench, run_dir), env=env)

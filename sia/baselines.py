@@ -42,7 +42,7 @@ def score_baselines(task: Task, data: RunData, cache_dir: Path) -> dict[str, dic
                 examples = getattr(data, split)
                 if examples:
                     answers = b.predict(data.splits, examples)
-                    row[split] = task.evaluate(examples, answers, split).primary(task.meta)
+                    row[split] = task.evaluate(examples, answers, split).primary(task.scoring)
             row["seconds"] = time.perf_counter() - started
         except Exception as exc:   # a broken baseline is reported, it never stops the run
             log.warning("baseline %s failed: %s", b.name, exc)

@@ -244,7 +244,7 @@ def resume_problems(resume: Any) -> list[str]:
     if not missing:
         return []
     return [f"resume={str(resume)!r} is not a SIA run directory (no {' or '.join(missing)} there); pass the run "
-            f"directory printed at the start of the run (outputs/<date>/<time>_<task>_<policy>)"]
+            f"directory printed at the start of the run (outputs/<date>/<time>_<task>_<feedback>)"]
 
 
 def _cuda_available() -> bool:
@@ -291,7 +291,7 @@ def precheck_overrides(overrides: list[str]) -> list[str]:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from sia.resources import conf_dir
+    from sia.paths import conf_dir
 
     GlobalHydra.instance().clear()
     try:

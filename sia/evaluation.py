@@ -105,7 +105,7 @@ class SplitEvaluator:
         else:   # the metrics of the whole run (a task's metric need not be a mean of its examples')
             report = self.task.evaluate(run_examples, [r.answer if r.error is None else None
                                                        for _, results, _ in reports for r in results], split)
-        scores = SplitScores(primary=report.primary(self.task.meta), metrics=report.metrics, rows=rows)
+        scores = SplitScores(primary=report.primary(self.task.scoring), metrics=report.metrics, rows=rows)
         write_jsonl_atomic(self.run.path / TRUSTED_DIR / f"gen_{generation:03d}_{split}.jsonl", trusted)
         write_jsonl_atomic(gen_dir / f"trajectories_{split}.jsonl", trajectories)
         write_json_atomic(scores_file, {"primary": scores.primary, "metrics": scores.metrics, "rows": rows,
@@ -122,7 +122,7 @@ class SplitEvaluator:
             failure, reason = scored.failure, scored.reason
             if result.error:   # the evaluator never saw this answer
                 failure, reason = "error", f"harness {result.error['kind']}: {result.error['message'][-300:]}"
-            elif failure is None and not self.task.meta.full_credit(scored.score):
+            elif failure is None and not self.task.scoring.full_credit(scored.score):
                 failure = "wrong"   # an evaluator that forgot to say: below full credit is "wrong"
             tokens = result.prompt_tokens + result.completion_tokens
             out.append(({"id": example.id, "score": scored.score, "failure": failure, "reason": reason,

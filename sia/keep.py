@@ -85,7 +85,7 @@ class KeepSettings:
 
 
 def read_settings(source) -> KeepSettings:
-    """The keep settings of a feedback policy or its config node (``feedback.keep*``);
+    """The keep settings of a feedback agent or its config node (``feedback.keep*``);
     defaults for what it lacks. TypeError/ValueError when a value is not a number."""
     default = KeepSettings()
     return KeepSettings(rule=str(getattr(source, "keep", default.rule)),
@@ -94,9 +94,9 @@ def read_settings(source) -> KeepSettings:
                         chunk=int(getattr(source, "keep_chunk", default.chunk)))
 
 
-def settings_of(policy) -> KeepSettings:
-    """The keep settings a feedback policy carries, checked (ValueError names each problem)."""
-    settings = read_settings(policy)
+def settings_of(feedback) -> KeepSettings:
+    """The keep settings a feedback agent carries, checked (ValueError names each problem)."""
+    settings = read_settings(feedback)
     problems = settings.problems()
     if problems:
         raise ValueError("; ".join(problems))

@@ -1,6 +1,6 @@
 """The generation loop: a thin scheduler over injected parts.
 
-Generation 0 is the Meta-Agent's harness. Every later generation: the feedback policy decides
+Generation 0 is the Meta-Agent's harness. Every later generation: the feedback agent decides
 (rewrite the harness, update the weights, or stop), the candidate is built, scored on val,
 kept only if it beats the incumbent (then test and the train probe are scored too).
 
@@ -37,7 +37,7 @@ class Loop:
         self.run, self.task, self.data, self.parts, self.tracker = run, task, data, parts, tracker
         self.state, self.budget, self.generate_seconds = state, budget, generate_seconds
         self.baselines = baselines or {}   # name -> {description, val, test}
-        self.keep = settings_of(parts.policy)   # feedback.keep*: how a candidate is judged on val
+        self.keep = settings_of(parts.feedback)   # feedback.keep*: how a candidate is judged on val
 
     # ---- scoring ---------------------------------------------------------------------
     def _score(self, generation: int, harness: Path, adapter: str | None, full: bool) -> dict[str, SplitScores]:
@@ -51,8 +51,8 @@ class Loop:
         return scores
 
     def _probe(self) -> list:
-        """The train examples a kept generation is also scored on (for policies that read them)."""
-        return self.data.probe if self.parts.policy.wants_train_probe else []
+        """The train examples a kept generation is also scored on (for feedback agents that read them)."""
+        return self.data.probe if self.parts.feedback.wants_train_probe else []
 
     @staticmethod
     def _fill(record: GenerationRecord, scores: dict[str, SplitScores]) -> GenerationRecord:
@@ -107,7 +107,7 @@ class Loop:
         if path.is_file():
             return Decision.from_json(read_json(path))
         ctx = self._context(generation, inc)
-        decision = self.parts.policy.decide(ctx)
+        decision = self.parts.feedback.decide(ctx)
         decision.validate(ctx.offer.algorithms if decision.action == "weights" else None)
         if decision.action == "weights":   # planned before it is written: a resume runs the plan as decided
             decision = self._fit_weights(ctx, decision, started)
@@ -117,8 +117,8 @@ class Loop:
     # ---- planning a weight update --------------------------------------------------------
     def _fit_weights(self, ctx: FeedbackContext, decision: Decision, started: float) -> Decision:
         """The weight update as it fits the time left: as decided, shrunk, or (when even its
-        smallest would end late) the policy's harness choice without the weights lever; a
-        policy without one stops the run (``OutOfTime``: a resume with more time trains)."""
+        smallest would end late) the feedback's harness choice without the weights lever; a
+        feedback without one stops the run (``OutOfTime``: a resume with more time trains)."""
         plan = self._plan(decision, started)
         training = decision.training
         decision.stats = {**decision.stats, "plan": {"fits": plan.fits, "examples": plan.examples,
@@ -128,7 +128,7 @@ class Loop:
                 decision.training = {**training, "examples": plan.examples, "steps": plan.steps}
             decision.rationale += f" | budget: {plan.why}"
             return decision
-        decide_with = getattr(self.parts.policy, "decide_with", None)
+        decide_with = getattr(self.parts.feedback, "decide_with", None)
         if decide_with is not None:
             other = decide_with(ctx, frozenset({"harness"})).validate()
             if other.action == "harness":
@@ -234,10 +234,10 @@ class Loop:
         ev, record.keep_rule = self.parts.evaluator, self.keep.rule
         if self.keep.rule == "strict":
             val = ev.evaluate(generation, "val", self.data.val, harness, adapter, on_progress=guard)
-            record.kept = self.task.meta.better(val.primary, inc.val)
+            record.kept = self.task.scoring.better(val.primary, inc.val)
             return val
         rule, inc_rows = self._paired_rule(inc)
-        direction = self.task.meta.direction
+        direction = self.task.scoring.direction
 
         def judge(rows: list[dict]) -> str | None:
             verdict = rule.replay(paired_gains(rows, inc_rows, direction))
@@ -262,8 +262,8 @@ class Loop:
                                f"the incumbent was not scored on the whole val pool, so a paired decision "
                                f"cannot be made; rerun with feedback.keep=strict or from a fresh run dir")
         scores = [by_id[e.id] for e in self.data.val]
-        bounded = self.task.meta.direction == "max" and all(0.0 <= v <= 1.0 for v in scores)
-        return PairedRule(scores, self.task.meta.direction, self.keep, (0.0, 1.0) if bounded else None), rows
+        bounded = self.task.scoring.direction == "max" and all(0.0 <= v <= 1.0 for v in scores)
+        return PairedRule(scores, self.task.scoring.direction, self.keep, (0.0, 1.0) if bounded else None), rows
 
     def _pace_guard(self, started: float, rollouts: bool) -> PaceGuard:
         """Stops a candidate's val run (or a weight update's rollouts, with the val run after
@@ -319,7 +319,7 @@ class Loop:
                 break
             self._finish(record, started, generate_before)
             if record.action == "stop":
-                self.state.stop_reason = f"the feedback policy stopped: {record.rationale}"
+                self.state.stop_reason = f"the feedback agent stopped: {record.rationale}"
                 break
         self.state.status = "done"
         self.run.save_state(self.state)

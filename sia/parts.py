@@ -1,11 +1,11 @@
 """The parts a run is made of, as interfaces: the loop knows these and none of the concrete
 classes. Each part is built by ``hydra.utils.instantiate`` from a ``_target_`` node in its
-config group, so a new policy, meta agent, lever or engine is one class plus one YAML file.
+config group, so a new feedback, meta agent, lever or engine is one class plus one YAML file.
 
     MetaAgent       writes the first harness (agent.meta=seed|llm)
-    FeedbackPolicy  decides the next lever after every generation (feedback=rules|...|llm)
+    Feedback  decides the next lever after every generation (feedback=rules|...|llm)
     WeightsLever    builds training data, trains, returns an adapter (lora.algorithm=auto|sft|...)
-    Engine          the policy model (model.engine=hf|vllm; sia.engine.base.Engine)
+    Engine          the task model (model.engine=hf|vllm; sia.engine.base.Engine)
 """
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ class MetaAgent(Protocol):
 
 
 @runtime_checkable
-class FeedbackPolicy(Protocol):
+class Feedback(Protocol):
     name: str
     # True: every kept generation is also scored on the train probe (``budget.probe_train_examples``)
     # and the context carries its digest and trajectories (over-/under-fitting, train with gold).
@@ -104,7 +104,7 @@ class Parts:
     """What the loop is made of (``sia.assemble`` builds it from the config)."""
 
     meta: MetaAgent
-    policy: FeedbackPolicy
+    feedback: Feedback
     lever: WeightsLever
     evaluator: Any                       # sia.evaluation.SplitEvaluator: evaluate(), trajectories(), bench
     env: AgentEnv                        # what agents see; env.checker checks candidates

@@ -1,6 +1,6 @@
 """Typed run records: the run state, one record per finished generation, the incumbent.
 
-These are what ``state.json`` holds and what policies, tracking, the summary and the report
+These are what ``state.json`` holds and what feedback agents, tracking, the summary and the report
 read. Every record round-trips through JSON; unknown keys in a file are kept in ``extra`` so
 a newer writer's fields survive an older reader.
 """
@@ -39,7 +39,7 @@ class GenerationRecord:
     algorithm: str | None = None    # weights: the training algorithm
     kept: bool = False
     failed: str | None = None       # why the candidate could not be built or decided
-    fallback: bool = False          # the decision came from the fallback policy
+    fallback: bool = False          # the decision came from the fallback feedback
     harness: str | None = None
     adapter: str | None = None
     val: float | None = None
@@ -47,7 +47,7 @@ class GenerationRecord:
     val_metrics: dict[str, float] = field(default_factory=dict)
     test_metrics: dict[str, float] = field(default_factory=dict)
     train_probe: float | None = None
-    tokens: int = 0                 # policy-model tokens spent on the val evaluation
+    tokens: int = 0                 # task-model tokens spent on the val evaluation
     train_loss_first: float | None = None
     train_loss_last: float | None = None
     train_losses: list[float] = field(default_factory=list)   # every optimizer step of this update

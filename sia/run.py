@@ -140,8 +140,8 @@ class RunDir:
         if kept:
             last = kept[-1]
             state.incumbent = Incumbent(last.generation, last.harness, last.adapter, last.val, last.test)
-        if history and history[-1].action == "stop":   # the policy ended the run: a resume must not go on
-            state.status, state.stop_reason = "done", f"the feedback policy stopped: {history[-1].rationale}"
+        if history and history[-1].action == "stop":   # the feedback ended the run: a resume must not go on
+            state.status, state.stop_reason = "done", f"the feedback agent stopped: {history[-1].rationale}"
         if history and state.incumbent is None:
             raise StateDamaged(self.state_file, damage, "no generation record is marked kept (the seed "
                                                         "harness's is), so the incumbent is unknown")

@@ -105,7 +105,7 @@ class AgentConfig:
 
 @dataclass
 class OfflineFeedbackConfig:
-    """The offline policies (rules and the ablations) share these thresholds."""
+    """The offline feedback agents (rules and the ablations) share these thresholds."""
 
     _target_: str = "???"
     name: str = "???"

@@ -15,7 +15,7 @@ def summarise(cfg, task, state: RunState, engine_stats, baselines: dict[str, dic
     elapsed = state.elapsed_s or 1e-9
     return {
         "task": task.name, "data": task.data_label, "feedback": cfg.feedback.name, "model": cfg.model.name,
-        "metric": task.meta.primary_metric, "direction": task.meta.direction,
+        "metric": task.scoring.primary_metric, "direction": task.scoring.direction,
         "first": {"val": first.val if first else None, "test": first.test if first else None,
                   "val_metrics": first.val_metrics if first else None,
                   "test_metrics": first.test_metrics if first else None},
@@ -48,8 +48,8 @@ def agent_totals(run_path: Path, state: RunState) -> dict:
 
 def report(cfg, task, state: RunState, engine_stats, baselines: dict[str, dict], run_path: Path) -> dict:
     summary = summarise(cfg, task, state, engine_stats, baselines, run_path)
-    metric = f"{task.meta.primary_metric} ({'higher' if task.meta.direction == 'max' else 'lower'} is better)"
-    plot_progress(state.history, task.meta.primary_metric, run_path / "progress.png",
+    metric = f"{task.scoring.primary_metric} ({'higher' if task.scoring.direction == 'max' else 'lower'} is better)"
+    plot_progress(state.history, task.scoring.primary_metric, run_path / "progress.png",
                   f"{task.name} on {task.data_label} - {cfg.feedback.name} - {cfg.model.name}", baselines)
     print_table(state.history, metric, task.data_label, baselines)
     best = summary["best"]

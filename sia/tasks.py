@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from sia.resources import tasks_dir
+from sia.paths import tasks_dir
 
 TASKS_DIR = tasks_dir()
 
 
 @dataclass(frozen=True)
-class TaskMeta:
+class Scoring:
     primary_metric: str
     direction: Literal["max", "min"] = "max"
     # binary: right/wrong; graded: partial credit in [0,1]; sparse: most attempts fail outright
@@ -88,22 +88,22 @@ class EvalReport:
     per_example: list[ExampleScore]
     notes: dict[str, Any] = field(default_factory=dict)  # e.g. {"device": "cpu"} labels
 
-    def primary(self, meta: TaskMeta) -> float:
-        return float(self.metrics[meta.primary_metric])
+    def primary(self, scoring: Scoring) -> float:
+        return float(self.metrics[scoring.primary_metric])
 
 
 @dataclass
 class HarnessEdit:
-    """One concrete, named rewrite of a harness, offered to the offline feedback policy.
+    """One concrete, named rewrite of a harness, offered to the offline feedback agent.
 
-    ``addresses`` names the symptom it treats, which the rules policy matches against the
+    ``addresses`` names the symptom it treats, which the rules feedback matches against the
     trajectory digest: ``format`` (abstentions, unparseable answers), ``errors`` (exceptions,
     timeouts), ``accuracy`` (well-formed but wrong answers), ``variance`` (unstable answers).
     ``apply`` returns the new source, or None when it does not apply to this harness.
     ``baseline_use``: how the edit brings a non-LLM baseline's method (retrieval voting, copying
     a train answer, a classical pipeline) into the harness: ``replace`` answers with it instead
     of the model, ``ensemble`` combines the two, ``fallback`` uses it where the model's answer
-    is unusable; "" for none. The rules policy reaches for these, most complete first, when the
+    is unusable; "" for none. The rules feedback reaches for these, most complete first, when the
     incumbent stays far below the task's best baseline.
     """
 
@@ -129,7 +129,7 @@ class Task(ABC):
     """Base class of every task. Subclasses live in ``tasks/<name>/task.py`` as ``TaskImpl``."""
 
     name: str = ""
-    meta: TaskMeta
+    scoring: Scoring
 
     def __init__(self, cfg: Any, root: Path):
         self.cfg = cfg      # the ``task`` config subtree (DictConfig or dict)
@@ -178,7 +178,7 @@ class Task(ABC):
 
     # ---- levers ----------------------------------------------------------------------
     def harness_edits(self) -> list[HarnessEdit]:
-        """The library of concrete harness rewrites the offline rules policy may choose."""
+        """The library of concrete harness rewrites the offline rules feedback may choose."""
         return []
 
     def baselines(self) -> list[Baseline]:
@@ -193,7 +193,7 @@ class Task(ABC):
         """Reward above which a rollout sample is a success worth reinforcing: any success for
         binary reward, else better than the incumbent's mean (the rollout is the incumbent's
         own samples on these examples)."""
-        return 0.0 if self.meta.reward_shape == "binary" else rollout_mean
+        return 0.0 if self.scoring.reward_shape == "binary" else rollout_mean
 
 
 def plain_config(cfg: Any) -> dict:

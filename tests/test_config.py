@@ -165,7 +165,7 @@ def test_cli_lora_rank_too_large_stops_with_exit_code_2(tmp_path):
     assert not (tmp_path / "run" / "state.json").exists()
 
 
-def test_keep_rule_settings_are_checked_before_work_for_every_policy(compose_cfg):
+def test_keep_rule_settings_are_checked_before_work_for_every_feedback(compose_cfg):
     from sia.config import config_problems
 
     problems = config_problems(compose_cfg("feedback.keep=bogus", "feedback.keep_chunk=0", "budget.train_step_s=-1",
@@ -174,7 +174,7 @@ def test_keep_rule_settings_are_checked_before_work_for_every_policy(compose_cfg
     assert any(p.startswith("feedback.keep='bogus'") for p in problems), problems
     assert any(p.startswith("feedback.keep_chunk=0") for p in problems), problems
     assert any(p.startswith("budget.train_step_s=-1") for p in problems), problems
-    # the LLM policy takes the same keys (one default, the offline schema's) and the same checks
+    # the LLM feedback agent takes the same keys (one default, the offline schema's) and the same checks
     llm = compose_cfg("feedback=llm", "feedback.keep=strict")
     assert llm.feedback.keep == "strict" and llm.feedback.keep_chunk == 16
     assert any(p.startswith("feedback.keep='maybe'") for p in config_problems(compose_cfg("feedback=llm", "feedback.keep=maybe")))

@@ -135,8 +135,8 @@ def test_shipped_config_composes_and_has_no_problems(compose_cfg):
     assert cfg.task.name == "cuda_kernel"
     assert problems(cfg.task) == []
     task = load_task("cuda_kernel", cfg.task)
-    assert task.meta.primary_metric == "speedup" and task.meta.direction == "max"
-    assert task.meta.reward_shape == "sparse" and not task.supports_gold_sft()
+    assert task.scoring.primary_metric == "speedup" and task.scoring.direction == "max"
+    assert task.scoring.reward_shape == "sparse" and not task.supports_gold_sft()
 
 
 def test_config_problems_name_the_key_the_value_and_the_fix():
@@ -164,12 +164,12 @@ def test_cuda_settings_use_the_leaderboard_shapes_and_a_compiler_friendly_sandbo
                       (256, 2, 384, 128, "random", "normal"), (512, 1, 128, 128, "none", "normal"),
                       (1024, 1, 128, 128, "none", "cauchy"), (768, 1, 384, 128, "random", "normal"),
                       (1024, 1, 384, 128, "none", "normal")]
-    policy = settings.sandbox_policy()
-    assert policy["memory_mb"] == 0 and policy["strict"] is True   # CUDA maps huge address ranges
-    assert policy["exec_paths"] and settings.child_env()["TRITON_INTERPRET"] == "0"
+    spec = settings.sandbox_spec()
+    assert spec["memory_mb"] == 0 and spec["strict"] is True   # CUDA maps huge address ranges
+    assert spec["exec_paths"] and settings.child_env()["TRITON_INTERPRET"] == "0"
     assert settings.start_s >= 600                                 # load_inline / Triton compiles
     cpu = Settings.from_cfg(small_cfg())
-    assert cpu.child_env()["TRITON_INTERPRET"] == "1" and cpu.sandbox_policy()["memory_mb"] == 4096
+    assert cpu.child_env()["TRITON_INTERPRET"] == "1" and cpu.sandbox_spec()["memory_mb"] == 4096
 
 
 def test_splits_are_attempts_and_public_resources_hold_the_contract_not_seeds():
@@ -451,7 +451,7 @@ def test_harness_edits_rewrite_the_options():
 
 @needs_sandbox
 def test_evaluate_scores_recorded_completions_and_reports_every_reason():
-    """The four scripted answers of a recorded policy, through the seed harness and
+    """The four scripted answers of a recorded feedback, through the seed harness and
     task.evaluate: only the correct ones score, the fast one best; each failure has its reason."""
     task = load_task("cuda_kernel", small_cfg(correctness=(MASKED, CAUCHY), benchmark=(
         {"n": 64, "b": 1, "c": 64, "h": 32, "mask": "random", "dist": "normal"},), repeats=3))
@@ -479,7 +479,7 @@ def test_evaluate_scores_recorded_completions_and_reports_every_reason():
     assert report.metrics["speedup"] == pytest.approx(sum(e.details["speedup"] for e in report.per_example) / 6)
     assert report.notes["device"] == "cpu" and report.notes["figures"].startswith("CPU figures")
     assert report.notes["verdicts"] == {"compile": 1, "ok": 3, "wrong": 1, "no_submission": 1}
-    print(f"\nCPU recorded policy: slow {slow.details['speedup']:.2f}x, fast {fast.details['speedup']:.2f}x "
+    print(f"\nCPU recorded feedback: slow {slow.details['speedup']:.2f}x, fast {fast.details['speedup']:.2f}x "
           f"the reference; evaluate took {report.metrics['eval_seconds']:.1f} s")
 
 

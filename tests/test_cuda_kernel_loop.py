@@ -1,4 +1,4 @@
-"""The loop on cuda_kernel with a recorded policy: scripted completions stand in for a capable
+"""The loop on cuda_kernel with recorded feedback: scripted completions stand in for a capable
 model (a slow correct kernel first, then a broken one, a hack, a faster correct one). Keep-best
 must accept only the faster correct kernel."""
 from __future__ import annotations
@@ -37,7 +37,7 @@ class RecordedModel:
 
 
 @needs_sandbox
-def test_recorded_policy_accepts_only_the_faster_correct_kernel(compose_cfg, tmp_path):
+def test_recorded_feedback_accepts_only_the_faster_correct_kernel(compose_cfg, tmp_path):
     cfg = compose_cfg("task=cuda_kernel", "feedback=harness_only", "logger=none", "quiet=true",
                       "budget.generations=3", "budget.val_examples=1", "budget.test_examples=1",
                       "budget.wall_clock_minutes=60")   # the judge, not the budget, is under test
@@ -45,7 +45,7 @@ def test_recorded_policy_accepts_only_the_faster_correct_kernel(compose_cfg, tmp
     model = RecordedModel()
     seed = task.seed_harness()
 
-    class RecordedPolicy:
+    class RecordedFeedback:
         name = "recorded"
         wants_train_probe = False
 
@@ -58,7 +58,7 @@ def test_recorded_policy_accepts_only_the_faster_correct_kernel(compose_cfg, tmp
     run = RunDir(tmp_path / "run")
     with HarnessPool(model, workers=2, example_timeout_s=60, memory_mb=1024, scratch_root=str(tmp_path / "s")) as pool:
         loop = assemble(cfg, run, task, model, pool, Tracker(cfg, run.path, None, False), new_state(),
-                        policy=RecordedPolicy())
+                        feedback=RecordedFeedback())
         final = loop.run_all()
 
     history = final.history

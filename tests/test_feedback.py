@@ -1,4 +1,4 @@
-"""Offline feedback policies: the lever each symptom calls for, and decision validation."""
+"""Offline feedback agents: the lever each symptom calls for, and decision validation."""
 from __future__ import annotations
 
 import pytest
@@ -6,7 +6,7 @@ import pytest
 from sia.agents.decision import Decision, InvalidDecision
 from sia.agents.context import FeedbackContext
 from sia.agents.digest import digest
-from sia.agents.policies import AlternatePolicy, HarnessOnlyPolicy, RulesPolicy, WeightsOnlyPolicy
+from sia.agents.rules import AlternateFeedback, HarnessOnlyFeedback, RulesFeedback, WeightsOnlyFeedback
 from sia.harness.options import read_options, with_options
 from sia.parts import LeverOffer
 from sia.records import GenerationRecord
@@ -24,14 +24,14 @@ def solve(inputs, ctx):
 def sft_pair(inputs, target, ctx):
     return {"messages": [], "completion": target}
 '''
-POLICIES = {cls.__name__: cls for cls in (RulesPolicy, HarnessOnlyPolicy, WeightsOnlyPolicy, AlternatePolicy)}
-NAMES = {"rules": "RulesPolicy", "harness_only": "HarnessOnlyPolicy", "weights_only": "WeightsOnlyPolicy",
-         "alternate": "AlternatePolicy"}
+ARMS = {cls.__name__: cls for cls in (RulesFeedback, HarnessOnlyFeedback, WeightsOnlyFeedback, AlternateFeedback)}
+NAMES = {"rules": "RulesFeedback", "harness_only": "HarnessOnlyFeedback", "weights_only": "WeightsOnlyFeedback",
+         "alternate": "AlternateFeedback"}
 
 
 def decide(name, ctx):
-    policy = POLICIES[NAMES[name]](name=name, abstain_threshold=0.15, error_threshold=0.1, underfit_gap=0.1)
-    return policy.decide(ctx).validate(ctx.offer.algorithms)
+    feedback = ARMS[NAMES[name]](name=name, abstain_threshold=0.15, error_threshold=0.1, underfit_gap=0.1)
+    return feedback.decide(ctx).validate(ctx.offer.algorithms)
 EDITS = [
     HarnessEdit("label_list", "format", "list labels", lambda s: with_options(s, labels=True)),
     HarnessEdit("few_shot", "accuracy", "add examples", lambda s: with_options(s, few_shot=3)),
@@ -210,9 +210,9 @@ def test_with_options_rewrites_only_the_literal():
     assert with_options("def solve(i, c): pass", x=1) is None
 
 
-def _simulate(policy, task, generations=6):
-    """Drive ``policy`` on legal_charge's real seed harness and edit library, in a recorded world:
-    a harness's val rows follow from its options (the same for every policy), a candidate is kept
+def _simulate(feedback, task, generations=6):
+    """Drive ``feedback`` on legal_charge's real seed harness and edit library, in a recorded world:
+    a harness's val rows follow from its options (the same for every feedback), a candidate is kept
     when its val is higher, and a weight update is rejected. Returns the decisions' labels."""
     from sia.agents.digest import digest as make_digest
 
@@ -237,7 +237,7 @@ def _simulate(policy, task, generations=6):
         ctx = FeedbackContext(generation=generation, harness_code=code, digest=make_digest(rows, rows),
                               history=list(history), offer=LeverOffer(True, "", ("sft",), 5, 10),
                               edits=task.harness_edits(), baselines={"knn": 0.9})
-        decision = policy.decide(ctx).validate(("sft",))
+        decision = feedback.decide(ctx).validate(("sft",))
         labels.append(decision.action + (f":{decision.edit}" if decision.edit else ""))
         if decision.action == "stop":
             break
@@ -261,7 +261,7 @@ def test_ablation_arms_make_the_rules_harness_choices_until_the_first_weights_de
     from sia.tasks import load_task
 
     task = load_task("legal_charge", OmegaConf.create({"name": "legal_charge"}))
-    arms = {name: _simulate(POLICIES[NAMES[name]](name=name), task) for name in NAMES}
+    arms = {name: _simulate(ARMS[NAMES[name]](name=name), task) for name in NAMES}
     rules = arms["rules"]
     first_weights = next(i for i, label in enumerate(rules) if label == "weights")
     assert first_weights >= 2                                   # some harness choices to compare

@@ -119,7 +119,7 @@ CFG = ("budget=smoke", "logger=none", "budget.generations=1", "budget.val_exampl
 
 
 class Scripted:
-    """Generation 1: the label-list edit; carries the keep settings as an offline policy does."""
+    """Generation 1: the label-list edit; carries the keep settings as an offline feedback does."""
 
     name = "scripted"
     wants_train_probe = False
@@ -141,7 +141,7 @@ def _run_one_candidate(compose_cfg, tmp_path, seed_right, candidate_right, *extr
     engine = OracleEngine(task.load().val[:24], set(seed_right), set(candidate_right))
     with HarnessPool(engine, workers=4, example_timeout_s=30, memory_mb=1024, scratch_root=str(tmp_path / "s")) as pool:
         loop = assemble(cfg, run, task, engine, pool, Tracker(cfg, run.path, None, False), new_state(),
-                        policy=Scripted(cfg, task))
+                        feedback=Scripted(cfg, task))
         state = loop.run_all()
     return state, run, sum("可选罪名：" in p for p in engine.requests)
 
@@ -190,7 +190,7 @@ def test_a_resumed_generation_replays_the_same_decision(compose_cfg, tmp_path):
     engine = OracleEngine(task.load().val[:24], set(), set())
     with HarnessPool(engine, workers=4, example_timeout_s=30, memory_mb=1024, scratch_root=str(tmp_path / "t")) as pool:
         loop = assemble(cfg, run, task, engine, pool, Tracker(cfg, run.path, None, False), new_state(),
-                        policy=Scripted(cfg, task))
+                        feedback=Scripted(cfg, task))
         again = GenerationRecord(generation=1, action="harness")
         inc = state.history[0]
         loop._judge(1, run.path / "gen_001" / "harness.py", None, Incumbent(0, inc.harness, None, inc.val, inc.test),

@@ -12,12 +12,12 @@ import pytest
 
 from sia.agents.decision import Decision
 from sia.agents.digest import Digest
-from sia.agents.policies import RulesPolicy
+from sia.agents.rules import RulesFeedback
 from sia.agents.llm.backends import LLMCallError
 from sia.agents.llm.client import LLMClient
 from sia.agents.llm.config import key_problems, load_settings, settings_problems
 from sia.agents.llm.diff import DiffError, apply_diff
-from sia.agents.llm.feedback import LLMFeedbackPolicy
+from sia.agents.llm.feedback import LLMFeedback
 from sia.agents.llm.meta import LLMMetaAgent
 from sia.agents.llm.trajectories import order, select
 from sia.parts import AgentEnv, LeverOffer
@@ -43,11 +43,11 @@ class FakeChecker:
         return None if "def solve(" in code else "the harness defines no solve(inputs, ctx)"
 
 
-RULES = RulesPolicy(name="rules")
+RULES = RulesFeedback(name="rules")
 
 
 class Rules:
-    """The offline rules policy as a FeedbackPolicy, the LLM policy's fallback."""
+    """The offline rules feedback as a Feedback, the LLM feedback agent's fallback."""
 
     name = "rules"
 
@@ -157,8 +157,8 @@ def test_feedback_rewrite_from_scratch_is_a_valid_decision(backend, tmp_path):
     ctx = Ctx(trajectories=[_traj(0, 0.0, "format", reason="no valid charge name"), _traj(1, 1.0, None)])
     with ScriptedLLMServer([_tool(action="harness", rationale="labels are unreadable: rewrite",
                                   code=LEGAL_REWRITE_HARNESS)]) as server:
-        policy = LLMFeedbackPolicy(llm=_llm(server, backend), fallback=Rules(), run_dir=tmp_path)
-        d = policy.decide(ctx)
+        feedback = LLMFeedback(llm=_llm(server, backend), fallback=Rules(), run_dir=tmp_path)
+        d = feedback.decide(ctx)
     assert d.action == "harness" and d.harness_code == LEGAL_REWRITE_HARNESS and d.edit is None
     assert d.stats["fallback"] is False and d.stats["errors"] == [] and d.stats["score"] == 0.25
     assert ctx.checker.seen == [LEGAL_REWRITE_HARNESS]        # checked before it is returned
@@ -175,7 +175,7 @@ def test_feedback_diff_that_does_not_apply_is_sent_back(tmp_path):
     good = "@@ -4,2 +4,2 @@\n def solve(inputs, ctx):\n-    return 'a'\n+    return 'b'\n"
     with ScriptedLLMServer([_tool(action="harness", rationale="fix", diff=bad),
                             _tool(action="harness", rationale="fix", diff=good)]) as server:
-        d = LLMFeedbackPolicy(llm=_llm(server, "openai"), fallback=Rules(), run_dir=tmp_path).decide(Ctx())
+        d = LLMFeedback(llm=_llm(server, "openai"), fallback=Rules(), run_dir=tmp_path).decide(Ctx())
     assert d.action == "harness" and "return 'b'" in d.harness_code and "return 'a'" not in d.harness_code
     assert len(d.stats["errors"]) == 1 and "does not apply" in d.stats["errors"][0]
     retry = server.requests[1]["body"]["messages"]
@@ -190,12 +190,12 @@ def test_feedback_schema_violation_repaired_then_one_that_falls_back_to_rules(tm
                                                               "steps": 20, "examples": 100})
     script = [too_many, ok, _tool(action="explode", rationale="?"), {"tool": {"input": {"action": "stop"}}}]
     with ScriptedLLMServer(script) as server:
-        policy = LLMFeedbackPolicy(llm=_llm(server), fallback=Rules(), run_dir=tmp_path)
-        first = policy.decide(Ctx())
-        second = policy.decide(Ctx(generation=2))
+        feedback = LLMFeedback(llm=_llm(server), fallback=Rules(), run_dir=tmp_path)
+        first = feedback.decide(Ctx())
+        second = feedback.decide(Ctx(generation=2))
     assert first.action == "weights" and first.training["steps"] == 20 and first.stats["fallback"] is False
     assert "exceeds what the weights lever offers" in first.stats["errors"][0]
-    assert second.stats["fallback"] is True and second.stats["fallback_policy"] == "rules"
+    assert second.stats["fallback"] is True and second.stats["fallback_feedback"] == "rules"
     assert len(second.stats["errors"]) == 2 and "action must be one of" in second.stats["errors"][0]
     assert "rationale" in second.stats["errors"][1]
     assert second.rationale.endswith(RULES.decide(Ctx(generation=2)).rationale)   # the rules decision itself
@@ -209,7 +209,7 @@ def test_weights_refused_when_the_lever_is_unavailable(tmp_path):
     ctx = Ctx(offer=LeverOffer(False, "the harness has no sft_pair"))
     with ScriptedLLMServer([_tool(action="weights", rationale="t", training=plan),
                             _tool(action="stop", rationale="nothing left")]) as server:
-        d = LLMFeedbackPolicy(llm=_llm(server), fallback=Rules(), run_dir=tmp_path).decide(ctx)
+        d = LLMFeedback(llm=_llm(server), fallback=Rules(), run_dir=tmp_path).decide(ctx)
     assert d.action == "stop" and "no sft_pair" in d.stats["errors"][0]
 
 
@@ -219,7 +219,7 @@ def test_weights_refused_when_the_lever_is_unavailable(tmp_path):
 def test_429_then_success_honours_retry_after(backend, tmp_path):
     with ScriptedLLMServer([{"status": 429, "retry_after": 0.6}, _tool(action="stop", rationale="done")]) as server:
         started = time.monotonic()
-        d = LLMFeedbackPolicy(llm=_llm(server, backend), fallback=Rules(), run_dir=tmp_path).decide(Ctx())
+        d = LLMFeedback(llm=_llm(server, backend), fallback=Rules(), run_dir=tmp_path).decide(Ctx())
         waited = time.monotonic() - started
     assert d.action == "stop" and len(server.requests) == 2 and waited >= 0.6
 
@@ -228,13 +228,13 @@ def test_500_and_a_slow_answer_are_retried_by_the_sdk(tmp_path):
     script = [{"status": 500}, {"delay": 1.5, **_tool(action="stop", rationale="late")},
               _tool(action="stop", rationale="on time")]
     with ScriptedLLMServer(script) as server:
-        d = LLMFeedbackPolicy(llm=_llm(server, timeout_s=0.5), fallback=Rules(), run_dir=tmp_path).decide(Ctx())
+        d = LLMFeedback(llm=_llm(server, timeout_s=0.5), fallback=Rules(), run_dir=tmp_path).decide(Ctx())
     assert d.rationale == "on time" and len(server.requests) == 3
 
 
 def test_a_4xx_other_than_429_falls_back_to_rules_with_the_api_message(tmp_path):
     with ScriptedLLMServer([{"status": 400, "message": "model: unknown model 'claude-x'"}]) as server:
-        d = LLMFeedbackPolicy(llm=_llm(server), fallback=Rules(), run_dir=tmp_path).decide(Ctx())
+        d = LLMFeedback(llm=_llm(server), fallback=Rules(), run_dir=tmp_path).decide(Ctx())
     assert len(server.requests) == 1
     assert d.stats["fallback"] is True and d.stats["api_error"] is True
     assert "unknown model 'claude-x'" in d.stats["fallback_reason"] and d.rationale.startswith("[fallback to rules")
@@ -246,22 +246,22 @@ def test_on_failure_stop_ends_the_run_cleanly_with_how_to_resume(tmp_path):
 
     with ScriptedLLMServer([{"status": 400, "message": "model: unknown model 'claude-x'"}]) as server:
         with pytest.raises(OutOfTime, match="unknown model 'claude-x'.*resume"):   # the loop's clean stop
-            LLMFeedbackPolicy(llm=_llm(server, on_failure="stop"), fallback=Rules(), run_dir=tmp_path).decide(Ctx())
+            LLMFeedback(llm=_llm(server, on_failure="stop"), fallback=Rules(), run_dir=tmp_path).decide(Ctx())
 
 
 def test_dollar_budget(tmp_path):
     answer = _tool(action="stop", rationale="x")
     with ScriptedLLMServer([answer, answer], default=answer) as server:
-        policy = LLMFeedbackPolicy(llm=_llm(server), fallback=Rules(), run_dir=tmp_path, agent_dollars=1.0)
-        assert policy.decide(Ctx()).stats["cost"]["dollars"] > 0
-        ledger = policy.client.ledger
+        feedback = LLMFeedback(llm=_llm(server), fallback=Rules(), run_dir=tmp_path, agent_dollars=1.0)
+        assert feedback.decide(Ctx()).stats["cost"]["dollars"] > 0
+        ledger = feedback.client.ledger
         spent = ledger.totals.dollars
         assert ledger.would_exceed(None, 2 * spent + 1e-6) is None
         assert "budget.agent_dollars" in ledger.would_exceed(None, 1.5 * spent)
         assert "budget.agent_tokens" in ledger.would_exceed(ledger.totals.tokens + 1, None)
-        policy.client.agent_dollars = spent                  # spent: no further request goes out
-        d = policy.decide(Ctx(generation=2, harness_code=INCUMBENT + "# changed\n"))
-    # the generation is handed to the rules policy, and the record says so
+        feedback.client.agent_dollars = spent                  # spent: no further request goes out
+        d = feedback.decide(Ctx(generation=2, harness_code=INCUMBENT + "# changed\n"))
+    # the generation is handed to the rules feedback, and the record says so
     assert d.stats["budget_exhausted"] is True and d.stats["fallback"] is True and len(server.requests) == 1
     assert d.rationale.startswith("[fallback to rules: agent budget")
 
@@ -269,10 +269,10 @@ def test_dollar_budget(tmp_path):
 def test_response_cache_a_resumed_run_does_not_send_the_request_again(tmp_path):
     answer = _tool(action="harness", rationale="rewrite", code=LEGAL_REWRITE_HARNESS)
     with ScriptedLLMServer([answer]) as server:
-        first = LLMFeedbackPolicy(llm=_llm(server), fallback=Rules(), run_dir=tmp_path).decide(Ctx())
+        first = LLMFeedback(llm=_llm(server), fallback=Rules(), run_dir=tmp_path).decide(Ctx())
         # a fresh process on the same run dir (resume after kill -9): new client, same cache and ledger
         client = LLMClient(_llm(server), tmp_path)
-        again = LLMFeedbackPolicy(llm=_llm(server), fallback=Rules(), client=client).decide(Ctx())
+        again = LLMFeedback(llm=_llm(server), fallback=Rules(), client=client).decide(Ctx())
     assert len(server.requests) == 1 and again.harness_code == first.harness_code
     calls = [r for r in _ledger(tmp_path) if r["event"] == "call"]
     assert [c["outcome"] for c in calls] == ["ok", "cached"] and calls[1]["dollars"] == 0
@@ -287,9 +287,9 @@ def test_a_planted_val_gold_string_never_reaches_the_server(tmp_path):
              _traj(1, 0.0, "format")]
     ctx = Ctx(trajectories=trajs, history=[{"generation": 1, "action": "harness", "rationale": f"saw {gold}"}])
     with ScriptedLLMServer([{"tool": {"input": {"action": "bogus"}}}, _tool(action="stop", rationale="ok")]) as server:
-        policy = LLMFeedbackPolicy(llm=_llm(server), fallback=Rules(), run_dir=tmp_path,
+        feedback = LLMFeedback(llm=_llm(server), fallback=Rules(), run_dir=tmp_path,
                                    sealed=[gold, "ab"], public=["SELECT name FROM singer"])
-        policy.decide(ctx)
+        feedback.decide(ctx)
     text = server.bodies_text()
     assert gold not in text and "[held-out]" in text and "val-0" in text
     assert "SELECT name FROM singer" not in text or gold not in text
@@ -326,10 +326,10 @@ def test_key_problems(monkeypatch):
 
 def test_a_users_openai_key_is_not_sent_to_a_local_server(tmp_path):
     with ScriptedLLMServer([_tool(action="stop", rationale="ok")]) as server:
-        LLMFeedbackPolicy(llm=_llm(server, "openai"), fallback=Rules(), run_dir=tmp_path).decide(Ctx())
+        LLMFeedback(llm=_llm(server, "openai"), fallback=Rules(), run_dir=tmp_path).decide(Ctx())
     assert KEY not in json.dumps(server.requests[0]["headers"])
     with ScriptedLLMServer([_tool(action="stop", rationale="ok")]) as server:
-        LLMFeedbackPolicy(llm=_llm(server, "openai", api_key_env="OPENAI_API_KEY"), fallback=Rules(),
+        LLMFeedback(llm=_llm(server, "openai", api_key_env="OPENAI_API_KEY"), fallback=Rules(),
                           run_dir=tmp_path / "b").decide(Ctx())
     assert server.requests[0]["headers"]["authorization"] == f"Bearer {KEY}"
 
@@ -372,11 +372,11 @@ def test_feedback_llm_config_composes_and_instantiates(compose_cfg, tmp_path):
     from sia.build import build
 
     cfg = compose_cfg("feedback=llm")
-    policy = build(cfg.feedback)
-    assert isinstance(policy, LLMFeedbackPolicy) and policy.trajectory_tokens == 12000
-    assert isinstance(policy.fallback, RulesPolicy) and policy.fallback.abstain_threshold == 0.15
-    assert policy.run_dir == tmp_path / "run"
-    s = load_settings(policy.llm)
+    feedback = build(cfg.feedback)
+    assert isinstance(feedback, LLMFeedback) and feedback.trajectory_tokens == 12000
+    assert isinstance(feedback.fallback, RulesFeedback) and feedback.fallback.abstain_threshold == 0.15
+    assert feedback.run_dir == tmp_path / "run"
+    s = load_settings(feedback.llm)
     assert s.model == "claude-sonnet-4-6" and s.prices.cache_read == 0.30 and s.base_url is None
     local = load_settings(OmegaConf.load(Path(__file__).parent.parent / "conf" / "llm" / "openai.yaml"))
     assert local.backend == "openai" and local.prices.output == 0 and local.base_url.endswith("/v1")
@@ -388,7 +388,7 @@ def test_feedback_seals_a_tasks_held_out_targets(tmp_path):
     gold = splits.val[0].target["sql"]
     ctx = Ctx(trajectories=[_traj(0, 0.0, "wrong", reason=f"got {gold}", answer=gold, completion=gold)])
     with ScriptedLLMServer([_tool(action="stop", rationale="ok")]) as server:
-        LLMFeedbackPolicy(llm=_llm(server), fallback=Rules(), run_dir=tmp_path, task=task).decide(ctx)
+        LLMFeedback(llm=_llm(server), fallback=Rules(), run_dir=tmp_path, task=task).decide(ctx)
     text = server.bodies_text()
     assert gold not in text and "[held-out]" in text
     train_sql = splits.train[0].target["sql"]                        # public: never masked
@@ -404,9 +404,9 @@ def test_openai_json_mode_and_a_harness_in_a_code_block(legal, tmp_path):
             _env(legal, tmp_path, FakeChecker()))
     assert out.code.strip() == seed.strip() and out.info["tries"] == 1
     body = server.requests[0]["body"]
-    assert "tools" not in body and body["response_format"] == {"type": "json_object"}
+    assert "tools" not in body and body["response_format"]["type"] == "json_schema"   # guided by the schema
     with ScriptedLLMServer([{"text": 'ok ```json\n{"action": "stop", "rationale": "json mode"}\n```'}]) as server:
-        d = LLMFeedbackPolicy(llm=_llm(server, "openai", tool_mode="json"), fallback=Rules(),
+        d = LLMFeedback(llm=_llm(server, "openai", tool_mode="json"), fallback=Rules(),
                               run_dir=tmp_path / "fb").decide(Ctx())
     assert d.action == "stop" and d.rationale == "json mode"
 

@@ -10,7 +10,7 @@ import re
 import pytest
 
 from sia.agents.llm.diff import DiffError, apply_edit
-from sia.agents.llm.feedback import LLMFeedbackPolicy
+from sia.agents.llm.feedback import LLMFeedback
 from sia.agents.llm.prompts import feedback_request, history_text, levers_text
 from sia.agents.llm.trajectories import select
 from sia.parts import LeverOffer
@@ -75,20 +75,20 @@ def test_train_trajectories_come_with_gold_and_val_only_gold_free(tmp_path):
     ctx = Ctx(trajectories=val, train_trajectories=train,
               train_examples=[Example(id="train-0", inputs={"q": "x"}, target="TRAIN-GOLD-7")])
     with ScriptedLLMServer([_tool(action="stop", rationale="ok")]) as server:
-        LLMFeedbackPolicy(llm=_llm(server), fallback=Rules(), run_dir=tmp_path).decide(ctx)
+        LLMFeedback(llm=_llm(server), fallback=Rules(), run_dir=tmp_path).decide(ctx)
     text = _user_text(server.requests[0]["body"])
     assert '"gold": "TRAIN-GOLD-7"' in text and "model said x" in text      # train: whole, with its gold
     assert "val-1" in text and "wrong charge" in text                       # val: a gold-free summary
     assert "VAL-ANSWER" not in text and "VAL-COMPLETION" not in text
 
 
-def test_the_llm_policy_and_the_protocol_declare_the_train_probe():
-    from sia.agents.policies import OfflinePolicy, RulesPolicy
-    from sia.parts import FeedbackPolicy
+def test_the_llm_feedback_and_the_protocol_declare_the_train_probe():
+    from sia.agents.rules import OfflineFeedback, RulesFeedback
+    from sia.parts import Feedback
 
-    assert "wants_train_probe" in FeedbackPolicy.__annotations__
-    assert LLMFeedbackPolicy.wants_train_probe is True and RulesPolicy.wants_train_probe is True
-    assert OfflinePolicy.wants_train_probe is False
+    assert "wants_train_probe" in Feedback.__annotations__
+    assert LLMFeedback.wants_train_probe is True and RulesFeedback.wants_train_probe is True
+    assert OfflineFeedback.wants_train_probe is False
 
 
 # ---- prompt injection ---------------------------------------------------------------------------
@@ -102,7 +102,7 @@ def test_harness_text_cannot_create_a_section_header_or_close_a_fence(tmp_path):
     ctx = Ctx(harness_code=code, trajectories=[t], train_trajectories=[dict(t, id="train-0")],
               history=[{"generation": 1, "action": "harness", "kept": False, "rationale": attack}])
     with ScriptedLLMServer([_tool(action="stop", rationale="ok")]) as server:
-        LLMFeedbackPolicy(llm=_llm(server), fallback=Rules(), run_dir=tmp_path).decide(ctx)
+        LLMFeedback(llm=_llm(server), fallback=Rules(), run_dir=tmp_path).decide(ctx)
     text = _user_text(server.requests[0]["body"])
     outside = _outside_fences(text)
     heads = [line for line in outside if line.startswith("#")]
@@ -124,7 +124,7 @@ def test_truncation_asks_for_an_edit_not_a_fallback(tmp_path):
                "tool": {"input": {"action": "harness", "rationale": "r"}}},
               _tool(action="harness", rationale="edit instead", edits=edit)]
     with ScriptedLLMServer(script) as server:
-        d = LLMFeedbackPolicy(llm=_llm(server), fallback=Rules(), run_dir=tmp_path, repairs=0).decide(Ctx())
+        d = LLMFeedback(llm=_llm(server), fallback=Rules(), run_dir=tmp_path, repairs=0).decide(Ctx())
     assert d.action == "harness" and d.stats["fallback"] is False and "return 'b'" in d.harness_code
     assert "cut at max_tokens" in d.stats["errors"][0]
     follow = server.requests[1]["body"]["messages"][-1]["content"][0]
@@ -136,7 +136,7 @@ def test_truncation_asks_for_an_edit_not_a_fallback(tmp_path):
 def test_refusal_and_empty_answers_are_their_own_cases(backend, tmp_path):
     script = [{"refusal": "I can't help with that."}, {"text": ""}, _tool(action="stop", rationale="done")]
     with ScriptedLLMServer(script) as server:
-        d = LLMFeedbackPolicy(llm=_llm(server, backend), fallback=Rules(), run_dir=tmp_path,
+        d = LLMFeedback(llm=_llm(server, backend), fallback=Rules(), run_dir=tmp_path,
                               repairs=2).decide(Ctx())
     assert d.action == "stop" and d.rationale == "done"
     assert "refused" in d.stats["errors"][0] and "empty" in d.stats["errors"][1]
@@ -146,13 +146,13 @@ def test_refusal_and_empty_answers_are_their_own_cases(backend, tmp_path):
 
 def test_invalid_tool_input_goes_back(tmp_path):
     with ScriptedLLMServer([{"tool": {"input": "not an object"}}, _tool(action="stop", rationale="ok")]) as server:
-        d = LLMFeedbackPolicy(llm=_llm(server), fallback=Rules(), run_dir=tmp_path).decide(Ctx())
+        d = LLMFeedback(llm=_llm(server), fallback=Rules(), run_dir=tmp_path).decide(Ctx())
     assert d.action == "stop" and "input is not a JSON object" in d.stats["errors"][0]
 
 
 def test_extended_thinking_goes_in_the_body_and_thinking_blocks_go_back(tmp_path):
     with ScriptedLLMServer([_tool(action="bogus"), _tool(action="stop", rationale="ok")]) as server:
-        LLMFeedbackPolicy(llm=_llm(server, thinking_tokens=2048), fallback=Rules(), run_dir=tmp_path).decide(Ctx())
+        LLMFeedback(llm=_llm(server, thinking_tokens=2048), fallback=Rules(), run_dir=tmp_path).decide(Ctx())
     body = server.requests[0]["body"]
     assert body["thinking"] == {"type": "enabled", "budget_tokens": 2048} and body["max_tokens"] == 4096 + 2048
     assert "temperature" not in body and body["tool_choice"] == {"type": "auto"}
@@ -203,12 +203,12 @@ def test_a_removed_line_starting_with_dashes_is_not_a_header():
         apply_edit(src, "@@ -3,0 +4,1 @@\n+z = 3\n")          # no context: never placed by line number
 
 
-def test_an_edit_answer_through_the_policy_and_a_failed_block_coming_back(tmp_path):
+def test_an_edit_answer_through_the_feedback_and_a_failed_block_coming_back(tmp_path):
     bad = "<<<<<<< SEARCH\n    return 'zzz'\n=======\n    return 'b'\n>>>>>>> REPLACE\n"
     good = "<<<<<<< SEARCH\n        return 'a'\n=======\n        return 'b'\n>>>>>>> REPLACE\n"   # indent drift
     with ScriptedLLMServer([_tool(action="harness", rationale="fix", edits=bad),
                             _tool(action="harness", rationale="fix", edits=good)]) as server:
-        d = LLMFeedbackPolicy(llm=_llm(server), fallback=Rules(), run_dir=tmp_path).decide(Ctx())
+        d = LLMFeedback(llm=_llm(server), fallback=Rules(), run_dir=tmp_path).decide(Ctx())
     assert d.action == "harness" and "    return 'b'\n" in d.harness_code and d.stats["source"] == "edits"
     assert "Closest lines" in d.stats["errors"][0] and "return 'a'" in d.stats["errors"][0]
 
@@ -218,7 +218,7 @@ def test_an_edit_answer_through_the_policy_and_a_failed_block_coming_back(tmp_pa
 def test_a_spent_dollar_budget_falls_back_to_rules_before_sending(tmp_path):
     # max_tokens=4096 of output alone costs ~$0.06 at Sonnet prices: $0.01 cannot pay for the request
     with ScriptedLLMServer([_tool(action="stop", rationale="x")]) as server:
-        d = LLMFeedbackPolicy(llm=_llm(server), fallback=Rules(), run_dir=tmp_path, agent_dollars=0.01).decide(Ctx())
+        d = LLMFeedback(llm=_llm(server), fallback=Rules(), run_dir=tmp_path, agent_dollars=0.01).decide(Ctx())
     assert server.requests == []                                          # nothing left the process
     assert d.stats["fallback"] is True and d.stats["budget_exhausted"] is True
     assert "would overspend" in d.stats["fallback_reason"] and d.rationale.startswith("[fallback to rules")
@@ -226,7 +226,7 @@ def test_a_spent_dollar_budget_falls_back_to_rules_before_sending(tmp_path):
 
 def test_max_tokens_is_lowered_to_what_the_budget_can_pay(tmp_path):
     with ScriptedLLMServer([_tool(action="stop", rationale="x")]) as server:
-        LLMFeedbackPolicy(llm=_llm(server, max_tokens=16000), fallback=Rules(), run_dir=tmp_path,
+        LLMFeedback(llm=_llm(server, max_tokens=16000), fallback=Rules(), run_dir=tmp_path,
                           agent_dollars=0.15).decide(Ctx())
     sent = server.requests[0]["body"]["max_tokens"]
     assert 2048 <= sent < 16000
@@ -247,7 +247,7 @@ def test_levers_say_what_the_lever_really_does():
 def test_run_facts_and_budget_left_are_stated(tmp_path):
     facts = {"model": "smollm2-135m-instruct", "context": 2048, "max_llm_calls": 8, "example_timeout_s": 60}
     with ScriptedLLMServer([_tool(action="stop", rationale="x")]) as server:
-        LLMFeedbackPolicy(llm=_llm(server), fallback=Rules(), run_dir=tmp_path, agent_dollars=5.0,
+        LLMFeedback(llm=_llm(server), fallback=Rules(), run_dir=tmp_path, agent_dollars=5.0,
                           facts=facts).decide(Ctx(budget_left={"generations": 3, "minutes": 12.5}))
     text = _user_text(server.requests[0]["body"])
     facts_part = text.split("## Run facts\n")[1].split("\n## ")[0]
@@ -308,7 +308,7 @@ def test_meta_truncation_asks_for_a_shorter_file_then_accepts(tmp_path):
     assert "output limit" in json.dumps(server.requests[1]["body"]["messages"][-1], ensure_ascii=False)
 
 
-def test_the_feedback_context_holds_no_test_field_for_any_policy():
+def test_the_feedback_context_holds_no_test_field_for_any_feedback():
     from sia.agents.context import FeedbackContext
 
     rec = GenerationRecord(generation=0, action="seed", kept=True, val=0.25, test=0.7777, incumbent_test=0.7777,
@@ -339,7 +339,7 @@ def test_try_harness_runs_a_candidate_on_train_and_the_result_comes_back(tmp_pat
     script = [{"tool": {"name": "try_harness", "input": {"edits": edit, "examples": 99}}},
               _tool(action="harness", rationale="the try scored 1.0 on train", edits=edit)]
     with ScriptedLLMServer(script) as server:
-        d = LLMFeedbackPolicy(llm=_llm(server), fallback=Rules(), run_dir=tmp_path, repairs=0, tries=2,
+        d = LLMFeedback(llm=_llm(server), fallback=Rules(), run_dir=tmp_path, repairs=0, tries=2,
                               try_examples=3).decide(Ctx(trier=trier))
     assert d.action == "harness" and d.stats["fallback"] is False and d.stats["errors"] == []
     assert [n for _, n in trier.codes] == [3] and "return 'b'" in trier.codes[0][0]     # capped at try_examples
@@ -358,7 +358,7 @@ def test_try_harness_is_refused_once_the_tries_are_spent(tmp_path):
     edit = "<<<<<<< SEARCH\n    return 'a'\n=======\n    return 'b'\n>>>>>>> REPLACE\n"
     try_call = {"tool": {"name": "try_harness", "input": {"edits": edit}}}
     with ScriptedLLMServer([try_call, try_call, _tool(action="stop", rationale="ok")]) as server:
-        d = LLMFeedbackPolicy(llm=_llm(server), fallback=Rules(), run_dir=tmp_path, repairs=1,
+        d = LLMFeedback(llm=_llm(server), fallback=Rules(), run_dir=tmp_path, repairs=1,
                               tries=1).decide(Ctx(trier=FakeTrier()))
     assert d.action == "stop" and len(d.stats["tries"]) == 1 and "no tries left" in d.stats["errors"][0]
     assert "No try_harness calls are left" in json.dumps(server.requests[2]["body"]["messages"][-1])

@@ -17,8 +17,8 @@ from sia.tasks import load_task
 from sia.tracking import Tracker
 
 
-class ScriptedPolicy:
-    """A feedback policy injected into the loop: the decision of each generation is scripted."""
+class ScriptedFeedback:
+    """A feedback agent injected into the loop: the decision of each generation is scripted."""
 
     name = "scripted"
     wants_train_probe = False
@@ -69,7 +69,7 @@ def loop_parts(compose_cfg, tmp_path):
 def _run(loop_parts, script):
     cfg, task, run, state, engine, pool = loop_parts
     loop = assemble(cfg, run, task, engine, pool, Tracker(cfg, run.path, None, False), state,
-                    policy=ScriptedPolicy(script))
+                    feedback=ScriptedFeedback(script))
     return loop.run_all()
 
 
@@ -116,12 +116,12 @@ def test_a_worse_candidate_is_not_kept_and_test_is_not_scored(loop_parts):
 
 
 def test_the_feedback_side_never_sees_a_held_out_gold_answer(loop_parts):
-    """Everything a policy is given (digest, trajectories, history) holds no val/test gold
+    """Everything a feedback is given (digest, trajectories, history) holds no val/test gold
     charge in any reason, and no evaluator details; the trusted file keeps them for reports."""
     cfg, task, run, state, engine, pool = loop_parts
     seen = []
 
-    class Recorder(ScriptedPolicy):
+    class Recorder(ScriptedFeedback):
         def decide(self, ctx):
             seen.append(json.dumps({"digest": ctx.digest.to_json(), "trajectories": ctx.trajectories,
                                     "history": [h.to_json() for h in ctx.history]}, ensure_ascii=False))
@@ -131,7 +131,7 @@ def test_the_feedback_side_never_sees_a_held_out_gold_answer(loop_parts):
     labelled = with_options(task.seed_harness(), label_list=True)
     script = {1: Decision(action="harness", rationale="scripted", harness_code=labelled, edit="label_list"),
               2: Decision(action="stop", rationale="scripted stop")}
-    loop = assemble(cfg, run, task, engine, pool, Tracker(cfg, run.path, None, False), state, policy=Recorder(script))
+    loop = assemble(cfg, run, task, engine, pool, Tracker(cfg, run.path, None, False), state, feedback=Recorder(script))
     loop.run_all()
     held_out = loop.data.val + loop.data.test
     assert len(seen) == 2
@@ -189,7 +189,7 @@ def test_a_candidate_is_stopped_by_its_own_pace_not_by_the_last_generations(loop
     cfg.budget.generations = 3
     with HarnessPool(engine, workers=1, example_timeout_s=30, memory_mb=1024, scratch_root=str(tmp_path / "c")) as pool:
         loop = assemble(cfg, run, task, engine, pool, Tracker(cfg, run.path, None, False), state,
-                        policy=ScriptedPolicy(script))
+                        feedback=ScriptedFeedback(script))
         final = loop.run_all()
     assert [h.generation for h in final.history] == [0, 1, 2]
     assert [h.wall_s for h in final.history] == [1600.0, 1600.0, 0.0]
@@ -201,7 +201,7 @@ def test_a_candidate_is_stopped_by_its_own_pace_not_by_the_last_generations(loop
     assert not (run.path / "gen_003" / "scores_val.json").exists()
 
 
-class PlannedPolicy:
+class PlannedFeedback:
     """Decides to train; without the weights lever (``decide_with``), the label-list edit."""
 
     name = "planned"
@@ -225,7 +225,7 @@ def _generation_zero_with_recorded_pace(loop_parts, minutes):
     cfg, task, run, state, engine, pool = loop_parts
     cfg.budget.generations, cfg.budget.wall_clock_minutes, cfg.budget.train_step_s = 0, minutes, 12
     loop = assemble(cfg, run, task, engine, pool, Tracker(cfg, run.path, None, False), state,
-                    policy=PlannedPolicy(task))
+                    feedback=PlannedFeedback(task))
     loop.run_all()
     for split in ("val", "test"):
         path = run.path / "gen_000" / f"scores_{split}.json"
@@ -260,9 +260,9 @@ def test_a_weight_update_that_fits_is_written_as_decided(loop_parts):
     assert "| budget: the update (16 rollout examples x 4" in decision.rationale
 
 
-def test_a_weight_update_that_cannot_fit_becomes_the_policys_harness_edit(loop_parts):
+def test_a_weight_update_that_cannot_fit_becomes_the_feedbacks_harness_edit(loop_parts):
     """At 10 min even 2 rollout examples (8 jobs), 2 steps and the 16 val/test jobs after them
-    end late (200 + 1.1 * (240 + 24 + 480) s): the generation takes the harness edit the policy
+    end late (200 + 1.1 * (240 + 24 + 480) s): the generation takes the harness edit the feedback
     makes without the weights lever, and says why."""
     loop = _generation_zero_with_recorded_pace(loop_parts, 10)
     final = loop.run_all()

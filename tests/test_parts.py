@@ -1,4 +1,4 @@
-"""A new policy and a new engine are one class and one YAML file each: added here from a
+"""A new feedback and a new engine are one class and one YAML file each: added here from a
 test-only config group (tests/support/conf), without touching sia/, and run through the real
 CLI, sandboxed pool and W&B offline files."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ from conftest import REPO
 SUPPORT = REPO / "tests" / "support"
 
 
-def test_a_toy_policy_and_engine_from_a_test_config_group_run_the_loop(tmp_path):
+def test_a_toy_feedback_and_engine_from_a_test_config_group_run_the_loop(tmp_path):
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(SUPPORT), "WANDB_SILENT": "true"}
     proc = subprocess.run(
@@ -24,9 +24,9 @@ def test_a_toy_policy_and_engine_from_a_test_config_group_run_the_loop(tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     state = json.loads((run_dir / "state.json").read_text())
     assert [h["action"] for h in state["history"]] == ["seed", "harness", "stop"]
-    assert state["history"][1]["rationale"].startswith("toy policy: ")
+    assert state["history"][1]["rationale"].startswith("toy feedback: ")
     assert state["history"][1]["kept"] is True                     # the label list lets the toy engine answer
-    assert "the feedback policy stopped" in state["stop_reason"]
+    assert "the feedback agent stopped" in state["stop_reason"]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["feedback"] == "toy" and summary["decisions"][1].startswith("harness:")
     assert _wandb_decisions(run_dir) == ["seed", summary["decisions"][1], "stop"]

@@ -292,9 +292,9 @@ def test_slurm_sweep_and_report_commands(model_cache_dir):
         for run in runs:
             state = _finished(run)
             actions = [h["action"] for h in state["history"]]
-            policy = run.name.split("_legal_charge_")[1].rsplit("_r8_", 1)[0]
+            feedback = run.name.split("_legal_charge_")[1].rsplit("_r8_", 1)[0]
             assert actions[0] == "seed" and len(actions) == 2, (run, actions)
-            assert actions[1] == first_turn.get(policy, actions[1]), (run, actions)   # each arm pulls its lever
+            assert actions[1] == first_turn.get(feedback, actions[1]), (run, actions)   # each arm pulls its lever
             if actions[1] == "weights":   # trained, or no positive sample (and the record says so)
                 info = json.loads((run / "gen_001" / "train.json").read_text())
                 assert (run / "gen_001" / "adapter" / "COMPLETE").is_file() or "positive" in info.get("skipped", ""), \
@@ -306,8 +306,8 @@ def test_slurm_sweep_and_report_commands(model_cache_dir):
         md = (sweep / "report.md").read_text(encoding="utf-8")
         comparison = [line.split("|") for line in md.split("## Comparison", 1)[1].split("\n## ", 1)[0].splitlines()
                       if line.startswith("| legal_charge |")]
-        policies = {cells[2].strip() for cells in comparison}
-        assert policies == {"rules", "harness_only", "weights_only", "alternate"}, md
+        arms = {cells[2].strip() for cells in comparison}
+        assert arms == {"rules", "harness_only", "weights_only", "alternate"}, md
         assert md.count("| finished |") == 4 and (sweep / "report.png").is_file()
     finally:
         if not os.environ.get("SIA_KEEP_TEST_DIRS"):

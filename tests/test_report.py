@@ -1,4 +1,4 @@
-"""`python -m sia.report` on the folder of a real sweep: 2 policies x 2 seeds of the loop on the
+"""`python -m sia.report` on the folder of a real sweep: 2 feedback agents x 2 seeds of the loop on the
 echo engine, submitted to SLURM (hydra/launcher=slurm_local), W&B offline."""
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def sweep():
 
 
 @pytest.mark.slurm
-def test_report_compares_the_policies_of_a_sweep(sweep):
+def test_report_compares_the_arms_of_a_sweep(sweep):
     out = subprocess.run([sys.executable, "-m", "sia.report", str(sweep)], cwd=REPO, capture_output=True,
                          text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -60,7 +60,7 @@ def test_report_compares_the_policies_of_a_sweep(sweep):
 
 
 @pytest.mark.slurm
-def test_report_figure_puts_both_policies_on_the_same_axes(sweep, tmp_path):
+def test_report_figure_puts_both_arms_on_the_same_axes(sweep, tmp_path):
     report = build_report(sweep)
     labels = plot_report(report["groups"], tmp_path / "r.png", "t")
     assert labels["val"] == ["rules (n=2)", "harness_only (n=2)"]
@@ -103,7 +103,7 @@ def test_job_fates_read_from_submitit_logs_alone(tmp_path):
 
 
 # ---- intervals and the paired comparison, on fabricated run dirs ---------------------------
-def _fake_run(root: Path, name: str, policy: str, seed: int, first: tuple, best: tuple, task="legal_charge"):
+def _fake_run(root: Path, name: str, feedback: str, seed: int, first: tuple, best: tuple, task="legal_charge"):
     """A finished run dir as the loop leaves one: config.yaml, state.json, summary.json."""
     import yaml
 
@@ -111,7 +111,7 @@ def _fake_run(root: Path, name: str, policy: str, seed: int, first: tuple, best:
 
     path = root / name
     path.mkdir(parents=True)
-    (path / "config.yaml").write_text(yaml.safe_dump({"task": {"name": task}, "feedback": {"name": policy},
+    (path / "config.yaml").write_text(yaml.safe_dump({"task": {"name": task}, "feedback": {"name": feedback},
                                                       "seed": seed, "logger": {"mode": "disabled"}}))
     history = [GenerationRecord(generation=0, action="seed", kept=True, val=first[0], test=first[1],
                                 incumbent_val=first[0], incumbent_test=first[1]),
@@ -122,7 +122,7 @@ def _fake_run(root: Path, name: str, policy: str, seed: int, first: tuple, best:
                      history=history)
     (path / "state.json").write_text(json.dumps(state.to_json()))
     (path / "summary.json").write_text(json.dumps({
-        "task": task, "feedback": policy, "metric": "f1", "direction": "max",
+        "task": task, "feedback": feedback, "metric": "f1", "direction": "max",
         "first": {"val": first[0], "test": first[1]}, "best": {"generation": 1, "val": best[0], "test": best[1]},
         "baselines": {"knn": {"val": 0.9, "test": 0.8}, "tfidf_logreg": {"val": 0.95, "test": 0.97}},
         "wall_s": 100.0, "train_s": 0.0}))
@@ -130,9 +130,9 @@ def _fake_run(root: Path, name: str, policy: str, seed: int, first: tuple, best:
 
 def _fabricated(tmp_path):
     tests = {"rules": [0.80, 0.70, 0.75], "harness_only": [0.70, 0.72, 0.65]}
-    for policy, values in tests.items():
+    for feedback, values in tests.items():
         for seed, test in enumerate(values):
-            _fake_run(tmp_path, f"{seed}_{policy}_s{seed}", policy, seed, (0.1, 0.1), (0.9, test))
+            _fake_run(tmp_path, f"{seed}_{feedback}_s{seed}", feedback, seed, (0.1, 0.1), (0.9, test))
     return tests
 
 
@@ -141,19 +141,19 @@ def test_report_gives_t_intervals_over_seeds_and_the_paired_difference(tmp_path)
 
     tests = _fabricated(tmp_path)
     report = build_report(tmp_path, use_sacct=False)
-    rows = {r["policy"]: r for r in report["comparison"]}
+    rows = {r["feedback"]: r for r in report["comparison"]}
     t2 = stats.t.ppf(0.975, 2)
-    for policy, values in tests.items():     # by hand: mean ± t(0.975, 2) * sd / sqrt(3)
+    for feedback, values in tests.items():     # by hand: mean ± t(0.975, 2) * sd / sqrt(3)
         mean = sum(values) / 3
         sd = (sum((v - mean) ** 2 for v in values) / 2) ** 0.5
-        assert rows[policy]["best test"] == f"{mean:.3f} ± {t2 * sd / 3 ** 0.5:.3f}"
-        assert rows[policy]["first val"] == "0.100 ± 0.000"
-        assert rows[policy]["best baseline val / test"] == "tfidf_logreg 0.950 / 0.970"
+        assert rows[feedback]["best test"] == f"{mean:.3f} ± {t2 * sd / 3 ** 0.5:.3f}"
+        assert rows[feedback]["first val"] == "0.100 ± 0.000"
+        assert rows[feedback]["best baseline val / test"] == "tfidf_logreg 0.950 / 0.970"
     (paired,) = report["paired"]
     diffs = [a - b for a, b in zip(tests["rules"], tests["harness_only"])]     # +0.10, -0.02, +0.10
     mean = sum(diffs) / 3
     half = t2 * (sum((d - mean) ** 2 for d in diffs) / 2) ** 0.5 / 3 ** 0.5
-    assert paired["policy"] == "rules - harness_only" and paired["seeds"] == "0,1,2"
+    assert paired["feedback"] == "rules - harness_only" and paired["seeds"] == "0,1,2"
     assert paired["best test diff"] == f"{mean:.3f} ± {half:.3f}"
     assert paired["best test 95% interval"] == f"[{mean - half:+.3f}, {mean + half:+.3f}]"
     assert paired["best test per seed"] == "+0.100 -0.020 +0.100"
@@ -162,7 +162,7 @@ def test_report_gives_t_intervals_over_seeds_and_the_paired_difference(tmp_path)
     assert any("1:harness:few_shot+(+0.800/16)" in r["decisions"] for r in report["decisions"])
 
 
-def test_report_pairs_only_seeds_both_policies_finished(tmp_path):
+def test_report_pairs_only_seeds_both_arms_finished(tmp_path):
     _fake_run(tmp_path, "a", "rules", 0, (0.1, 0.1), (0.9, 0.8))
     _fake_run(tmp_path, "b", "rules", 1, (0.1, 0.1), (0.9, 0.7))
     _fake_run(tmp_path, "c", "harness_only", 1, (0.1, 0.1), (0.9, 0.6))
@@ -172,7 +172,7 @@ def test_report_pairs_only_seeds_both_policies_finished(tmp_path):
     assert paired["best test 95% interval"] == "-"
     assert main([str(tmp_path), "--no-wandb-offline"]) == 0
     md = (tmp_path / "report.md").read_text()
-    assert "## Paired by seed: each policy minus harness_only" in md and "rules - harness_only" in md
+    assert "## Paired by seed: each feedback minus harness_only" in md and "rules - harness_only" in md
 
 
 def test_wandb_report_is_built_offline_with_its_panels_and_queries(tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ from conftest import REPO
 from sia.train.batching import BucketBatchSampler, collate
 from sia.train.grpo import group_advantages, grpo_loss
 from sia.train.grpo import prepare as grpo_prepare
-from sia.train.policy import completion_forward, reduce_tokens
+from sia.train.lora_module import completion_forward, reduce_tokens
 from sia.train.ppo import gae, outcome_rewards, ppo_loss, whiten
 from sia.train.samples import Sample
 from sia.train.settings import algorithm_settings, gradient_clip
@@ -120,7 +120,7 @@ def losses(tiny, batch, kind, counts):
 def grads_of(tiny, micro_batches: list[list[dict]], kind: str, step_counts: bool) -> dict:
     """Gradients of one optimizer step over these micro-batches, as Lightning accumulates them
     (each micro-batch's loss divided by accumulate_grad_batches = the number of micro-batches,
-    times that again where the loss carries the step's counts, as PolicyModule does)."""
+    times that again where the loss carries the step's counts, as LoraModule does)."""
     tiny.zero_grad()
     accumulate = len(micro_batches)
     rows = sum(len(m) for m in micro_batches)

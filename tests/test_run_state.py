@@ -143,11 +143,11 @@ def test_cli_resume_of_an_unrebuildable_state_exits_2_without_traceback(tmp_path
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
-def test_rebuilt_state_of_a_run_the_policy_stopped_stays_done(tmp_path):
+def test_rebuilt_state_of_a_run_the_feedback_stopped_stays_done(tmp_path):
     run, state = _finished_run(tmp_path / "run")
     stop = GenerationRecord(generation=3, action="stop", rationale="nothing left to try", wall_s=1.0)
     write_json_atomic(run.gen_dir(3) / "record.json", stop.to_json())
     run.state_file.write_text("{")
     rebuilt = run.load_state()
-    assert rebuilt.status == "done" and rebuilt.stop_reason == "the feedback policy stopped: nothing left to try"
+    assert rebuilt.status == "done" and rebuilt.stop_reason == "the feedback agent stopped: nothing left to try"
     assert rebuilt.next_generation == 4

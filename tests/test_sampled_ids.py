@@ -27,7 +27,7 @@ from sia.harness.contract import Job
 from sia.harness.pool import HarnessPool
 from sia.harness.sandbox import probe
 from sia.levers.rollouts import RolloutPlan, collect, rotating_examples
-from sia.tasks import EvalReport, Example, ExampleScore, Splits, Task, TaskMeta
+from sia.tasks import EvalReport, Example, ExampleScore, Splits, Task, Scoring
 from sia.train.batching import encode_sample, too_long
 from sia.train.rollouts import record_sample, sample_record, samples_from_events
 from sia.train.samples import Sample
@@ -110,7 +110,7 @@ def solve(inputs, ctx):
 
 class ScoreOne(Task):
     name = "toy"
-    meta = TaskMeta(primary_metric="score")
+    scoring = Scoring(primary_metric="score")
 
     def load(self):
         raise NotImplementedError
@@ -274,7 +274,7 @@ class LookupTask(Task):
     """Train targets are public (few-shot), as in legal_charge and sql_qa."""
 
     name = "lookup"
-    meta = TaskMeta(primary_metric="score")
+    scoring = Scoring(primary_metric="score")
 
     def __init__(self, cfg, root):
         super().__init__(cfg, root)

@@ -345,7 +345,7 @@ def test_hydra_config_composes_and_validates(compose_cfg):
     cfg = compose_cfg("task=scrna_denoise", "task.data.max_cells=500")
     task = load_task(cfg.task.name, cfg.task)
     validate(cfg, task.config_problems())
-    assert task.meta.primary_metric == "score" and task.load().val
+    assert task.scoring.primary_metric == "score" and task.load().val
     assert task._mcv.train.shape[0] == 500 and "pbmc68k_reduced" in task.data_label
 
 
@@ -389,12 +389,12 @@ def test_all_zero_and_zeroed_small_counts_lose_on_the_primary_metric(task):
     val = task.load().val
     train = [task._mcv.train[e.inputs["cells"]].toarray().astype(np.float64) for e in val]
     baselines = task.baseline_reports("val")
-    best_real = max(r.primary(task.meta) for n, r in baselines.items() if n not in ("perfect", "no_denoising"))
+    best_real = max(r.primary(task.scoring) for n, r in baselines.items() if n not in ("perfect", "no_denoising"))
     for name, answers in (("all-zero", [np.zeros_like(t) for t in train]),
                           ("zero counts <= 1", [np.where(t <= 1, 0.0, t) for t in train]),
                           ("zero counts <= 2", [np.where(t <= 2, 0.0, t) for t in train])):
         report = task.evaluate(val, answers, "val")
-        assert report.primary(task.meta) < 0 < best_real, (name, report.metrics)
+        assert report.primary(task.scoring) < 0 < best_real, (name, report.metrics)
         assert report.metrics["mse_norm"] > 0 or name != "all-zero"   # the hole it would have used
         assert all(s.failure == "wrong" and s.score == 0.0 for s in report.per_example), name
 
@@ -463,12 +463,12 @@ class Recording(dict):
         return super().get(key, default)
 
 
-def test_mcv_edit_is_the_first_accuracy_edit_the_offline_policies_reach(task):
-    from sia.agents.policies import OfflinePolicy
+def test_mcv_edit_is_the_first_accuracy_edit_the_offline_feedback_agents_reach(task):
+    from sia.agents.rules import OfflineFeedback
 
     seed = (TASK_DIR / "seed_harness.py").read_text()
     ctx = types.SimpleNamespace(history=[], edits=task.harness_edits(), harness_code=seed)
-    edit, code = OfflinePolicy.applicable_edit(ctx, ("accuracy", "variance", "format", "errors"))
+    edit, code = OfflineFeedback.applicable_edit(ctx, ("accuracy", "variance", "format", "errors"))
     assert edit.name == "mcv_self_tuning" and read_options(code)["mcv_tune"] is True
     # still applicable after the other accuracy edits were kept (it tunes on top of them)
     stacked = seed

@@ -237,7 +237,7 @@ def test_metrics_against_hand_computed_values(task, splits):
     assert [p.score for p in report.per_example] == [1.0, 1.0, 0.0, 0.0]
     assert report.per_example[2].reason == "invalid SQL: no such column: nope"
     assert report.per_example[3].reason == "no SQL in the answer"
-    assert report.primary(task.meta) == 0.5
+    assert report.primary(task.scoring) == 0.5
 
 
 def test_order_sensitive_only_when_gold_orders(task, splits):
@@ -600,7 +600,7 @@ def test_harness_edits_compile_and_change_options(task):
     assert read_options(stacked) == {**before, "few_shot": 3, "retry_on_error": True, "max_retries": 2,
                                      "sample_values": True, "execute_check": True, "copy_adapt": "prefer",
                                      "value_hints": True, "vote_samples": 4}
-    assert task.meta.primary_metric == "execution_accuracy" and task.meta.reward_shape == "binary"
+    assert task.scoring.primary_metric == "execution_accuracy" and task.scoring.reward_shape == "binary"
 
 
 # ---- in the real sandbox --------------------------------------------------------------------

@@ -23,7 +23,7 @@ from sia.train.eaw import adaptive_beta, entropic_advantages
 from sia.train.eaw import prepare as eaw_prepare
 from sia.train.grpo import clipped_surrogate, group_advantages, grpo_loss, kl_to_reference
 from sia.train.grpo import prepare as grpo_prepare
-from sia.train.policy import completion_forward
+from sia.train.lora_module import completion_forward
 from sia.train.ppo import gae, outcome_rewards, ppo_loss
 from sia.train.rollouts import (RolloutWriter, credited_calls, drawn_keys, read_rollouts, samples_from_events,
                                 samples_from_trajectories)
@@ -259,7 +259,7 @@ def test_bucket_sampler_groups_similar_lengths_and_reshuffles_each_epoch():
 
 
 def test_training_keeps_fp32_base_weights_on_cpu_under_auto_and_follows_an_explicit_dtype():
-    from sia.train.policy import training_dtype
+    from sia.train.lora_module import training_dtype
 
     cpu = torch.device("cpu")
     assert training_dtype("auto", cpu) == torch.float32      # bf16-mixed autocasts the compute
@@ -269,14 +269,14 @@ def test_training_keeps_fp32_base_weights_on_cpu_under_auto_and_follows_an_expli
 
 def test_auto_precision_autocasts_bf16_only_where_the_cpu_computes_it_natively(monkeypatch):
     from sia.engine import hf
-    from sia.train import policy
+    from sia.train import lora_module
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(hf, "cpu_has_native_bf16", lambda: True)
-    assert policy.training_precision("auto", cpu) == "bf16-mixed"
+    assert lora_module.training_precision("auto", cpu) == "bf16-mixed"
     monkeypatch.setattr(hf, "cpu_has_native_bf16", lambda: False)
-    assert policy.training_precision("auto", cpu) == "32-true"      # emulated bf16 is far slower
-    assert policy.training_precision("bf16-mixed", cpu) == "bf16-mixed"   # an explicit choice stands
+    assert lora_module.training_precision("auto", cpu) == "32-true"      # emulated bf16 is far slower
+    assert lora_module.training_precision("bf16-mixed", cpu) == "bf16-mixed"   # an explicit choice stands
 
 
 def test_reward_driven_steps_are_capped_at_rollout_epochs_passes_over_the_samples():

@@ -12,7 +12,7 @@ from sia.harness.contract import JobResult
 from sia.levers.lora import LoraLever
 from sia.levers.rollouts import RolloutPlan, collect, job_id, read_rollouts
 from sia.run import RunDir
-from sia.tasks import EvalReport, Example, ExampleScore, Task, TaskMeta, load_task
+from sia.tasks import EvalReport, Example, ExampleScore, Task, Scoring, load_task
 
 
 def _call(completion, used=None, **kw):
@@ -38,7 +38,7 @@ class CountingBench:
 
 class RewardByK(Task):
     name = "toy"
-    meta = TaskMeta(primary_metric="score")
+    scoring = Scoring(primary_metric="score")
 
     def load(self):
         raise NotImplementedError

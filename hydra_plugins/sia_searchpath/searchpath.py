@@ -8,6 +8,6 @@ from hydra.plugins.search_path_plugin import SearchPathPlugin
 
 class SiaSearchPath(SearchPathPlugin):
     def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
-        from sia.resources import sweeps_dir
+        from sia.paths import sweeps_dir
 
         search_path.append(provider="sia-sweeps", path=f"file://{sweeps_dir()}")

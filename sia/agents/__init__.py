@@ -1,1 +1,1 @@
-"""Meta and feedback agents: decisions, trajectory digests, offline policies."""
+"""Meta and feedback agents: decisions, trajectory digests, offline feedback agents."""

@@ -1,9 +1,9 @@
-"""What a feedback policy is given after every generation: public facts only.
+"""What a feedback agent is given after every generation: public facts only.
 
 The digest and trajectories are of the incumbent on val; reasons in them are gold-free and
 ``details`` (which may hold gold) never reach here. Train targets are public, so the train-probe
 trajectories come with their examples. Test is reported, never used for a decision: the history
-records a policy is given are copies with every test field cleared (``without_test``).
+records a feedback is given are copies with every test field cleared (``without_test``).
 """
 from __future__ import annotations
 
@@ -90,9 +90,9 @@ class TrainTrier:
             failure, reason = scored.failure, scored.reason
             if r.error:
                 failure, reason = "error", f"harness {r.error['kind']}: {str(r.error['message'])[-300:]}"
-            elif failure is None and not self.task.meta.full_credit(scored.score):
+            elif failure is None and not self.task.scoring.full_credit(scored.score):
                 failure = "wrong"
             rows.append({"id": e.id, "score": scored.score, "failure": failure, "reason": reason, "error": r.error,
                          "answer": answer_preview(r.answer), "events": r.events, "gold": e.target})
-        return {"problem": None, "score": report.primary(self.task.meta), "n": len(examples),
+        return {"problem": None, "score": report.primary(self.task.scoring), "n": len(examples),
                 "wall_s": round(time.monotonic() - started, 2), "rows": rows}

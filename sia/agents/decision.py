@@ -19,7 +19,7 @@ class Decision:
     harness_code: str | None = None          # action=harness: the full new harness file
     edit: str | None = None                  # action=harness: the library edit's name, if any
     training: dict[str, Any] | None = None   # action=weights: {"algorithm", "steps", "examples"} (a "data"
-    #                                          key some policies still write is ignored by the lever)
+    #                                          key some feedback agents still write is ignored by the lever)
     stats: dict[str, Any] = field(default_factory=dict)  # the digest the decision was made on
 
     def validate(self, algorithms: tuple[str, ...] | None = None) -> "Decision":

@@ -1,4 +1,4 @@
-"""Trajectory statistics the feedback policies read: what went wrong, and how often.
+"""Trajectory statistics the feedback agents read: what went wrong, and how often.
 
 It counts the failure kind every score row carries (``error`` set by the loop from the
 worker's result, ``format`` / ``wrong`` set by the task's evaluator, None for full credit)

@@ -1,4 +1,4 @@
-"""Policy-model engines. Backends are imported on demand: importing ``sia.engine`` stays cheap
+"""Task-model engines. Backends are imported on demand: importing ``sia.engine`` stays cheap
 and a CPU install never needs vLLM. Which engine a model runs on is its ``engine`` node
 (``conf/model/engine/<name>.yaml``, chosen with ``model.engine=<name>``)."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What every policy-model engine offers: batched generation with token counts and
+"""What every task-model engine offers: batched generation with token counts and
 per-token log-probabilities, and LoRA adapters swapped by version name."""
 from __future__ import annotations
 

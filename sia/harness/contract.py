@@ -2,7 +2,7 @@
 
 A harness is ONE Python file. It is untrusted code: it runs only in sandboxed worker
 processes (no network, no reads outside its allowed folders, a time and a memory limit)
-and reaches the policy model only through the ``ctx.llm`` handle it is given.
+and reaches the task model only through the ``ctx.llm`` handle it is given.
 
 Required::
 
@@ -19,7 +19,7 @@ Optional (enables the weights lever with gold targets, so training prompts match
 
 It renders a TRAIN example through the harness's own prompt and answer format.
 
-Optional, edited by the offline rules policy::
+Optional, edited by the offline rules feedback::
 
     OPTIONS = {...}   # a dict literal of knobs the harness reads; see sia.harness.options
 

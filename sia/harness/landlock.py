@@ -70,7 +70,7 @@ def _python_paths() -> list[str]:
     return sorted(paths)
 
 
-def _landlock_rules(policy, handled_fs: int) -> list[tuple[str, int]]:
+def _landlock_rules(spec, handled_fs: int) -> list[tuple[str, int]]:
     everything_but_exec = handled_fs & ~FS_EXECUTE
     rules = [(p, READ_EXEC) for p in _python_paths() + SYSTEM_DIRS]
     rules.append((SIA_DIR, READ))
@@ -79,12 +79,12 @@ def _landlock_rules(policy, handled_fs: int) -> list[tuple[str, int]]:
     # Its own /proc/<pid> (resolved now), never another process's. /proc/self names the pid
     # as this procfs sees it (the host's), not the one of a PID namespace the child is init of.
     rules.append((f"/proc/{os.readlink('/proc/self')}", READ))
-    rules += [(p, READ) for p in policy.read_paths]
-    rules += [(p, READ_EXEC) for p in policy.exec_paths]
-    rules += [(p, everything_but_exec) for p in policy.write_paths]
-    # Never the whole filesystem, whatever a policy or an odd Python prefix says.
+    rules += [(p, READ) for p in spec.read_paths]
+    rules += [(p, READ_EXEC) for p in spec.exec_paths]
+    rules += [(p, everything_but_exec) for p in spec.write_paths]
+    # Never the whole filesystem, whatever a spec or an odd Python prefix says.
     rules = [(p, access) for p, access in rules if p and os.path.realpath(p) != "/"]
-    return _without_denied(rules, [os.path.realpath(d) for d in policy.deny_paths])
+    return _without_denied(rules, [os.path.realpath(d) for d in spec.deny_paths])
 
 
 def _without_denied(rules: list[tuple[str, int]], denied: list[str]) -> list[tuple[str, int]]:
@@ -126,7 +126,7 @@ def _add_path_rule(ruleset_fd: int, path: str, access: int, handled_fs: int) -> 
         os.close(fd)
 
 
-def apply_landlock(policy) -> dict:
+def apply_landlock(spec) -> dict:
     abi = landlock_abi()
     if abi < 1:
         raise OSError(errno.EOPNOTSUPP, "Landlock is not supported or not enabled on this kernel")
@@ -141,7 +141,7 @@ def apply_landlock(policy) -> dict:
         size = 24
     ruleset_fd = check(syscall(_NR_LANDLOCK_CREATE, ctypes.addressof(attr), size, 0), "landlock_create_ruleset")
     try:
-        for path, access in _landlock_rules(policy, handled_fs):
+        for path, access in _landlock_rules(spec, handled_fs):
             _add_path_rule(ruleset_fd, path, access, handled_fs)
         check(syscall(_NR_LANDLOCK_RESTRICT, ruleset_fd, 0), "landlock_restrict_self")
     finally:

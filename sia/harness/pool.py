@@ -83,7 +83,7 @@ class HarnessPool:
     def _config(self, harness_path: str, resources: dict, files: dict[str, str]) -> dict:
         return {"type": "config", "harness_path": os.path.abspath(harness_path), "resources": resources,
                 "files": {str(k): os.path.abspath(v) for k, v in files.items()},
-                "policy": {"memory_mb": self.memory_mb, "strict": self.strict, "deny_paths": self.deny_paths,
+                "spec": {"memory_mb": self.memory_mb, "strict": self.strict, "deny_paths": self.deny_paths,
                            "scratch_mb": self.scratch_mb},
                 "max_llm_calls": self.max_llm_calls, "max_new_tokens": self.max_new_tokens,
                 "max_event_bytes": self.limits.event_bytes}

@@ -20,7 +20,7 @@ untrusted. It stacks these layers, each covering what the others miss:
    changes at all (chmod, chown, utime, xattrs, inode flags: Landlock does not cover them, and
    a uid-0 child owns the host's files), for build tools too.
 6. Landlock: deny-by-default filesystem access except reads beneath the Python installation,
-   the ``sia`` package, system library dirs, a few named /etc and /dev files and the policy's
+   the ``sia`` package, system library dirs, a few named /etc and /dev files and the spec's
    paths; TCP bind/connect denied (ABI >= 4); signals and abstract unix sockets scoped to the
    sandbox (ABI >= 6), and ptrace of anything outside it is denied by Landlock itself.
 
@@ -53,7 +53,7 @@ CLONE_NEWNS, MS_NOSUID, MS_NODEV, MS_REC, MS_PRIVATE, MNT_DETACH = 0x00020000, 0
 
 
 @dataclass
-class SandboxPolicy:
+class SandboxSpec:
     memory_mb: int = 2048   # RLIMIT_AS; <= 0 disables it (e.g. CUDA maps huge address ranges)
     read_paths: list[str] = field(default_factory=list)   # extra readable files/dirs
     write_paths: list[str] = field(default_factory=list)  # readable+writable dirs (scratch)
@@ -68,7 +68,7 @@ class SandboxPolicy:
 
 
 class SandboxUnavailable(RuntimeError):
-    """This machine (or this process) cannot apply a layer the policy requires."""
+    """This machine (or this process) cannot apply a layer the spec requires."""
 
 
 # -- 1. rlimits ----------------------------------------------------------------------------
@@ -80,9 +80,9 @@ def _set_limit(which: int, value: int) -> None:
     resource.setrlimit(which, (value, value))   # hard == soft: the child cannot raise it back
 
 
-def _apply_rlimits(policy: SandboxPolicy) -> None:
-    if policy.memory_mb > 0:
-        _set_limit(resource.RLIMIT_AS, policy.memory_mb * 1024 * 1024)
+def _apply_rlimits(spec: SandboxSpec) -> None:
+    if spec.memory_mb > 0:
+        _set_limit(resource.RLIMIT_AS, spec.memory_mb * 1024 * 1024)
     _set_limit(resource.RLIMIT_CORE, 0)
     _set_limit(resource.RLIMIT_FSIZE, FILE_SIZE_LIMIT)
 
@@ -115,18 +115,18 @@ def _map_own_ids(uid: int, gid: int) -> None:
 
 # -- 2b. size-bounded scratch --------------------------------------------------------------
 
-def _mount_scratch(policy: SandboxPolicy) -> int:
+def _mount_scratch(spec: SandboxSpec) -> int:
     """Replace each writable directory by a tmpfs of ``scratch_mb`` MiB in a private mount
     namespace; returns how many. Needs CAP_SYS_ADMIN (root, or the user namespace above)."""
-    dirs = [os.path.realpath(p) for p in policy.write_paths
+    dirs = [os.path.realpath(p) for p in spec.write_paths
             if os.path.isdir(p) and not os.path.realpath(p).startswith("/dev/")]
-    if policy.scratch_mb <= 0 or not dirs:
+    if spec.scratch_mb <= 0 or not dirs:
         return 0
     check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
     # Private first: a mount under a shared peer would show up in the host's namespace.
     check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "mount(/, MS_REC|MS_PRIVATE)")
     cwd = os.path.realpath(os.getcwd())
-    opts = f"size={int(policy.scratch_mb)}m,nr_inodes={SCRATCH_INODES},mode=0700".encode()
+    opts = f"size={int(spec.scratch_mb)}m,nr_inodes={SCRATCH_INODES},mode=0700".encode()
     for path in dirs:
         below = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)   # what the parent put there
         try:
@@ -192,7 +192,7 @@ def _thread_count() -> int:
         return threading.active_count()
 
 
-def apply_sandbox(policy: SandboxPolicy) -> dict:
+def apply_sandbox(spec: SandboxSpec) -> dict:
     """Confine the calling process (irreversibly). Returns the layers applied and, under
     ``errors``, why any layer was not; raises SandboxUnavailable in strict mode instead."""
     layers: dict = {"errors": {}}
@@ -203,7 +203,7 @@ def apply_sandbox(policy: SandboxPolicy) -> dict:
         except (OSError, ValueError) as e:
             layers[name] = False
             layers["errors"][name] = str(e)
-            if policy.strict and required:
+            if spec.strict and required:
                 raise SandboxUnavailable(f"sandbox layer {name!r} unavailable: {e}") from e
             return None
         layers[name] = True
@@ -212,17 +212,17 @@ def apply_sandbox(policy: SandboxPolicy) -> dict:
     # Landlock and seccomp restrict only the calling thread: any other thread would escape.
     if _thread_count() != 1:
         raise SandboxUnavailable("apply_sandbox must run before the process starts threads")
-    attempt("rlimits", lambda: _apply_rlimits(policy))
+    attempt("rlimits", lambda: _apply_rlimits(spec))
     kind = attempt("netns", _enter_network_namespace)
     if kind:
         layers["netns_kind"] = kind
-    mounted = attempt("scratch", lambda: _mount_scratch(policy))
+    mounted = attempt("scratch", lambda: _mount_scratch(spec))
     if mounted:
-        layers["scratch_mb"] = int(policy.scratch_mb)
+        layers["scratch_mb"] = int(spec.scratch_mb)
     attempt("capabilities", _drop_capabilities)
     attempt("no_new_privs", lambda: check(prctl(PR_SET_NO_NEW_PRIVS, 1), "prctl(PR_SET_NO_NEW_PRIVS)"))
-    attempt("seccomp", lambda: apply_seccomp(policy))
-    landlock = attempt("landlock", lambda: apply_landlock(policy))
+    attempt("seccomp", lambda: apply_seccomp(spec))
+    landlock = attempt("landlock", lambda: apply_landlock(spec))
     if landlock:
         layers.update(landlock)
     return layers
@@ -249,8 +249,8 @@ def scrubbed_env(scratch_dir: str) -> dict:
 
 _PROBE_CODE = (
     "import json, os, sys\n"
-    "from sia.harness.sandbox import SandboxPolicy, apply_sandbox\n"
-    "layers = apply_sandbox(SandboxPolicy(memory_mb=0, write_paths=[os.getcwd()], strict=False))\n"
+    "from sia.harness.sandbox import SandboxSpec, apply_sandbox\n"
+    "layers = apply_sandbox(SandboxSpec(memory_mb=0, write_paths=[os.getcwd()], strict=False))\n"
     "sys.stdout.write(json.dumps(layers))\n"
 )
 

@@ -88,10 +88,10 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
-def apply_seccomp(policy) -> None:
+def apply_seccomp(spec) -> None:
     if platform.machine() not in _ARCH:
         raise OSError(errno.ENOSYS, f"no seccomp filter for architecture {platform.machine()}")
-    code = _seccomp_program(platform.machine(), allow_build_tools=bool(policy.exec_paths))
+    code = _seccomp_program(platform.machine(), allow_build_tools=bool(spec.exec_paths))
     buf = ctypes.create_string_buffer(code, len(code))
     prog = _SockFprog(len(code) // 8, ctypes.cast(buf, ctypes.c_void_p))
     check(prctl(PR_SET_SECCOMP, 2, ctypes.addressof(prog)), "prctl(PR_SET_SECCOMP)")  # SECCOMP_MODE_FILTER

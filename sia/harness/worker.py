@@ -2,7 +2,7 @@
 
 It speaks the ``sia.harness.protocol`` on stdin/stdout with its parent (``HarnessPool``):
 
-    parent -> worker   {"type": "config", harness_path, resources, files, policy, max_llm_calls, max_new_tokens}
+    parent -> worker   {"type": "config", harness_path, resources, files, spec, max_llm_calls, max_new_tokens}
     worker -> parent   {"type": "ready", layers} | {"type": "import_error", message}
                        | {"type": "sandbox_error", message}
     parent -> worker   {"type": "job", id, kind, inputs, target}
@@ -29,7 +29,7 @@ from typing import Any
 from sia.harness import protocol
 from sia.harness.contract import Completion
 from sia.harness.limits import EVENT_BYTES, events_problem
-from sia.harness.sandbox import SCRATCH_MB, SandboxPolicy, SandboxUnavailable, apply_sandbox
+from sia.harness.sandbox import SCRATCH_MB, SandboxSpec, SandboxUnavailable, apply_sandbox
 
 ROLES = ("system", "user", "assistant")
 TRACEBACK_LINES = 20
@@ -262,11 +262,11 @@ def encode_result(result: dict) -> bytes:
         return protocol.frame(protocol.encode(result, lenient=True))
 
 
-def build_policy(config: dict) -> SandboxPolicy:
-    """The config's policy plus what this worker needs: the harness file itself (not its
+def build_spec(config: dict) -> SandboxSpec:
+    """The config's spec plus what this worker needs: the harness file itself (not its
     folder, which may hold other files), the public files, and the scratch dir (cwd)."""
-    p = config.get("policy", {})
-    return SandboxPolicy(
+    p = config.get("spec", {})
+    return SandboxSpec(
         memory_mb=int(p.get("memory_mb", 2048)),
         read_paths=[config["harness_path"], *config["files"].values(), *p.get("read_paths", [])],
         write_paths=[os.getcwd(), *p.get("write_paths", [])],
@@ -281,7 +281,7 @@ def main() -> int:
     channel = claim_protocol_fds()
     config = channel.recv()
     try:
-        layers = apply_sandbox(build_policy(config))
+        layers = apply_sandbox(build_spec(config))
     except SandboxUnavailable as e:
         channel.send({"type": "sandbox_error", "message": str(e)})
         return 3

@@ -117,7 +117,7 @@ class LoraLever:
         if forced not in (AUTO, None):
             return forced, f"{forced} (asked for); rollout: {stats.describe()}", samples, stats.to_json()
         name, why = choose_algorithm(stats, has_gold=has_gold, format_rate=format_rate,
-                                     prior_shape=self.task.meta.reward_shape, **thresholds)
+                                     prior_shape=self.task.scoring.reward_shape, **thresholds)
         return name, why, samples, stats.to_json()
 
     def _fit(self, samples: list) -> dict:
@@ -134,7 +134,7 @@ class LoraLever:
         lora = self.cfg.lora
         k_min = int(lora.samples_per_prompt)
         k = k_min
-        if self.task.meta.reward_shape == "binary" and isinstance(score, (int, float)):
+        if self.task.scoring.reward_shape == "binary" and isinstance(score, (int, float)):
             k = samples_for_signal(float(score), k_min, int(lora.get("max_samples_per_prompt") or k_min))
         # K above samples_per_prompt draws fewer examples: the rollout's harness runs stay the same
         n = max(MIN_ROLLOUT_EXAMPLES, min(examples, int(lora.rollout_examples) * k_min // k))

@@ -1,6 +1,6 @@
 """``python -m sia.report <multirun or outputs folder> [--wandb]``: compare the runs in a folder.
 
-Groups runs by task, policy (feedback.name) and every swept key, pools the seeds, and prints
+Groups runs by task, feedback (feedback.name) and every swept key, pools the seeds, and prints
 the comparison, the per-generation decisions and each SLURM job's fate (cancelled and failed
 jobs included, read from submitit's job folders). Writes ``report.md`` and ``report.png`` in
 the folder, and W&B Tables into the runs' offline W&B runs; ``--wandb`` publishes online too.
@@ -36,7 +36,7 @@ def write_markdown(report: dict, folder: Path, png: Path | None) -> Path:
             f"the finished seeds ((n=1): one seed, no interval). Best baseline: the non-LLM baseline with the "
             f"best val, its val / test.\n",
             "## Comparison\n", markdown_table(report["comparison"]),
-            f"\n## Paired by seed: each policy minus {BASELINE}\n",
+            f"\n## Paired by seed: each feedback minus {BASELINE}\n",
             "Differences on the same seeds (best val; test at the best generation): mean ± 95% t half-width, "
             "the interval, and each seed's difference. An interval that holds 0 does not show a difference.\n\n",
             markdown_table(report["paired"]),
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         plot_report(report["groups"], png, f"SIA report: {folder.name}")
     md = write_markdown(report, folder, png)
     print_tables(f"SIA report: {folder}", [("comparison (mean ± 95% t half-width over seeds)", report["comparison"]),
-                                            (f"paired by seed: each policy minus {BASELINE}", report["paired"]),
+                                            (f"paired by seed: each feedback minus {BASELINE}", report["paired"]),
                                             ("decisions per generation (+ kept, - rejected, ! failed)",
                                              report["decisions"]),
                                             ("runs and jobs", report["job_rows"])])

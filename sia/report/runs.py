@@ -24,7 +24,7 @@ NOT_SWEPT = {"seed", "feedback", "task", "resume", "run_dir", "cache_dir", "quie
 class Run:
     path: Path
     task: str | None
-    policy: str | None
+    feedback: str | None
     seed: int | None
     overrides: dict[str, str]                  # key -> value, from .hydra/overrides.yaml
     job_id: str | None                         # SLURM/submitit job id (hydra.job.id), when launched so
@@ -97,7 +97,7 @@ def read_run(path: Path) -> Run:
     choices = {str(k).replace("/", "."): str(v) for k, v in (_dig(hydra_yaml, "hydra.runtime.choices") or {}).items()}
     seed = _dig(cfg, "seed")
     run = Run(path=path, task=_dig(cfg, "task.name") or (summary or {}).get("task"),
-              policy=_dig(cfg, "feedback.name") or (summary or {}).get("feedback") or overrides.get("feedback"),
+              feedback=_dig(cfg, "feedback.name") or (summary or {}).get("feedback") or overrides.get("feedback"),
               seed=int(seed) if isinstance(seed, int) else None, overrides=overrides,
               job_id=None if job in (None, "", "???") or str(job).startswith("job_id_for_") else str(job),
               state=load_state(path), summary=summary, config=cfg, choices=choices)
@@ -144,7 +144,7 @@ def _value(run: Run, key: str) -> str:
 
 
 def mark_swept(runs: list[Run]) -> None:
-    """The keys whose values differ between runs (besides policy, task and seed)."""
+    """The keys whose values differ between runs (besides feedback, task and seed)."""
     keys = {k for r in runs for k in r.overrides if k not in NOT_SWEPT and not k.startswith("hydra.")}
     values = {k: [_value(r, k) for r in runs] for k in sorted(keys)}
     swept = [k for k, vals in values.items() if len(set(vals)) > 1]
@@ -192,7 +192,7 @@ def train_s(run: Run) -> float | None:
 
 
 def agent_cost(run: Run) -> tuple[int, float]:
-    """(tokens, dollars) the meta/feedback agents spent; (0, 0.0) for offline policies."""
+    """(tokens, dollars) the meta/feedback agents spent; (0, 0.0) for offline feedback agents."""
     agent = (run.summary or {}).get("agent") or {}
     tokens = agent.get("tokens") or sum(h.agent_tokens for h in history(run))
     dollars = agent.get("dollars") or sum(h.agent_dollars for h in history(run))

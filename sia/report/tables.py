@@ -1,6 +1,6 @@
-"""Group runs and turn them into the report's tables: the comparison (one row per task, policy
+"""Group runs and turn them into the report's tables: the comparison (one row per task, feedback
 and swept value, seeds pooled: mean ± the half-width of its 95% t interval over seeds), the
-paired comparison (each policy minus harness-only on the same seeds), the per-generation
+paired comparison (each feedback minus harness-only on the same seeds), the per-generation
 decisions of every run, and every job's fate."""
 from __future__ import annotations
 
@@ -16,14 +16,14 @@ from sia.report.jobs import Job
 @dataclass
 class Group:
     task: str
-    policy: str
+    feedback: str
     swept: tuple[tuple[str, str], ...]
     runs: list[R.Run]
 
     @property
     def label(self) -> str:
         extra = ", ".join(f"{k}={v}" for k, v in self.swept)
-        return self.policy + (f" ({extra})" if extra else "")
+        return self.feedback + (f" ({extra})" if extra else "")
 
     @property
     def finished(self) -> list[R.Run]:
@@ -52,7 +52,7 @@ def attach_jobs(runs: list[R.Run], jobs: list[Job], sweep_dir: Path) -> list[R.R
             continue
         overrides = dict(o.lstrip("+~").replace("/", ".").split("=", 1) for o in job.overrides if "=" in o)
         seed = overrides.get("seed")
-        extra.append(R.Run(path=job.folder, task=overrides.get("task"), policy=overrides.get("feedback"),
+        extra.append(R.Run(path=job.folder, task=overrides.get("task"), feedback=overrides.get("feedback"),
                            seed=int(seed) if seed and seed.isdigit() else None, overrides=overrides,
                            job_id=job.job_id, state=None, summary=None, status=job.status,
                            detail=job.detail or "no run dir: the job never started the run"))
@@ -64,14 +64,14 @@ def attach_jobs(runs: list[R.Run], jobs: list[Job], sweep_dir: Path) -> list[R.R
 def group_runs(runs: list[R.Run]) -> list[Group]:
     groups: dict[tuple, Group] = {}
     for run in runs:
-        key = (run.task or "?", run.policy or "?", tuple(sorted(run.swept.items())))
+        key = (run.task or "?", run.feedback or "?", tuple(sorted(run.swept.items())))
         if key not in groups:
             groups[key] = Group(key[0], key[1], key[2], [])
         groups[key].runs.append(run)
     return list(groups.values())
 
 
-BASELINE = "harness_only"      # the paired comparison subtracts this policy's runs
+BASELINE = "harness_only"      # the paired comparison subtracts this feedback's runs
 
 
 def t_interval(values: list[float | None], level: float = 0.95) -> tuple[float, float, int] | None:
@@ -120,7 +120,7 @@ def comparison_rows(groups: list[Group]) -> list[dict]:
         best = [R.best_scores(r) for r in done]
         costs = [R.agent_cost(r) for r in done]
         row = {
-            "task": g.task, "policy": g.label, "runs": f"{len(done)}/{len(g.runs)}",
+            "task": g.task, "feedback": g.label, "runs": f"{len(done)}/{len(g.runs)}",
             "seeds": ",".join(str(r.seed) for r in done if r.seed is not None) or "-",
             "first val": _pm(t_interval([f[0] for f in first])), "first test": _pm(t_interval([f[1] for f in first])),
             "best val": _pm(t_interval([b[1] for b in best])), "best test": _pm(t_interval([b[2] for b in best])),
@@ -137,14 +137,14 @@ def comparison_rows(groups: list[Group]) -> list[dict]:
 
 
 def paired_rows(groups: list[Group]) -> list[dict]:
-    """Per task (and swept value): every other policy minus harness-only, paired by seed (only
+    """Per task (and swept value): every other feedback minus harness-only, paired by seed (only
     seeds both finished), on best val and on test at the best generation: the mean difference
     with its 95% t interval over the pairs, and each seed's difference."""
     rows = []
     for g in groups:
-        if g.policy == BASELINE:
+        if g.feedback == BASELINE:
             continue
-        base = next((b for b in groups if b.policy == BASELINE and b.task == g.task and b.swept == g.swept), None)
+        base = next((b for b in groups if b.feedback == BASELINE and b.task == g.task and b.swept == g.swept), None)
         if base is None:
             continue
         mine = {r.seed: r for r in g.finished if r.seed is not None}
@@ -152,7 +152,7 @@ def paired_rows(groups: list[Group]) -> list[dict]:
         seeds = sorted(set(mine) & set(theirs))
         if not seeds:
             continue
-        row = {"task": g.task, "policy": f"{g.label} - {base.label}", "seeds": ",".join(map(str, seeds))}
+        row = {"task": g.task, "feedback": f"{g.label} - {base.label}", "seeds": ",".join(map(str, seeds))}
         for what, index in (("best val", 1), ("best test", 2)):
             diffs = [None if R.best_scores(mine[s])[index] is None or R.best_scores(theirs[s])[index] is None
                      else R.best_scores(mine[s])[index] - R.best_scores(theirs[s])[index] for s in seeds]
@@ -171,7 +171,7 @@ def decision_rows(groups: list[Group]) -> list[dict]:
         for run in g.runs:
             if not R.history(run):
                 continue
-            rows.append({"policy": g.label, "seed": "-" if run.seed is None else str(run.seed), "run": run.name,
+            rows.append({"feedback": g.label, "seed": "-" if run.seed is None else str(run.seed), "run": run.name,
                          "decisions": " ".join(f"{i}:{d}" for i, d in enumerate(R.decisions(run)))})
     return rows
 
@@ -181,7 +181,7 @@ def job_rows(runs: list[R.Run]) -> list[dict]:
     rows = []
     for run in runs:
         swept = " ".join(f"{k}={v}" for k, v in run.swept.items())
-        rows.append({"job": run.job_id or "-", "run": run.name, "policy": run.policy or "?",
+        rows.append({"job": run.job_id or "-", "run": run.name, "feedback": run.feedback or "?",
                      "seed": "-" if run.seed is None else str(run.seed), "swept": swept or "-",
                      "status": run.status, "detail": (run.detail or "").replace("|", "/")})
     return rows

@@ -5,9 +5,9 @@ every run's offline W&B run (resumed by its id), so ``wandb sync <run>/wandb/off
 uploads them with the run. Online (``--wandb``): one ``sia-report`` run in the sweep's group
 carries the tables and report.png, next to the runs it compares, and a W&B Report
 (``wandb-workspaces``, ``build_wandb_report``) is saved: per task, the incumbent's val per
-generation per policy (mean line, min-max band over seeds), first/best val and test at the best
-generation per policy (mean, stderr whiskers), each run's generations table, and the report's
-own tables: the comparison with 95% t intervals over seeds, each policy minus harness-only
+generation per feedback (mean line, min-max band over seeds), first/best val and test at the best
+generation per feedback (mean, stderr whiskers), each run's generations table, and the report's
+own tables: the comparison with 95% t intervals over seeds, each feedback minus harness-only
 paired by seed, the decisions. The runs must be synced first (``wandb sync``).
 """
 from __future__ import annotations
@@ -57,7 +57,7 @@ def publish_online(runs: list[R.Run], comparison: list[dict], decisions: list[di
     groups = sorted({g for g in (_logger(r).get("group") for r in runs) if g})
     wb = wandb.init(project=logger.get("project") or "sia", group=groups[0] if len(groups) == 1 else None,
                     job_type="sia-report", name=f"report-{name}", mode="online",
-                    tags=sorted({t for r in runs for t in (r.task, r.policy) if t}),
+                    tags=sorted({t for r in runs for t in (r.task, r.feedback) if t}),
                     config={"runs": [str(r.path) for r in runs], "groups": groups})
     wb.log({"report/comparison": _table(comparison), "report/decisions": _table(decisions),
             "report/jobs": _table(jobs), "report/figure": wandb.Image(str(png))})
@@ -82,10 +82,10 @@ def build_wandb_report(report: dict, title: str, entity: str, project: str | Non
     project = project or _project(runs)[0]
     metric = next((R.metric_name(r) for r in runs), "score")
     blocks = [wr.H1(title),
-              wr.P(f"Primary metric: {metric}. Each task's runs grouped by feedback policy: val of the incumbent per "
+              wr.P(f"Primary metric: {metric}. Each task's runs grouped by feedback agent: val of the incumbent per "
                    f"generation (line: mean over seeds, band: lowest to highest seed), first and best val and "
                    f"test at the best generation (bar: mean, whisker: standard error over seeds). The tables give "
-                   f"the 95% t intervals over seeds and each policy minus {BASELINE} paired by seed."),
+                   f"the 95% t intervals over seeds and each feedback minus {BASELINE} paired by seed."),
               wr.TableOfContents()]
     for task in sorted({r.task for r in runs if r.task}):
         mine = [r for r in runs if r.task == task]
@@ -95,17 +95,17 @@ def build_wandb_report(report: dict, title: str, entity: str, project: str | Non
             filters += f" and Config('logger.group') == '{groups[0]}'"
         runset = wr.Runset(entity=entity, project=project, name=task, filters=filters,
                            groupby=["config.feedback.name"])
-        by_policy = {"groupby": wr.Config("feedback.name"), "groupby_aggfunc": "mean"}
+        by_feedback = {"groupby": wr.Config("feedback.name"), "groupby_aggfunc": "mean"}
         panels = [
             wr.LinePlot(title=f"{task}: incumbent val per generation", x="generation", y=["incumbent_val"],
-                        groupby_rangefunc="minmax", **by_policy),
+                        groupby_rangefunc="minmax", **by_feedback),
             wr.LinePlot(title=f"{task}: candidate val per generation", x="generation", y=["val"],
-                        groupby_rangefunc="minmax", **by_policy),
+                        groupby_rangefunc="minmax", **by_feedback),
             wr.BarPlot(title=f"{task}: test at the best generation", metrics=[wr.SummaryMetric("best/test")],
-                       groupby_rangefunc="stderr", **by_policy),
+                       groupby_rangefunc="stderr", **by_feedback),
             wr.BarPlot(title=f"{task}: first and best val", metrics=[wr.SummaryMetric("first/val"),
                                                                     wr.SummaryMetric("best/val")],
-                       groupby_rangefunc="stderr", **by_policy),
+                       groupby_rangefunc="stderr", **by_feedback),
             wr.WeavePanelSummaryTable(table_name="generations"),
         ]
         rows = {key: [row for row in report[key] if row.get("task") == task] for key in ("comparison", "paired")}
@@ -114,7 +114,7 @@ def build_wandb_report(report: dict, title: str, entity: str, project: str | Non
         blocks += [wr.H2(task), wr.PanelGrid(runsets=[runset], panels=panels),
                    wr.H3("comparison: mean ± 95% t half-width over seeds"),
                    wr.MarkdownBlock(markdown_table(rows["comparison"])),
-                   wr.H3(f"paired by seed: each policy minus {BASELINE}"),
+                   wr.H3(f"paired by seed: each feedback minus {BASELINE}"),
                    wr.MarkdownBlock(markdown_table(rows["paired"])),
                    wr.H3("decisions per generation (+ kept, - rejected, ! failed; (gain/n): the paired keep rule)"),
                    wr.MarkdownBlock(markdown_table(decisions))]

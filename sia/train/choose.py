@@ -6,7 +6,7 @@ different rewards -> ``rs_sft``, whatever the reward's shape (every group-relati
 grpo's and eaw's leave-one-out one, is 0 then, and a value baseline, ppo, would only learn
 which prompts are easy; imitating the samples above the threshold still reinforces what
 worked); mostly zero reward with a few wins -> ``eaw``; otherwise -> ``grpo``. ``prior_shape``
-(``TaskMeta.reward_shape``) stands in for the shape only when the rollout is too small to tell.
+(``Scoring.reward_shape``) stands in for the shape only when the rollout is too small to tell.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def choose_algorithm(stats: RewardStats, *, has_gold: bool, format_rate: float, 
     ``sia.agents.digest.Digest.format_rate``): high means poor format-following. The keyword
     thresholds are ``lora.thresholds`` (pass ``**cfg.lora.thresholds``)."""
     if prior_shape not in SHAPES:
-        raise ValueError(f"prior_shape must be one of {SHAPES}, got {prior_shape!r} (TaskMeta.reward_shape)")
+        raise ValueError(f"prior_shape must be one of {SHAPES}, got {prior_shape!r} (Scoring.reward_shape)")
     if not 0.0 <= format_rate <= 1.0:
         raise ValueError(f"format_rate is a share of answers in [0, 1], got {format_rate}")
     figures = stats.describe() if stats.n else "no scored rollout samples"

@@ -8,7 +8,7 @@ penalty to the base model uses the same PEFT model with the adapter disabled (no
 Two choices follow current practice (``lora.grpo``):
 
 - ``loss_type`` (default ``dapo``): how per-token losses become a step's loss
-  (:func:`sia.train.policy.reduce_tokens`): DAPO's token-level sum over the step's completion
+  (:func:`sia.train.lora_module.reduce_tokens`): DAPO's token-level sum over the step's completion
   tokens (arXiv 2503.14476), Dr. GRPO's sum over a constant (arXiv 2503.20783), or the original
   per-row mean then mean over rows, whose length bias TRL's ``GRPOTrainer`` documentation warns
   about (TRL ``loss_type``, default ``dapo``).
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from sia.train.policy import PolicyModule, masked_mean_per_row, reduce_tokens
+from sia.train.lora_module import LoraModule, masked_mean_per_row, reduce_tokens
 from sia.train.samples import Sample, group_by, indices_by_group
 
 STD_EPS = 1e-6
@@ -63,7 +63,7 @@ def clipped_surrogate(logp, old_logp, advantage, clip: float):
 def grpo_loss(logp, old_logp, advantage, mask, clip: float, kl_coef: float = 0.0, ref_logp=None,
               loss_type: str = "dapo", step_tokens=None, step_rows=None, max_len=None):
     """(surrogate + kl_coef * KL) per token, reduced by ``loss_type`` over the whole optimizer
-    step (:func:`sia.train.policy.reduce_tokens`); (loss, metrics). The metrics are this
+    step (:func:`sia.train.lora_module.reduce_tokens`); (loss, metrics). The metrics are this
     batch's token means: clip_frac, kl, and ratio_dev (largest |ratio - 1|: 0 at step 0)."""
     per_token, was_clipped = clipped_surrogate(logp, old_logp, advantage.unsqueeze(1), clip)
     with torch.no_grad():
@@ -78,7 +78,7 @@ def grpo_loss(logp, old_logp, advantage, mask, clip: float, kl_coef: float = 0.0
     return loss, metrics
 
 
-class Module(PolicyModule):
+class Module(LoraModule):
     uses_temperature = True
     needs_old_logp = True
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from sia.train.grpo import _scored, clipped_surrogate
-from sia.train.policy import PolicyModule, completion_forward, reduce_tokens, sampling_temperature
+from sia.train.lora_module import LoraModule, completion_forward, reduce_tokens, sampling_temperature
 from sia.train.samples import Sample
 
 WHITEN_EPS = 1e-6
@@ -81,7 +81,7 @@ def ppo_loss(logp, old_logp, values, returns, advantages, mask, clip: float, vf_
                                       "clip_frac": ((was_clipped.float() * m).sum() / m.sum().clamp(min=1.0)).detach()}
 
 
-class Module(PolicyModule):
+class Module(LoraModule):
     uses_temperature = True
     needs_old_logp = True
 

@@ -7,7 +7,7 @@ import math
 
 from sia.train.choose import ALGORITHMS
 
-# lora.precision: auto picks one of the others for the device (sia.train.policy.training_precision).
+# lora.precision: auto picks one of the others for the device (sia.train.lora_module.training_precision).
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true")
 
 # The keys each algorithm reads (lora.<algorithm>.<key>); conf/lora/default.yaml sets them all.
@@ -18,7 +18,7 @@ KEYS = {
     "eaw": ("clip", "kl_target"),
     "ppo": ("clip", "vf_coef", "gamma", "lam", "value_clip"),
 }
-# How a step's per-token losses become one number (sia.train.policy.reduce_tokens).
+# How a step's per-token losses become one number (sia.train.lora_module.reduce_tokens).
 LOSS_TYPES = ("dapo", "dr_grpo", "grpo")
 SCALE_REWARDS = ("group", "none")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from sia.train.policy import PolicyModule, reduce_tokens
+from sia.train.lora_module import LoraModule, reduce_tokens
 from sia.train.samples import Sample, samples_from_pairs
 
 
@@ -15,7 +15,7 @@ def sft_loss(logp: torch.Tensor, mask: torch.Tensor, step_tokens=None) -> torch.
     return reduce_tokens(-logp, mask, "dapo", step_tokens=step_tokens)
 
 
-class Module(PolicyModule):
+class Module(LoraModule):
     def loss(self, batch):
         logp, _ = self.policy_logp(batch)
         return sft_loss(logp, batch["completion_mask"], batch.get("step_tokens")), {}

@@ -27,9 +27,9 @@ from torch.utils.data import DataLoader, Sampler
 from sia.engine.hf import load_tokenizer, pick_device
 from sia.engine.model_cache import resolve_model_dir
 from sia.train.batching import BucketBatchSampler, batch_tokens, collate, encode_sample
-from sia.train.policy import (disable_dropout, load_extra_state, load_lora_model, precision_context,
+from sia.train.lora_module import (disable_dropout, load_extra_state, load_lora_model, precision_context,
                               release_memory, save_adapter, training_precision)
-from sia.train.resources import PeakRSS, quiet_lightning
+from sia.train.peak_memory import PeakRSS, quiet_lightning
 from sia.train.samples import Sample
 from sia.train.settings import algorithm_settings, capped_steps, gradient_clip, micro_batches
 

@@ -44,7 +44,7 @@ class ChildFailure(Exception):
 
 
 class ChildProcess:
-    def __init__(self, source: str, device: str, policy: dict, *, start_timeout_s: float,
+    def __init__(self, source: str, device: str, spec: dict, *, start_timeout_s: float,
                  scratch_root: str | None = None, extra_env: dict | None = None):
         self.scratch = Path(tempfile.mkdtemp(prefix="sia-cuda-kernel-", dir=scratch_root))
         self.submission = self.scratch / "submission.py"
@@ -52,12 +52,12 @@ class ChildProcess:
         self.reader = protocol.FrameReader()
         self.pending: list[Any] = []
         self.proc: Child | None = None
-        policy = {"scratch_mb": SCRATCH_MB, **policy,
-                  "write_paths": [*policy.get("write_paths", []), str(self.scratch)]}
+        spec = {"scratch_mb": SCRATCH_MB, **spec,
+                  "write_paths": [*spec.get("write_paths", []), str(self.scratch)]}
         self.sandbox: dict = {}
         self._to_child = self._from_child = -1
         try:
-            self._start(device, policy, extra_env or {})
+            self._start(device, spec, extra_env or {})
             ready = self.receive(start_timeout_s, "importing the submission")
             if ready.get("type") != "ready":
                 raise ChildFailure("protocol", f"unexpected first message {str(ready)[:200]}")
@@ -67,7 +67,7 @@ class ChildProcess:
         self.sandbox = ready.get("sandbox", {})
 
     # -- process -------------------------------------------------------------------------
-    def _start(self, device: str, policy: dict, extra_env: dict) -> None:
+    def _start(self, device: str, spec: dict, extra_env: dict) -> None:
         to_child_r, self._to_child = os.pipe()
         self._from_child, from_child_w = os.pipe()
         for fd in (self._to_child, self._from_child):
@@ -82,8 +82,8 @@ class ChildProcess:
         cmd = [sys.executable, "-m", "cuda_kernel.runner",
                "--in-fd", str(to_child_r), "--out-fd", str(from_child_w),
                "--submission", str(self.submission), "--device", device,
-               "--policy", json.dumps(policy), "--hide", str(TASKS_DIR)]
-        strict = bool(policy.get("strict", True))
+               "--spec", json.dumps(spec), "--hide", str(TASKS_DIR)]
+        strict = bool(spec.get("strict", True))
         try:
             self.proc = Child(cmd, cwd=str(self.scratch), env=env, stdin=subprocess.DEVNULL,
                               pass_fds=(to_child_r, from_child_w), log=True, strict=strict)

@@ -1,4 +1,4 @@
-"""The library of harness rewrites the offline rules policy may pick for this task."""
+"""The library of harness rewrites the offline rules feedback may pick for this task."""
 from __future__ import annotations
 
 from sia.harness.options import with_options

@@ -151,7 +151,7 @@ class Judge:
     def _judge_in_child(self, source: str, deadline: float, started: float) -> Verdict:
         child = None
         try:
-            child = ChildProcess(source, self.s.device, self.s.sandbox_policy(),
+            child = ChildProcess(source, self.s.device, self.s.sandbox_spec(),
                                  start_timeout_s=self.s.start_s, scratch_root=self.s.scratch_dir,
                                  extra_env=self.s.child_env())
             case_us, child_us = self._run_all(child, deadline)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from sia.harness import protocol
-from sia.harness.sandbox import SandboxPolicy, SandboxUnavailable, apply_sandbox, forbid_process_groups
+from sia.harness.sandbox import SandboxSpec, SandboxUnavailable, apply_sandbox, forbid_process_groups
 
 from .cases import Case
 from .checksum import digest
@@ -150,7 +150,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--out-fd", type=int, required=True)
     parser.add_argument("--submission", required=True)
     parser.add_argument("--device", choices=("cpu", "cuda"), required=True)
-    parser.add_argument("--policy", required=True, help="SandboxPolicy fields as JSON")
+    parser.add_argument("--spec", required=True, help="SandboxSpec fields as JSON")
     parser.add_argument("--hide", action="append", default=[], help="sys.path entries to drop")
     return parser.parse_args(argv)
 
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         protocol.send(out_fd, msg)
 
     try:
-        layers = apply_sandbox(SandboxPolicy(**json.loads(args.policy)))
+        layers = apply_sandbox(SandboxSpec(**json.loads(args.spec)))
     except SandboxUnavailable as e:
         reply({"type": "error", "kind": "sandbox", "message": _short(str(e))})
         return 3
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         forbid_process_groups()   # the compile step (import) is over
     except OSError as e:
-        if json.loads(args.policy).get("strict", True):
+        if json.loads(args.spec).get("strict", True):
             reply({"type": "error", "kind": "sandbox", "message": _short(f"cannot forbid setpgid: {e}")})
             return 3
     runner = Runner(module, device, source_path)

@@ -1,4 +1,4 @@
-"""Seed harness of the cuda_kernel task: ask the policy model for a TriMul submission and
+"""Seed harness of the cuda_kernel task: ask the task model for a TriMul submission and
 return the Python source of its code block.
 
 Standard library only: this file runs in a sandboxed harness worker. The answer is the

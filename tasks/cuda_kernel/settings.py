@@ -162,8 +162,8 @@ class Settings:
             scratch_dir=cfg.get("scratch_dir"),
         )
 
-    def sandbox_policy(self) -> dict:
-        """SandboxPolicy fields for a child (its scratch folder is added by the child handle).
+    def sandbox_spec(self) -> dict:
+        """SandboxSpec fields for a child (its scratch folder is added by the child handle).
 
         Compilers (c++, nvcc, ninja) live under /usr, which the sandbox already lets a child
         read and execute; exec_paths lets a child run the compilers (chmod stays denied: the linker ignores that).

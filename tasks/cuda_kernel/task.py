@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from sia.tasks import EvalReport, Example, ExampleScore, HarnessEdit, Splits, Task, TaskMeta, plain_config
+from sia.tasks import EvalReport, Example, ExampleScore, HarnessEdit, Splits, Task, Scoring, plain_config
 
 from . import settings as config
 from .edits import harness_edits
@@ -67,13 +67,13 @@ def figures_note(device: str) -> str:
 
 class TaskImpl(Task):
     name = "cuda_kernel"
-    meta = TaskMeta(primary_metric="speedup", direction="max", reward_shape="sparse", metrics=METRICS)
+    scoring = Scoring(primary_metric="speedup", direction="max", reward_shape="sparse", metrics=METRICS)
 
     def __init__(self, cfg: Any, root: Path):
         super().__init__(cfg, root)
         metric = plain_config(cfg).get("primary_metric", "speedup")
         if metric in config.PRIMARY_METRICS:
-            self.meta = TaskMeta(primary_metric=metric, direction="max", reward_shape="sparse", metrics=METRICS)
+            self.scoring = Scoring(primary_metric=metric, direction="max", reward_shape="sparse", metrics=METRICS)
         self._settings: config.Settings | None = None
 
     # ---- configuration -------------------------------------------------------------------
@@ -177,7 +177,7 @@ class TaskImpl(Task):
         return baselines()
 
     def supports_gold_sft(self) -> bool:
-        return False   # no gold kernels: the weights lever learns from the policy's own successes
+        return False   # no gold kernels: the weights lever learns from the task model's own successes
 
     def positive_threshold(self, rollout_mean: float, incumbent_score: float | None) -> float:
         # a correct kernel faster than the incumbent's, not merely correct: the reward is

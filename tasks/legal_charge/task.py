@@ -11,7 +11,7 @@ from typing import Any
 from sia.data import file_problem
 from sia.harness.options import with_options
 from sia.tasks import schema_defaults
-from sia.tasks import (EvalReport, Example, ExampleScore, HarnessEdit, Splits, Task, TaskMeta,
+from sia.tasks import (EvalReport, Example, ExampleScore, HarnessEdit, Splits, Task, Scoring,
                        merged_config, plain_config)
 
 from .config_schema import Config
@@ -70,7 +70,7 @@ class TaskImpl(Task):
         super().__init__(cfg, root)
         self.settings = merged_config(DEFAULTS, plain_config(cfg))
         self.data_cfg = self.settings["data"]
-        self.meta = TaskMeta(
+        self.scoring = Scoring(
             primary_metric=str(self.settings.get("primary_metric") or "f1"),
             direction="max",
             reward_shape="graded",
@@ -84,9 +84,9 @@ class TaskImpl(Task):
     def config_problems(self) -> list[str]:
         d, problems = self.data_cfg, []
         path, test_path, labels_path = _path(d["path"]), _path(d["test_path"]), _path(d["labels_path"])
-        if self.meta.primary_metric not in PRIMARY_METRICS:
+        if self.scoring.primary_metric not in PRIMARY_METRICS:
             problems.append(
-                f"task.primary_metric={self.meta.primary_metric!r} is unknown: use one of "
+                f"task.primary_metric={self.scoring.primary_metric!r} is unknown: use one of "
                 f"{', '.join(PRIMARY_METRICS)} (abstention is reported but is not a score to maximise)"
             )
         if d["format"] not in FORMATS:

@@ -14,11 +14,11 @@ class DataConfig:
                                        # dense matrices: 4000 cells x 5000 genes is 160 MB per copy in a worker)
     train_fraction: float = 0.9        # share of each count the harness sees (binomial thinning); the rest is held out
     seed: int = 0                      # thinning, cell subsampling and the cell splits
-    train_cells: float = 0.2           # share of cells in the train split (the rules policy's train probe)
+    train_cells: float = 0.2           # share of cells in the train split (the rules feedback's train probe)
     val_cells: float = 0.4             # share of cells in val; the rest are test cells
     cells_per_example: int = 70        # a val/test example asks for the denoised rows of this many cells
     train_cells_per_example: int = 14  # a train example's cells: 140 train cells give 10 examples, enough for
-                                       # reward-driven training groups (>= 8) and the rules policy's train probe
+                                       # reward-driven training groups (>= 8) and the rules feedback's train probe
 
 
 @dataclass

@@ -24,7 +24,7 @@ import scipy.sparse as sp
 from sia.data import file_problem
 from sia.harness.options import read_options, with_options
 from sia.tasks import schema_defaults
-from sia.tasks import EvalReport, Example, ExampleScore, HarnessEdit, Splits, Task, TaskMeta, plain_config
+from sia.tasks import EvalReport, Example, ExampleScore, HarnessEdit, Splits, Task, Scoring, plain_config
 
 from .config_schema import DataConfig
 from . import baselines
@@ -53,7 +53,7 @@ class TaskImpl(Task):
         config = plain_config(cfg)
         self.data_cfg = {**DEFAULTS, **plain_config(config.get("data"))}
         primary = config.get("primary_metric", "score")
-        self.meta = TaskMeta(
+        self.scoring = Scoring(
             primary_metric=primary if primary in PRIMARY_METRICS else "score",
             direction="max", reward_shape="graded",
             # unreadable: share of examples with a missing or invalid answer (lower is better)

@@ -16,7 +16,7 @@ from typing import Any
 
 from sia.harness.options import with_options
 from sia.tasks import schema_defaults
-from sia.tasks import (EvalReport, Example, ExampleScore, HarnessEdit, Splits, Task, TaskMeta,
+from sia.tasks import (EvalReport, Example, ExampleScore, HarnessEdit, Splits, Task, Scoring,
                        merged_config, plain_config)
 
 from .config_schema import Config
@@ -51,7 +51,7 @@ class TaskImpl(Task):
         super().__init__(cfg, root)
         self.settings = merged_config(DEFAULTS, plain_config(cfg))
         self.data_cfg = self.settings["data"]
-        self.meta = TaskMeta(primary_metric="execution_accuracy", direction="max", reward_shape="binary",
+        self.scoring = Scoring(primary_metric="execution_accuracy", direction="max", reward_shape="binary",
                              metrics=("execution_accuracy",) + tuple(f"{o}_rate" for o in OUTCOMES))
         self._splits: Splits | None = None
         self._databases: dict[str, Path] = {}     # db_id -> the evaluator's own copy

@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 
 from sia.agents.digest import Digest  # noqa: E402
 from sia.agents.llm.client import LLMClient  # noqa: E402
-from sia.agents.llm.feedback import LLMFeedbackPolicy  # noqa: E402
+from sia.agents.llm.feedback import LLMFeedback  # noqa: E402
 from sia.agents.llm.meta import LLMMetaAgent  # noqa: E402
 from sia.agents.llm.tokens import approx_tokens  # noqa: E402
 from sia.parts import AgentEnv, LeverOffer  # noqa: E402
@@ -142,8 +142,8 @@ def requests_for(name: str) -> dict[str, dict]:
         facts = run_facts(name)
         LLMMetaAgent(llm=cfg, client=client, facts=facts).first_harness(env)
         offer = LeverOffer(True, "", ("sft", "rs_sft", "grpo", "eaw", "ppo"), max_steps=24, max_examples=160)
-        policy = LLMFeedbackPolicy(llm=cfg, client=client, facts=facts)
-        policy.decide(GoldenCtx(task, splits, Path(run), offer))
+        feedback = LLMFeedback(llm=cfg, client=client, facts=facts)
+        feedback.decide(GoldenCtx(task, splits, Path(run), offer))
         bodies = [r["body"] for r in server.requests]
     return {"meta": bodies[0], "feedback": bodies[1]}
 

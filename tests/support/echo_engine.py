@@ -1,4 +1,4 @@
-"""Test-only policy-model engine: instant and deterministic, so SLURM jobs of the real loop take
+"""Test-only task-model engine: instant and deterministic, so SLURM jobs of the real loop take
 seconds. It answers legal_charge prompts like a tiny nearest-neighbour model:
 
 - the answer of the most similar earlier turn in the prompt (few-shot examples), else

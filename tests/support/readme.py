@@ -28,7 +28,7 @@ SHRINK = ("budget.generations=1", "budget.val_examples=2", "budget.test_examples
 # 135M model's 1,000-token kernel would take a minute per call)
 SHRINK_TASK = {"cuda_kernel": ("task.examples.train=2", "task.examples.val=1", "task.examples.test=1",
                                "agent.max_new_tokens=64")}
-# a sweep: one seed of the sweep's seeds (each policy still runs)
+# a sweep: one seed of the sweep's seeds (each feedback still runs)
 SHRINK_SWEEP = ("seed=0",)
 
 _SIA_LINE = re.compile(r"(?P<python>\S*python)\s+-m\s+(?P<module>sia(?:\.[\w.]+)?)(?P<args>(?:\s+\S+)*)\s*$")

@@ -1,12 +1,12 @@
 """Test-only parts, added from a test-only config group without touching ``sia/``:
-a toy feedback policy and a toy engine (deterministic, instant)."""
+a toy feedback agent and a toy engine (deterministic, instant)."""
 from __future__ import annotations
 
 from sia.agents.decision import Decision
 from sia.engine.base import EngineStats, GenResult
 
 
-class ToyPolicy:
+class ToyFeedback:
     """Applies the task's first applicable library edit once, then stops."""
 
     wants_train_probe = False

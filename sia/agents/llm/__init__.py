@@ -12,6 +12,6 @@ trajectories. Claude through the ``anthropic`` SDK or any OpenAI-compatible endp
     trajectories.py  failure-first, stratified, token-budgeted trajectory rendering (train with gold)
     diff.py          SEARCH/REPLACE blocks or a unified diff, matched tolerantly, placed exactly once
     meta.py          LLMMetaAgent (MetaAgent)
-    feedback.py      LLMFeedbackPolicy (FeedbackPolicy)
+    feedback.py      LLMFeedback (Feedback)
 """
 from sia.agents.llm.config import key_problems, load_settings, settings_problems  # noqa: F401

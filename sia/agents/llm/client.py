@@ -37,7 +37,7 @@ def unavailable(error: Exception, run_dir: Path | None) -> AgentUnavailable:
     where = f"python -m sia resume={run_dir}" if run_dir else "python -m sia resume=<the run dir>"
     return AgentUnavailable(f"the agent API failed after the SDK's retries ({error}); llm.on_failure=stop ended "
                             f"the run cleanly: once the API answers again, resume it with `{where}` "
-                            f"(or set llm.on_failure=fallback to let the rules policy decide such generations)")
+                            f"(or set llm.on_failure=fallback to let the rules feedback decide such generations)")
 
 
 class LLMClient:
@@ -91,7 +91,9 @@ class LLMClient:
         if self.agent_dollars and p.output > 0:
             left = self.agent_dollars - t.dollars - tokens_in * max(p.input, p.cache_write) / 1e6
             out = min(out, int(left / p.output * 1e6))
-        if out - reserved < MIN_ANSWER_TOKENS:
+        # The floor never exceeds what was asked: llm.max_tokens below it (a small local model) is
+        # the user's choice, and only a budget cut below the floor refuses the request.
+        if out - reserved < min(MIN_ANSWER_TOKENS, int(body.get("max_tokens", 0)) - reserved):
             why = (f"the next request (~{tokens_in} input tokens, estimated ${dollars:.4f} with "
                    f"max_tokens={body.get('max_tokens')}) would overspend the agent budget: "
                    f"${t.dollars:.4f} of budget.agent_dollars={self.agent_dollars} and {t.tokens} of "

@@ -112,7 +112,7 @@ def settings_problems(cfg: Any) -> list[str]:
                  f"thinking budget), e.g. llm.thinking_tokens=4096")
     if c.get("on_failure", "fallback") not in ON_FAILURE:
         p.append(f"llm.on_failure={c.get('on_failure')!r} is not one of {', '.join(ON_FAILURE)}; fallback hands "
-                 f"the generation to the rules policy, stop ends the run cleanly (resumable)")
+                 f"the generation to the rules feedback, stop ends the run cleanly (resumable)")
     if c.get("tool_mode", "tools") not in ("tools", "json"):
         p.append(f"llm.tool_mode={c.get('tool_mode')!r} is not tools or json")
     for name, value in (c.get("prices") or {}).items():

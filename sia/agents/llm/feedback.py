@@ -1,4 +1,4 @@
-"""``LLMFeedbackPolicy``: one request per generation, built to let a strong model reflect on
+"""``LLMFeedback``: one request per generation, built to let a strong model reflect on
 train and select on val (as GEPA does): run facts and budget left, the levers as the lever will
 really use them, val aggregates, the decision history (val only; rejected tries with their
 change), the incumbent harness, the incumbent's TRAIN trajectories with their gold, and val
@@ -10,7 +10,7 @@ validated strictly; harness changes are SEARCH/REPLACE blocks, a unified diff or
 error, an answer cut at max_tokens goes back asking for an edit instead of a whole file (one
 extra try), a refusal or an empty answer goes back saying so. When the answers stay invalid, the
 budget cannot pay for the next request, or the API fails after the SDK's retries
-(``llm.on_failure=fallback``), the fallback (rules) policy decides and the Decision says why
+(``llm.on_failure=fallback``), the fallback (rules) feedback decides and the Decision says why
 (``stats.fallback``, ``stats.fallback_reason``, ``stats.errors``); ``llm.on_failure=stop`` ends the
 run cleanly instead, resumable."""
 from __future__ import annotations
@@ -26,13 +26,13 @@ from sia.agents.llm.prompts import (FEEDBACK_INSTRUCTIONS, TRY_HARNESS, decide_t
                                     offered_algorithms, quoted_json, static_prefix)
 from sia.agents.llm.scrub import held_out_strings
 from sia.agents.llm.trajectories import select
-from sia.parts import FeedbackPolicy, HarnessChecker, LeverOffer
+from sia.parts import Feedback, HarnessChecker, LeverOffer
 
 DATA_SOURCES = ("auto", "gold", "rollouts")   # accepted in old answers, not asked for: the algorithm decides
 
 
 class FeedbackCtx(Protocol):
-    """What the LLM policy reads of the loop's context (the loop's real ctx matches this)."""
+    """What the LLM feedback agent reads of the loop's context (the loop's real ctx matches this)."""
 
     generation: int
     harness_code: str
@@ -153,10 +153,10 @@ def reply_problem(reply: Reply) -> str | None:
     return None
 
 
-class LLMFeedbackPolicy:
+class LLMFeedback:
     wants_train_probe = True     # reflect on train: the loop scores the probe for every kept generation
 
-    def __init__(self, llm: Any = None, fallback: FeedbackPolicy | None = None, run_dir: str | Path | None = None,
+    def __init__(self, llm: Any = None, fallback: Feedback | None = None, run_dir: str | Path | None = None,
                  trajectory_tokens: int = 12000, repairs: int = 1, sealed: Iterable[str] = (),
                  public: Iterable[str] = (), agent_tokens: int | None = None, agent_dollars: float | None = None,
                  client: LLMClient | None = None, task: Any = None, name: str = "llm", facts: dict | None = None,
@@ -169,7 +169,7 @@ class LLMFeedbackPolicy:
         self.trajectory_tokens, self.repairs = trajectory_tokens, int(repairs)
         self.agent_tokens, self.agent_dollars = agent_tokens, agent_dollars
         self.facts = dict(facts or {})   # run facts from the config: task model, context, per-example caps
-        # the loop's keep rule (sia.keep.settings_of reads these off the policy, as off the offline ones)
+        # the loop's keep rule (sia.keep.settings_of reads these off the feedback, as off the offline ones)
         self.keep, self.keep_alpha, self.keep_margin, self.keep_chunk = keep, keep_alpha, keep_margin, keep_chunk
         for key, value in (("tries", tries), ("try_examples", try_examples)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -302,12 +302,12 @@ class LLMFeedbackPolicy:
 
     def _fall_back(self, ctx: Any, client: LLMClient, before: dict, errors: list[str], tstats: dict, why: str,
                    **extra: Any) -> Decision:
-        """The fallback policy decides this generation, and the record says why."""
+        """The fallback feedback decides this generation, and the record says why."""
         if self.fallback is None:
-            return self._stamp(Decision(action="stop", rationale=f"{why}; there is no fallback policy"), ctx,
+            return self._stamp(Decision(action="stop", rationale=f"{why}; there is no fallback feedback"), ctx,
                                client, before, errors, tstats, fallback=True, fallback_reason=why, **extra)
         client.ledger.note_outcome("feedback", "fallback", generation=ctx.generation,
-                                   policy=getattr(self.fallback, "name", "?"), reason=why[:300])
+                                   feedback=getattr(self.fallback, "name", "?"), reason=why[:300])
         decision = self.fallback.decide(ctx)
         decision.rationale = f"[fallback to {getattr(self.fallback, 'name', 'rules')}: {why[:200]}] " \
                              f"{decision.rationale}"
@@ -321,5 +321,5 @@ class LLMFeedbackPolicy:
                           "errors": errors, "trajectories": tstats, "cost": cost_since(client, before),
                           "tries": list(self._tried), **extra}
         if fallback:
-            decision.stats["fallback_policy"] = getattr(self.fallback, "name", None)
+            decision.stats["fallback_feedback"] = getattr(self.fallback, "name", None)
         return decision.validate()

@@ -138,7 +138,7 @@ def reduce_tokens(per_token: torch.Tensor, mask: torch.Tensor, loss_type: str = 
     raise ValueError(f"loss_type must be one of dapo, dr_grpo, grpo; got {loss_type!r}")
 
 
-class PolicyModule(pl.LightningModule):
+class LoraModule(pl.LightningModule):
     """Base for every algorithm: the optimizer over trainable weights, the loss logged per step.
     Subclasses define ``loss(batch) -> (loss, metrics)``."""
 

@@ -1,6 +1,6 @@
-"""Offline feedback policies: choose the next lever from trajectory statistics.
+"""Offline feedback agents: choose the next lever from trajectory statistics.
 
-- ``RulesPolicy``: the full offline policy. Harness errors or unreadable answers are the
+- ``RulesFeedback``: the full offline feedback. Harness errors or unreadable answers are the
   harness's fault, so it picks a library edit that treats that symptom; if such an edit was
   already rejected on the current incumbent, it tries an accuracy edit (worked examples show
   the format too) before the first training, then trains the weights. Readable-but-wrong
@@ -13,7 +13,7 @@
   baseline alone: it tries the edits that bring a baseline's method into the harness first
   (``HarnessEdit.baseline_use``), the most complete one first (replace, ensemble, fallback);
   later edits may let the model back in where that raises val.
-- ``HarnessOnlyPolicy`` / ``WeightsOnlyPolicy`` / ``AlternatePolicy``: the ablations, the same
+- ``HarnessOnlyFeedback`` / ``WeightsOnlyFeedback`` / ``AlternateFeedback``: the ablations, the same
   rules with a lever off (harness_only: no weights; weights_only: no harness edits) or one
   lever per turn (alternate), so an ablation differs from ``rules`` only in the levers allowed:
   harness_only's harness choices are the rules' until the rules' first weights decision.
@@ -37,8 +37,8 @@ def _pct(x: float) -> str:
     return f"{100 * x:.0f}%"
 
 
-class OfflinePolicy:
-    """Shared bookkeeping of the offline policies (edits tried, failed updates, thresholds)."""
+class OfflineFeedback:
+    """Shared bookkeeping of the offline feedback agents (edits tried, failed updates, thresholds)."""
 
     wants_train_probe = False
 
@@ -46,7 +46,7 @@ class OfflinePolicy:
                  underfit_gap: float = 0.10, baseline_gap: float = 0.5, algorithm: str = "auto",
                  keep: str = "paired", keep_alpha: float = 0.05, keep_margin: float = 2.0, keep_chunk: int = 16):
         self.name = name
-        # the keep rule's settings (sia/keep.py): the loop reads them off the policy it runs
+        # the keep rule's settings (sia/keep.py): the loop reads them off the feedback it runs
         self.keep, self.keep_alpha, self.keep_margin, self.keep_chunk = keep, keep_alpha, keep_margin, keep_chunk
         self.abstain_threshold, self.error_threshold = abstain_threshold, error_threshold
         self.underfit_gap, self.baseline_gap = underfit_gap, baseline_gap
@@ -58,11 +58,11 @@ class OfflinePolicy:
     # ---- helpers ---------------------------------------------------------------------
     @staticmethod
     def applicable_edit(ctx: FeedbackContext, symptoms: tuple[str, ...]) -> tuple[HarnessEdit, str] | None:
-        return OfflinePolicy._first_applicable(ctx, [e for s in symptoms for e in ctx.edits if e.addresses == s])
+        return OfflineFeedback._first_applicable(ctx, [e for s in symptoms for e in ctx.edits if e.addresses == s])
 
     @staticmethod
     def baseline_edit(ctx: FeedbackContext) -> tuple[HarnessEdit, str] | None:
-        return OfflinePolicy._first_applicable(
+        return OfflineFeedback._first_applicable(
             ctx, [e for use in BASELINE_USE_ORDER for e in ctx.edits if e.baseline_use == use])
 
     @staticmethod
@@ -125,7 +125,7 @@ class OfflinePolicy:
         return False
 
 
-class RulesPolicy(OfflinePolicy):
+class RulesFeedback(OfflineFeedback):
     """The rules; an ablation is the same rules with a lever off (``levers``): where the rules
     would pull the lever that is off, they take the next choice they would make without it."""
 
@@ -210,20 +210,20 @@ class RulesPolicy(OfflinePolicy):
                          f"improving val ({why})", d)
 
 
-class HarnessOnlyPolicy(RulesPolicy):
+class HarnessOnlyFeedback(RulesFeedback):
     """Ablation: the rules with the weights lever off (where they would train, they take their
     next harness edit), so its harness choices are the rules' until their first weights one."""
 
     levers = frozenset({"harness"})
 
 
-class WeightsOnlyPolicy(RulesPolicy):
+class WeightsOnlyFeedback(RulesFeedback):
     """Ablation: the rules with the harness lever off (where they would edit, they train)."""
 
     levers = frozenset({"weights"})
 
 
-class AlternatePolicy(RulesPolicy):
+class AlternateFeedback(RulesFeedback):
     """Ablation: the rules with one lever per turn, harness first; a turn whose lever has nothing
     left to do takes the other one."""
 
