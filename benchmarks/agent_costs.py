@@ -136,7 +136,7 @@ def scripted(args) -> None:
         offer = LeverOffer(True, "", ("sft",), max_steps=24, max_examples=160)
         for g in range(1, args.generations + 1):
             d = feedback.decide(Ctx(task, splits, g, offer))
-            rows.append((f"{g} ({d.action}{', fallback' if d.stats['fallback'] else ''})", d.stats["cost"]))
+            rows.append((f"{g} ({d.action}{', fallback' if d.fallback else ''})", d.to_json()["cost"]))
         wall = time.monotonic() - started
     print(f"scripted agents on legal_charge, {args.latency}s per answer, Sonnet prices (usage from the server, "
           f"{LABEL})")

@@ -74,7 +74,7 @@ def run_bare(args, model_cfg, lora_cfg, samples) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from sia.engine.hf import load_tokenizer
+    from sia.engine.common import load_tokenizer
     from sia.engine.model_cache import resolve_model_dir
     from sia.train.batching import BucketBatchSampler, collate, encode_sample
     from sia.train.peak_memory import PeakRSS

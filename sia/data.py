@@ -54,6 +54,41 @@ def file_problem(key: str, path: Any, expected: str, suffixes: tuple[str, ...] =
     return f"{key}={str(path)!r} does not exist: point {key} at {expected}"
 
 
+# ---- reading a task's data files (one wording for every task) ---------------------------
+
+class DataFileError(ValueError):
+    """A data file that cannot be read as what it should hold. The message says what is wrong
+    and the fix but not the file, so the caller puts the file name or config key in front."""
+
+
+def undecodable(err: UnicodeDecodeError, fix: str, where: str = "") -> DataFileError:
+    """The error for bytes that are not UTF-8: the first bad byte, its offset and ``where``
+    (e.g. " of line 3"), then ``fix`` (how to re-save it, naming the likely source encoding)."""
+    return DataFileError(f"is not UTF-8 text (byte 0x{err.object[err.start]:02x} at byte {err.start}"
+                         f"{where}): {fix}")
+
+
+def read_utf8(path: Path, fix: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise undecodable(err, fix) from None
+
+
+def read_json_list(path: Path, holds: str, fix: str) -> list:
+    """The JSON list in UTF-8 file ``path``, whose items are ``holds`` (e.g. "{db_id, question,
+    query} items"); else DataFileError saying which of text, JSON or list it is not."""
+    try:
+        items = json.loads(read_utf8(path, fix))
+    except json.JSONDecodeError as err:
+        raise DataFileError(f"is not valid JSON ({err.msg} at line {err.lineno} column {err.colno}): "
+                            f"it must be one JSON list of {holds}") from None
+    if not isinstance(items, list):
+        raise DataFileError(f"holds a JSON {type(items).__name__}, not a list: it must be one JSON "
+                            f"list of {holds}")
+    return items
+
+
 def _inputs_hash(example: Example) -> str:
     text = json.dumps(example.inputs, sort_keys=True, default=repr)   # ASCII: lone surrogates hash too
     return hashlib.sha256(text.encode("ascii")).hexdigest()

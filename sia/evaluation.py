@@ -52,6 +52,11 @@ class Workbench:
     def __init__(self, pool, resources: dict, files: dict[str, str], progress: bool):
         self.pool, self.resources, self.files, self.progress = pool, resources, files, progress
 
+    @property
+    def workers(self) -> int:
+        """Jobs that run at once: the pool's workers."""
+        return int(self.pool.workers)
+
     def run(self, harness: Path, jobs: list[Job], adapter: str | None, desc: str, **kw) -> list[JobResult]:
         return self.pool.run(str(harness), jobs, self.resources, self.files, adapter=adapter,
                              progress=self.progress, desc=desc, **kw)

@@ -16,14 +16,13 @@ from pathlib import Path
 from typing import Callable
 
 from sia.agents.context import FeedbackContext, TrainTrier
-from sia.agents.decision import Decision, InvalidDecision
+from sia.agents.decision import AgentCost, Decision, InvalidDecision, PlanForecast, TrainingPlan
 from sia.agents.digest import digest
 from sia.data import RunData
 from sia.evaluation import SplitScores
 from sia.keep import PairedRule, paired_gains, settings_of
-from sia.levers.lora import LeverFailed
 from sia.pace import OutOfTime, PaceGuard, Rates, WeightsPlan, plan_weights
-from sia.parts import Parts
+from sia.parts import LeverFailed, LeverOffer, Parts, TrainReport
 from sia.records import GenerationRecord, Incumbent, RunState
 from sia.run import RunDir, read_json, write_json_atomic, write_text_atomic
 from sia.tasks import Task
@@ -80,7 +79,7 @@ class Loop:
         fell_back = "; fell back to the seed harness" if info.get("fell_back_to_seed") else ""
         record = GenerationRecord(generation=0, action="seed", kept=True, harness=str(harness),
                                   rationale=f"first harness (Meta-Agent {info.get('agent', '?')}){fell_back}",
-                                  **_agent_cost(info.get("cost")))
+                                  **_agent_cost(AgentCost.from_json(info.get("cost"))))
         return self._fill(record, self._score(0, harness, None, full=True))
 
     def _context(self, generation: int, inc: Incumbent) -> FeedbackContext:
@@ -109,6 +108,7 @@ class Loop:
         ctx = self._context(generation, inc)
         decision = self.parts.feedback.decide(ctx)
         decision.validate(ctx.offer.algorithms if decision.action == "weights" else None)
+        decision.digest = ctx.digest   # what the weights lever sizes and chooses by (score, format rate)
         if decision.action == "weights":   # planned before it is written: a resume runs the plan as decided
             decision = self._fit_weights(ctx, decision, started)
         write_json_atomic(path, decision.to_json())
@@ -119,39 +119,34 @@ class Loop:
         """The weight update as it fits the time left: as decided, shrunk, or (when even its
         smallest would end late) the feedback's harness choice without the weights lever; a
         feedback without one stops the run (``OutOfTime``: a resume with more time trains)."""
-        plan = self._plan(decision, started)
         training = decision.training
-        decision.stats = {**decision.stats, "plan": {"fits": plan.fits, "examples": plan.examples,
-                                                     "steps": plan.steps, "forecast_s": round(plan.forecast_s, 1)}}
+        plan = self._plan(training, ctx.offer, started)
+        training.forecast = PlanForecast(fits=plan.fits, examples=plan.examples, steps=plan.steps,
+                                         forecast_s=round(plan.forecast_s, 1))
         if plan.fits:
             if plan.shrunk:   # plan.examples: rollout examples (what the rollout uses of training.examples)
-                decision.training = {**training, "examples": plan.examples, "steps": plan.steps}
+                training.examples, training.steps = plan.examples, plan.steps
             decision.rationale += f" | budget: {plan.why}"
             return decision
-        decide_with = getattr(self.parts.feedback, "decide_with", None)
-        if decide_with is not None:
-            other = decide_with(ctx, frozenset({"harness"})).validate()
-            if other.action == "harness":
-                other.rationale = f"budget: no weight update fits ({plan.why}); instead: {other.rationale}"
-                return other
+        other = self.parts.feedback.decide_with(ctx, frozenset({"harness"}))
+        if other is not None and other.validate().action == "harness":
+            other.digest = ctx.digest
+            other.rationale = f"budget: no weight update fits ({plan.why}); instead: {other.rationale}"
+            return other
         raise OutOfTime(plan.why)
 
-    def _plan(self, decision: Decision, started: float) -> WeightsPlan:
-        lora = getattr(getattr(self.parts.lever, "cfg", None), "lora", None)
-        training, rollouts = decision.training, decision.training.get("algorithm") != "sft"
-        k = int(lora.samples_per_prompt) if lora is not None else 1
-        examples = min(int(training["examples"]), int(lora.rollout_examples)) if lora is not None and rollouts \
-            else int(training["examples"])
-        per_example = None
-        if lora is not None and lora.get("rollout_epochs"):
-            per_example = float(lora.rollout_epochs) * k / int(lora.batch_size)
-        from sia.levers.lora import MIN_ROLLOUT_EXAMPLES
-
+    def _plan(self, training: TrainingPlan, offer: LeverOffer, started: float) -> WeightsPlan:
+        """The update's forecast, shaped by what the lever says a rollout and a step take (``offer``)."""
+        rollouts = training.algorithm != "sft"
+        examples = training.examples
+        if rollouts and offer.rollout_examples is not None:
+            examples = min(examples, offer.rollout_examples)
         return plan_weights(budget_s=self.budget.wall_clock_minutes * 60,
                             spent_s=self.state.elapsed_s + time.monotonic() - started, rates=self._rates(),
-                            examples=examples, samples_per_prompt=k, steps=int(training["steps"]),
+                            examples=examples, samples_per_prompt=offer.samples_per_prompt, steps=training.steps,
                             jobs_after=len(self.data.val) + len(self.data.test) + len(self._probe()),
-                            steps_per_example=per_example, min_examples=MIN_ROLLOUT_EXAMPLES, rollouts=rollouts)
+                            steps_per_example=offer.steps_per_example, min_examples=offer.min_rollout_examples,
+                            rollouts=rollouts)
 
     def _rates(self) -> Rates:
         """Seconds per harness job (the incumbent's runs), per rollout job and per optimizer step
@@ -173,12 +168,14 @@ class Loop:
         source += ", step from budget.train_step_s" if step_s else ", training not counted (budget.train_step_s unset)"
         for h in reversed(self.state.history):
             info_path = self.run.gen_dir(h.generation) / "train.json"
-            info = read_json(info_path) if h.action == "weights" and info_path.is_file() else {}
-            if info.get("steps") and info.get("wall_s"):
-                step_s = float(info["wall_s"]) / int(info["steps"])
+            if h.action != "weights" or not info_path.is_file():
+                continue
+            report = TrainReport.from_json(read_json(info_path))
+            if report.steps and report.wall_s:
+                step_s = float(report.wall_s) / int(report.steps)
                 jobs_rolled = _lines(self.run.gen_dir(h.generation) / "rollouts.jsonl")
-                if info.get("rollout_s") and jobs_rolled:
-                    rollout_s = float(info["rollout_s"]) / jobs_rolled
+                if report.rollout_s and jobs_rolled:
+                    rollout_s = float(report.rollout_s) / jobs_rolled
                 source += f"; step and rollout pace of generation {h.generation}"
                 break
         return Rates(job_s=job_s, rollout_job_s=rollout_s, step_s=float(step_s), source=source)
@@ -190,8 +187,7 @@ class Loop:
         except InvalidDecision as exc:
             return GenerationRecord(generation=generation, action="invalid", failed=str(exc))
         record = GenerationRecord(generation=generation, action=decision.action, rationale=decision.rationale,
-                                  edit=decision.edit, fallback=bool(decision.stats.get("fallback")),
-                                  **_agent_cost(decision.stats.get("cost")))
+                                  edit=decision.edit, fallback=decision.fallback, **_agent_cost(decision.cost))
         if decision.action == "stop":
             return record
         harness, adapter = Path(inc.harness), inc.adapter
@@ -207,15 +203,16 @@ class Loop:
                 trained = self.parts.lever.train(generation, decision, harness, inc.adapter,
                                                  self.run.incumbent_adapter_dir(self.state),
                                                  pace=self._pace_guard(started, rollouts=True))
-                adapter, losses = trained.name, trained.info.get("losses") or [None]
-                record.algorithm = trained.info.get("algorithm")
-                if trained.info.get("rationale"):
-                    record.rationale += f" | weights lever: {trained.info['rationale']}"
+                report = trained.report
+                adapter, losses = trained.name, report.losses or [None]
+                record.algorithm = report.algorithm
+                if report.rationale:
+                    record.rationale += f" | weights lever: {report.rationale}"
                 record.train_loss_first, record.train_loss_last = losses[0], losses[-1]
-                record.train_losses = list(trained.info.get("losses") or [])
-                record.train_s = float(trained.info.get("wall_s", 0.0))
-                if trained.info.get("skipped"):      # e.g. no positive reward: nothing to train on
-                    record.failed = trained.info["skipped"]
+                record.train_losses = list(report.losses)
+                record.train_s = float(report.wall_s)
+                if report.skipped:      # e.g. no positive reward: nothing to train on
+                    record.failed = report.skipped
                     return record
         except LeverFailed as exc:
             log.warning("generation %d failed: %s", generation, exc)
@@ -274,7 +271,7 @@ class Loop:
             what, after = "rollout", "val/test/probe jobs after them (training not counted)"
         return PaceGuard(budget_s=self.budget.wall_clock_minutes * 60,
                          spent_s=self.state.elapsed_s + time.monotonic() - started, jobs_after=jobs_after,
-                         first_wave=getattr(self.parts.evaluator.bench.pool, "workers", 1), what=what,
+                         first_wave=self.parts.evaluator.bench.workers, what=what,
                          after=after, clock=time.monotonic)
 
     def _finish(self, record: GenerationRecord, started: float, generate_before: float) -> None:
@@ -326,11 +323,9 @@ class Loop:
         return self.state
 
 
-def _agent_cost(cost: dict | None) -> dict:
+def _agent_cost(cost: AgentCost) -> dict:
     """Record fields of what an LLM agent's calls cost (nothing for offline agents)."""
-    cost = cost or {}
-    return {"agent_tokens": int(cost.get("tokens_in", 0) + cost.get("tokens_out", 0)),
-            "agent_dollars": float(cost.get("dollars", 0.0))}
+    return {"agent_tokens": int(cost.tokens_in + cost.tokens_out), "agent_dollars": float(cost.dollars)}
 
 
 def _lines(path: Path) -> int:

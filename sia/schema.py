@@ -8,6 +8,7 @@ cross-field rules) are in ``sia/config.py`` and report every problem at once.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -183,6 +184,24 @@ class SiaConfig:
     resume: Optional[str] = None      # a run directory to continue (README: Resume)
     run_dir: str = MISSING
     cache_dir: str = MISSING
+
+
+def setting(cfg, schema: type, key: str):
+    """``cfg.<key>``, or ``schema``'s default for it where ``cfg`` lacks the key (a group's YAML
+    loaded as is, without Hydra composing its schema in, as scripts and tests do). Code reads an
+    optional setting through here, so its default lives in the schema alone; a key whose schema
+    value is ``???`` has no default and raises KeyError saying to set it."""
+    if isinstance(cfg, dict) or hasattr(cfg, "__contains__"):
+        if key in cfg:
+            return cfg[key]
+    elif hasattr(cfg, key):
+        return getattr(cfg, key)
+    spec = schema.__dataclass_fields__[key]   # KeyError: not a key of this schema (a typo in the code)
+    if spec.default_factory is not dataclasses.MISSING:
+        return spec.default_factory()
+    if spec.default is dataclasses.MISSING or spec.default == MISSING:
+        raise KeyError(f"{key} has no default ({schema.__name__}); set it in the config")
+    return spec.default
 
 
 SCHEMAS = {"model": ModelConfig, "lora": LoraConfig, "budget": BudgetConfig, "agent": AgentConfig,

@@ -1,6 +1,7 @@
 """Shared fixtures: compose the real Hydra config the way `python -m sia` does."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -30,5 +31,7 @@ def compose_cfg(tmp_path):
 
 @pytest.fixture(scope="session")
 def model_cache_dir(tmp_path_factory) -> Path:
-    """One converted copy of the embedded model per test session."""
-    return tmp_path_factory.mktemp("sia_cache")
+    """One converted copy of the embedded model per test session (converting takes ~30 s), shared by
+    every test that loads it; SIA_CACHE_DIR names an already converted one to reuse instead."""
+    shared = os.environ.get("SIA_CACHE_DIR")
+    return Path(shared) if shared else tmp_path_factory.mktemp("sia_cache")

@@ -52,3 +52,17 @@ def canary(tmp_path):
 def metadata_of(path) -> tuple:
     st = os.stat(path)
     return st.st_mode, st.st_mtime_ns, st.st_uid, st.st_gid, sorted(os.listxattr(path))
+
+
+# The probe of both metadata attacks (a kernel submission, a harness): an os call's errno
+# name, or "allowed". Each attack prepends it to its own code, which stays one whole file.
+TRY_OS_CALL = '''
+import errno, os
+
+def _try(fn):
+    try:
+        fn()
+        return "allowed"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+'''

@@ -7,7 +7,10 @@ import json
 
 import pytest
 
+from conftest import REPO
 from test_e2e import _finish, _sia
+
+SUPPORT_CONF = REPO / "tests" / "support" / "conf"
 
 pytestmark = pytest.mark.slow
 
@@ -20,9 +23,11 @@ TASK_ARGS = {
     "sql_qa": (),
     "scrna_denoise": (),
     # one attempt per split, and short completions: the embedded model cannot write a kernel
-    # anyway, and a 135M model's 1,000-token answer would take a minute per call here
+    # anyway, and the seed harness's 1,536-token answer takes two minutes per call here (the
+    # test-only agent.meta=short_seed caps the seed harness's max_tokens; agent.max_new_tokens is
+    # only the default of a call that names none)
     "cuda_kernel": ("task.examples.train=2", "task.examples.val=1", "task.examples.test=1",
-                    "agent.max_new_tokens=64"),
+                    f"hydra.searchpath=[file://{SUPPORT_CONF}]", "agent.meta=short_seed"),
 }
 ALGORITHMS = ("sft", "rs_sft", "grpo", "eaw", "ppo")
 

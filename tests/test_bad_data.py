@@ -175,6 +175,23 @@ def test_spider_bad_question_files_are_named_with_the_fix(tmp_path, dev, expecte
         assert "add questions" in problem and "task.data.val_fraction" in problem
 
 
+@pytest.mark.parametrize("content, what", [({"items": CASES}, "holds a JSON dict, not a list"),
+                                           ('[{"a": 1}', "is not valid JSON (")])
+def test_both_tasks_name_a_file_that_is_not_a_json_list_in_the_same_words(tmp_path, content, what):
+    """legal_charge and sql_qa read their JSON lists through one helper (sia.data.read_json_list):
+    the same fault reads the same, with each task's own item shape as the fix."""
+    text = content if isinstance(content, str) else json.dumps(content)
+    lawbench = tmp_path / "lawbench.json"
+    lawbench.write_text(text, encoding="utf-8")
+    root = spider_folder(tmp_path / "spider", text.encode("utf-8"))
+    [legal_problem] = legal(lawbench, format="lawbench").config_problems()
+    [sql_problem] = sql(root).config_problems()
+    assert legal_problem.startswith(f"task.data.path={str(lawbench)!r} {what}"), legal_problem
+    assert f"dev.json {what}" in sql_problem, sql_problem
+    assert "it must be one JSON list of LawBench 3-3 {'question', 'answer'} items" in legal_problem
+    assert "it must be one JSON list of {db_id, question, query} items" in sql_problem
+
+
 def test_spider_questions_whose_database_is_missing_are_counted(tmp_path):
     root = spider_folder(tmp_path / "gone", questions(5, "elsewhere"))
     [problem] = sql(root).config_problems()

@@ -3,7 +3,6 @@ options that let the loop use the same mechanisms (retrieval vote, copy-and-adap
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import json
 import math
 import sqlite3
@@ -15,8 +14,8 @@ import scipy.sparse as sp
 import yaml
 
 from sia.harness.contract import Completion
-from sia.harness.options import with_options
 from sia.tasks import TASKS_DIR, Example, Splits, load_task
+from tests.support.harnesses import seed_harness
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -27,15 +26,7 @@ def module(task: str, name: str):
 
 
 def harness(task: str, tmp_path: Path, **options):
-    source = (TASKS_DIR / task / "seed_harness.py").read_text("utf-8")
-    if options:
-        source = with_options(source, **options)
-    path = tmp_path / f"{task}_{abs(hash(tuple(sorted(options.items()))))}.py"
-    path.write_text(source, "utf-8")
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return seed_harness(task, tmp_path, **options)
 
 
 class FakeLLM:

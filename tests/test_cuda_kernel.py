@@ -337,19 +337,16 @@ def test_hostile_seed_guessing_is_rejected_yet_works_when_seeds_are_guessable():
 
 
 @needs_sandbox
-def test_hostile_ignoring_the_mask_passes_unmasked_cases_but_is_rejected_on_masked_ones():
-    source = submission("ignores_mask.py")
+@pytest.mark.parametrize("name, caught_on, other_cases", [
+    ("ignores_mask.py", MASKED, (NORMAL, CAUCHY)),    # ignoring the mask is right on unmasked cases
+    ("clamps_inputs.py", CAUCHY, (NORMAL, MASKED)),   # clamping inputs is right without heavy tails
+])
+def test_hostile_shortcut_passes_the_cases_it_fits_but_is_rejected_on_the_case_it_breaks(name, caught_on,
+                                                                                          other_cases):
+    source = submission(name)
     verdict = judge(source)
-    assert verdict.kind == "wrong" and f"on {Case(**MASKED).label}," in verdict.reason
-    assert judge(source, small_cfg(correctness=(NORMAL, CAUCHY), benchmark=(CAUCHY,))).ok
-
-
-@needs_sandbox
-def test_hostile_clamping_inputs_passes_normal_cases_but_is_rejected_on_cauchy_ones():
-    source = submission("clamps_inputs.py")
-    verdict = judge(source)
-    assert verdict.kind == "wrong" and f"on {Case(**CAUCHY).label}," in verdict.reason
-    assert judge(source, small_cfg(correctness=(NORMAL, MASKED), benchmark=(MASKED,))).ok
+    assert verdict.kind == "wrong" and f"on {Case(**caught_on).label}," in verdict.reason
+    assert judge(source, small_cfg(correctness=other_cases, benchmark=other_cases[1:])).ok
 
 
 @needs_sandbox

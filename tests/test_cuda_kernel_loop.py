@@ -9,6 +9,7 @@ from sia.agents.decision import Decision
 from sia.assemble import assemble
 from sia.engine.base import EngineStats, GenResult
 from sia.harness.pool import HarnessPool
+from sia.parts import Feedback
 from sia.run import RunDir, new_state
 from sia.tasks import load_task
 from sia.tracking import Tracker
@@ -45,7 +46,7 @@ def test_recorded_feedback_accepts_only_the_faster_correct_kernel(compose_cfg, t
     model = RecordedModel()
     seed = task.seed_harness()
 
-    class RecordedFeedback:
+    class RecordedFeedback(Feedback):   # the protocol's decide_with: no other choice than its own
         name = "recorded"
         wants_train_probe = False
 

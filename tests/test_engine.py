@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 from sia.engine import build_engine
 from sia.engine import model_cache
 from sia.engine.base import GenRequest
-from sia.engine.hf import _RowSampler, encode_text, plan_batches
+from sia.engine.common import encode_text
+from sia.engine.hf import _RowSampler, plan_batches
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -47,14 +48,34 @@ def test_plan_batches_sorts_by_length_and_caps_size_whatever_the_sampling():
 
 
 def test_auto_dtype_is_bf16_only_where_the_hardware_computes_it(monkeypatch):
-    from sia.engine import hf
+    from sia.engine import common
 
     cpu = torch.device("cpu")
-    assert hf.pick_dtype("float32", cpu) == torch.float32 and hf.pick_dtype("bfloat16", cpu) == torch.bfloat16
-    monkeypatch.setattr(hf, "cpu_has_native_bf16", lambda: True)
-    assert hf.pick_dtype("auto", cpu) == torch.bfloat16
-    monkeypatch.setattr(hf, "cpu_has_native_bf16", lambda: False)
-    assert hf.pick_dtype("auto", cpu) == torch.float32   # emulated bf16 would be slower than fp32
+    assert common.pick_dtype("float32", cpu) == torch.float32 and common.pick_dtype("bfloat16", cpu) == torch.bfloat16
+    monkeypatch.setattr(common, "cpu_has_native_bf16", lambda: True)
+    assert common.pick_dtype("auto", cpu) == torch.bfloat16
+    monkeypatch.setattr(common, "cpu_has_native_bf16", lambda: False)
+    assert common.pick_dtype("auto", cpu) == torch.float32   # emulated bf16 would be slower than fp32
+
+
+def test_a_model_yaml_without_the_vllm_keys_gets_the_schema_defaults(tmp_path):
+    """The smollm2 YAML sets none of vLLM's keys: the engine and the memory plan read the
+    defaults of sia.schema.ModelConfig, the same a composed run gets (no second default in code)."""
+    from sia.engine.memory_plan import GIB, plan
+    from sia.engine.vllm_engine import engine_kwargs
+    from sia.schema import ModelConfig
+
+    kwargs = engine_kwargs(_model_cfg(), tmp_path, on_cpu=False, sleep_mode=False)
+    for key in ("tensor_parallel_size", "gpu_memory_utilization", "max_lora_rank", "max_loras", "max_cpu_loras"):
+        assert kwargs[key] == getattr(ModelConfig, key), key
+    assert kwargs["enforce_eager"] is False          # null: eager on CPU only
+    big = OmegaConf.load(REPO / "conf" / "model" / "gpt_oss_20b.yaml")
+    lora = OmegaConf.merge(OmegaConf.load(REPO / "conf" / "lora" / "default.yaml"), {"rank": 32})
+    slots = plan(big, lora)[0].parts["LoRA slots"]                      # the YAML's max_lora_rank: 32
+    del big["gpu_memory_utilization"], big["max_lora_rank"]
+    serve = plan(big, lora)[0]
+    assert serve.limit_gib == pytest.approx(ModelConfig.gpu_memory_utilization * big.gpu.memory_gb * 1e9 / GIB)
+    assert serve.parts["LoRA slots"] == pytest.approx(slots * ModelConfig.max_lora_rank / 32)   # vLLM's rank-64 slots
 
 
 def test_build_engine_names_a_bad_engine(tmp_path):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from sia.agents.decision import Decision, InvalidDecision
+from sia.agents.decision import Decision, InvalidDecision, TrainingPlan
 from sia.agents.context import FeedbackContext
 from sia.agents.digest import digest
 from sia.agents.rules import AlternateFeedback, HarnessOnlyFeedback, RulesFeedback, WeightsOnlyFeedback
@@ -90,8 +90,8 @@ def test_rules_treats_unreadable_answers_with_a_format_edit():
 
 def test_rules_trains_weights_when_answers_are_readable_but_wrong():
     decision = decide("rules", _ctx(_rows(n_ok=2, n_wrong=8)))
-    assert decision.action == "weights" and decision.training["algorithm"] == "auto"
-    assert decision.training["steps"] == 5
+    assert decision.action == "weights" and decision.training.algorithm == "auto"
+    assert decision.training.steps == 5
 
 
 def test_rules_escalates_to_weights_when_a_format_edit_was_rejected():
@@ -192,11 +192,13 @@ def test_decisions_are_validated():
     with pytest.raises(InvalidDecision):
         Decision(action="harness", rationale="x", harness_code="print(1)").validate()
     with pytest.raises(InvalidDecision):
-        Decision(action="weights", rationale="x", training={"algorithm": "sft", "steps": 0, "examples": 3}).validate()
+        Decision(action="weights", rationale="x", training=TrainingPlan("sft", steps=0, examples=3)).validate()
+    with pytest.raises(InvalidDecision, match="needs training: a TrainingPlan"):   # a plan is typed, not a dict
+        Decision(action="weights", rationale="x", training={"algorithm": "sft", "steps": 2, "examples": 3}).validate()
     with pytest.raises(InvalidDecision, match="offers now"):
-        Decision(action="weights", rationale="x", training={"algorithm": "grpo", "steps": 2, "examples": 3}) \
+        Decision(action="weights", rationale="x", training=TrainingPlan("grpo", steps=2, examples=3)) \
             .validate(("sft",))
-    ok = Decision(action="weights", rationale="x", training={"algorithm": "sft", "steps": 2, "examples": 3})
+    ok = Decision(action="weights", rationale="x", training=TrainingPlan("sft", steps=2, examples=3))
     assert Decision.from_json(ok.validate().to_json()) == ok
 
 

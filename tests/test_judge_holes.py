@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from security_layers import canary, metadata_of, needs
+from security_layers import TRY_OS_CALL, canary, metadata_of, needs
 from sia.harness.sandbox import probe
 from sia.tasks import load_task
 
@@ -114,17 +114,8 @@ def test_deferring_work_past_the_reply_fails_on_every_timed_call():
 
 # ---- issue 20: file metadata outside the sandbox, disk fill ---------------------------------
 
-METADATA_SUBMISSION = '''
-import errno, os
-
+METADATA_SUBMISSION = TRY_OS_CALL + '''
 PATH = "@CANARY@"
-
-def _try(fn):
-    try:
-        fn()
-        return "allowed"
-    except OSError as e:
-        return errno.errorcode.get(e.errno, str(e.errno))
 
 def attack():
     return [_try(lambda: os.chmod(PATH, 0o666)), _try(lambda: os.utime(PATH, (0, 0))),

@@ -14,6 +14,7 @@ from sia.engine.base import EngineStats, GenResult
 from sia.harness.options import with_options
 from sia.harness.pool import HarnessPool
 from sia.keep import KeepSettings, PairedRule, p_greater, p_less, paired_gains
+from sia.parts import Feedback
 from sia.records import GenerationRecord, Incumbent
 from sia.run import RunDir, new_state
 from sia.tasks import load_task
@@ -118,7 +119,7 @@ CFG = ("budget=smoke", "logger=none", "budget.generations=1", "budget.val_exampl
        "budget.probe_train_examples=0", "feedback.keep_chunk=8", "agent.workers=4", "quiet=true")
 
 
-class Scripted:
+class Scripted(Feedback):
     """Generation 1: the label-list edit; carries the keep settings as an offline feedback does."""
 
     name = "scripted"

@@ -5,15 +5,15 @@ Fast and model-free: the seed harness runs in-process against a scripted fake ``
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
 from sia.harness.contract import Completion
-from sia.harness.options import read_options, with_options
+from sia.harness.options import read_options
 from sia.tasks import TASKS_DIR, Example, _tasks_package, load_task
+from tests.support.harnesses import seed_harness
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK_DIR = TASKS_DIR / "legal_charge"
@@ -350,16 +350,7 @@ INPUTS = {"fact": "事实:被告人丁某趁被害人不备，秘密窃取其电
 
 
 def load_harness(tmp_path: Path, **options):
-    source = (TASK_DIR / "seed_harness.py").read_text("utf-8")
-    if options:
-        source = with_options(source, **options)
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    path = tmp_path / f"harness_{abs(hash(tuple(sorted(options.items()))))}.py"
-    path.write_text(source, "utf-8")
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return seed_harness("legal_charge", tmp_path, **options)
 
 
 def run(harness, replies):

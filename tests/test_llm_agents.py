@@ -160,7 +160,7 @@ def test_feedback_rewrite_from_scratch_is_a_valid_decision(backend, tmp_path):
         feedback = LLMFeedback(llm=_llm(server, backend), fallback=Rules(), run_dir=tmp_path)
         d = feedback.decide(ctx)
     assert d.action == "harness" and d.harness_code == LEGAL_REWRITE_HARNESS and d.edit is None
-    assert d.stats["fallback"] is False and d.stats["errors"] == [] and d.stats["score"] == 0.25
+    assert d.fallback is False and d.stats["errors"] == [] and d.digest.score == 0.25
     assert ctx.checker.seen == [LEGAL_REWRITE_HARNESS]        # checked before it is returned
     body = server.bodies_text()
     assert "val-0" in body and "no valid charge name" in body and "GOLD-IN-DETAILS" not in body
@@ -193,9 +193,9 @@ def test_feedback_schema_violation_repaired_then_one_that_falls_back_to_rules(tm
         feedback = LLMFeedback(llm=_llm(server), fallback=Rules(), run_dir=tmp_path)
         first = feedback.decide(Ctx())
         second = feedback.decide(Ctx(generation=2))
-    assert first.action == "weights" and first.training["steps"] == 20 and first.stats["fallback"] is False
+    assert first.action == "weights" and first.training.steps == 20 and first.fallback is False
     assert "exceeds what the weights lever offers" in first.stats["errors"][0]
-    assert second.stats["fallback"] is True and second.stats["fallback_feedback"] == "rules"
+    assert second.fallback is True and second.stats["fallback_feedback"] == "rules"
     assert len(second.stats["errors"]) == 2 and "action must be one of" in second.stats["errors"][0]
     assert "rationale" in second.stats["errors"][1]
     assert second.rationale.endswith(RULES.decide(Ctx(generation=2)).rationale)   # the rules decision itself
@@ -236,7 +236,7 @@ def test_a_4xx_other_than_429_falls_back_to_rules_with_the_api_message(tmp_path)
     with ScriptedLLMServer([{"status": 400, "message": "model: unknown model 'claude-x'"}]) as server:
         d = LLMFeedback(llm=_llm(server), fallback=Rules(), run_dir=tmp_path).decide(Ctx())
     assert len(server.requests) == 1
-    assert d.stats["fallback"] is True and d.stats["api_error"] is True
+    assert d.fallback is True and d.stats["api_error"] is True
     assert "unknown model 'claude-x'" in d.stats["fallback_reason"] and d.rationale.startswith("[fallback to rules")
     assert [r["outcome"] for r in _ledger(tmp_path) if r["event"] == "call"] == ["error"]
 
@@ -253,7 +253,7 @@ def test_dollar_budget(tmp_path):
     answer = _tool(action="stop", rationale="x")
     with ScriptedLLMServer([answer, answer], default=answer) as server:
         feedback = LLMFeedback(llm=_llm(server), fallback=Rules(), run_dir=tmp_path, agent_dollars=1.0)
-        assert feedback.decide(Ctx()).stats["cost"]["dollars"] > 0
+        assert feedback.decide(Ctx()).cost.dollars > 0
         ledger = feedback.client.ledger
         spent = ledger.totals.dollars
         assert ledger.would_exceed(None, 2 * spent + 1e-6) is None
@@ -262,7 +262,7 @@ def test_dollar_budget(tmp_path):
         feedback.client.agent_dollars = spent                  # spent: no further request goes out
         d = feedback.decide(Ctx(generation=2, harness_code=INCUMBENT + "# changed\n"))
     # the generation is handed to the rules feedback, and the record says so
-    assert d.stats["budget_exhausted"] is True and d.stats["fallback"] is True and len(server.requests) == 1
+    assert d.stats["budget_exhausted"] is True and d.fallback is True and len(server.requests) == 1
     assert d.rationale.startswith("[fallback to rules: agent budget")
 
 

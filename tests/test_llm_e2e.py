@@ -37,7 +37,7 @@ def test_llm_agents_write_and_rewrite_the_harness(scripted_llm_e2e, tmp_path, mo
     assert rewrite["kept"] and rewrite["val"] > history[0]["val"]   # a harness written from scratch, kept
     assert "OPTIONS" not in (run_dir / "gen_001" / "harness.py").read_text()
     decision = json.loads((run_dir / "gen_001" / "decision.json").read_text())
-    assert "diff does not apply" in decision["stats"]["errors"][0] and not decision["stats"]["fallback"]
+    assert "diff does not apply" in decision["stats"]["errors"][0] and not decision["fallback"]
 
     calls = [json.loads(x) for x in (run_dir / "agents.jsonl").read_text().splitlines()]
     assert sum(1 for c in calls if c.get("event") == "call") == len(server.requests) == 5

@@ -125,7 +125,7 @@ def test_truncation_asks_for_an_edit_not_a_fallback(tmp_path):
               _tool(action="harness", rationale="edit instead", edits=edit)]
     with ScriptedLLMServer(script) as server:
         d = LLMFeedback(llm=_llm(server), fallback=Rules(), run_dir=tmp_path, repairs=0).decide(Ctx())
-    assert d.action == "harness" and d.stats["fallback"] is False and "return 'b'" in d.harness_code
+    assert d.action == "harness" and d.fallback is False and "return 'b'" in d.harness_code
     assert "cut at max_tokens" in d.stats["errors"][0]
     follow = server.requests[1]["body"]["messages"][-1]["content"][0]
     assert "output limit" in follow["content"] and "SEARCH/REPLACE" in follow["content"]
@@ -220,7 +220,7 @@ def test_a_spent_dollar_budget_falls_back_to_rules_before_sending(tmp_path):
     with ScriptedLLMServer([_tool(action="stop", rationale="x")]) as server:
         d = LLMFeedback(llm=_llm(server), fallback=Rules(), run_dir=tmp_path, agent_dollars=0.01).decide(Ctx())
     assert server.requests == []                                          # nothing left the process
-    assert d.stats["fallback"] is True and d.stats["budget_exhausted"] is True
+    assert d.fallback is True and d.stats["budget_exhausted"] is True
     assert "would overspend" in d.stats["fallback_reason"] and d.rationale.startswith("[fallback to rules")
 
 
@@ -341,7 +341,7 @@ def test_try_harness_runs_a_candidate_on_train_and_the_result_comes_back(tmp_pat
     with ScriptedLLMServer(script) as server:
         d = LLMFeedback(llm=_llm(server), fallback=Rules(), run_dir=tmp_path, repairs=0, tries=2,
                               try_examples=3).decide(Ctx(trier=trier))
-    assert d.action == "harness" and d.stats["fallback"] is False and d.stats["errors"] == []
+    assert d.action == "harness" and d.fallback is False and d.stats["errors"] == []
     assert [n for _, n in trier.codes] == [3] and "return 'b'" in trier.codes[0][0]     # capped at try_examples
     assert d.stats["tries"] == [{"examples": 3, "score": 1.0, "problem": None}]
     tools = [t["name"] for t in server.requests[0]["body"]["tools"]]

@@ -7,17 +7,18 @@ import json
 
 import pytest
 
-from sia.agents.decision import Decision
+from sia.agents.decision import Decision, TrainingPlan
 from sia.assemble import assemble
-from sia.engine.base import EngineStats, GenResult
+from sia.engine.base import Engine, EngineStats, GenResult
 from sia.harness.options import with_options
 from sia.harness.pool import HarnessPool
+from sia.parts import Feedback
 from sia.run import RunDir, new_state
 from sia.tasks import load_task
 from sia.tracking import Tracker
 
 
-class ScriptedFeedback:
+class ScriptedFeedback(Feedback):
     """A feedback agent injected into the loop: the decision of each generation is scripted."""
 
     name = "scripted"
@@ -30,7 +31,7 @@ class ScriptedFeedback:
         return self.script[ctx.generation]
 
 
-class ScriptedEngine:
+class ScriptedEngine(Engine):
     """Names every charge the prompt lists (partial credit) when it lists them, else
     abstains (what a tiny model does with the plain prompt)."""
 
@@ -201,7 +202,7 @@ def test_a_candidate_is_stopped_by_its_own_pace_not_by_the_last_generations(loop
     assert not (run.path / "gen_003" / "scores_val.json").exists()
 
 
-class PlannedFeedback:
+class PlannedFeedback(Feedback):
     """Decides to train; without the weights lever (``decide_with``), the label-list edit."""
 
     name = "planned"
@@ -212,7 +213,7 @@ class PlannedFeedback:
 
     def decide(self, ctx):
         return Decision(action="weights", rationale="scripted: train",
-                        training={"algorithm": "auto", "data": "auto", "steps": ctx.offer.max_steps, "examples": 160})
+                        training=TrainingPlan("auto", steps=ctx.offer.max_steps, examples=160))
 
     def decide_with(self, ctx, levers):
         assert levers == frozenset({"harness"})
@@ -242,11 +243,12 @@ def test_a_weight_update_is_shrunk_to_the_time_left_before_it_starts(loop_parts)
 
     loop = _generation_zero_with_recorded_pace(loop_parts, 40)
     decision = loop._decide(1, loop.state.incumbent, time.monotonic())
-    assert decision.action == "weights" and decision.training["examples"] < 16
+    assert decision.action == "weights" and decision.training.examples < 16
     assert "budget: shrunk from 16 rollout examples x 4" in decision.rationale
-    assert decision.stats["plan"]["forecast_s"] <= 40 * 60
+    assert decision.training.forecast.fits and decision.training.forecast.forecast_s <= 40 * 60
     saved = json.loads((loop.run.gen_dir(1) / "decision.json").read_text())
-    assert saved["training"]["examples"] == decision.training["examples"]
+    assert saved["training"]["examples"] == decision.training.examples
+    assert Decision.from_json(saved) == decision            # a resume runs the plan as written
 
 
 def test_a_weight_update_that_fits_is_written_as_decided(loop_parts):
@@ -256,7 +258,7 @@ def test_a_weight_update_that_fits_is_written_as_decided(loop_parts):
 
     loop = _generation_zero_with_recorded_pace(loop_parts, 600)
     decision = loop._decide(1, loop.state.incumbent, time.monotonic())
-    assert (decision.training["examples"], decision.training["steps"]) == (160, loop.budget.train_steps)
+    assert (decision.training.examples, decision.training.steps) == (160, loop.budget.train_steps)
     assert "| budget: the update (16 rollout examples x 4" in decision.rationale
 
 
@@ -270,3 +272,20 @@ def test_a_weight_update_that_cannot_fit_becomes_the_feedbacks_harness_edit(loop
     assert gen1.action == "harness" and gen1.edit == "label_list"
     assert gen1.rationale.startswith("budget: no weight update fits (wall-clock budget of 10 min: even the smallest")
     assert not (loop.run.gen_dir(1) / "train.json").exists()
+
+
+class WeightsOnlyPlanned(PlannedFeedback):
+    """Decides to train and cannot decide without the weights lever (the protocol's default
+    ``decide_with``: None), as the LLM feedback."""
+
+    decide_with = Feedback.decide_with
+
+
+def test_a_weight_update_that_cannot_fit_stops_the_run_when_the_feedback_has_no_other_choice(loop_parts):
+    cfg, task, run, state, engine, pool = loop_parts
+    loop = _generation_zero_with_recorded_pace(loop_parts, 10)
+    loop.parts.feedback = WeightsOnlyPlanned(task)
+    final = loop.run_all()
+    assert [h.generation for h in final.history] == [0]
+    assert final.stop_reason.startswith("wall-clock budget of 10 min: even the smallest weight update")
+    assert not (run.path / "gen_001" / "decision.json").exists()   # nothing decided: a resume decides again

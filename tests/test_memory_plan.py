@@ -90,7 +90,7 @@ def test_120b_training_does_not_fit_one_gpu_and_the_trainer_cannot_shard_yet():
     one = plan_problems(_model("gpt_oss_120b", gpu={"train_gpus": 1}), LORA)
     assert any(p.startswith("train (LoRA SFT) needs") and "base weights" in p for p in one)
     shipped = plan_problems(_model("gpt_oss_120b"), LORA)
-    assert len(shipped) == 1 and "train_gpus=4" in shipped[0] and "sia/train/sft.py" in shipped[0]
+    assert len(shipped) == 1 and "train_gpus=4" in shipped[0] and "sia/train/trainer.py" in shipped[0]
 
 
 def test_bad_settings_are_named():

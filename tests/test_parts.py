@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
 
 SUPPORT = REPO / "tests" / "support"
@@ -67,3 +68,114 @@ def wandb_history(run_dir) -> list[dict]:
 def _wandb_decisions(run_dir) -> list[str]:
     """The `decision` of every logged generation row."""
     return [row["decision"] for row in wandb_history(run_dir) if "decision" in row]
+
+
+# ---- the protocols declare what the loop and the lever read --------------------------------------
+
+def _parts(tmp_path, **override):
+    """Parts built from the real classes (nothing runs: building only checks the contracts)."""
+    from omegaconf import OmegaConf
+
+    from sia.agents.meta import SeedMetaAgent
+    from sia.agents.rules import RulesFeedback
+    from sia.evaluation import SplitEvaluator, Workbench
+    from sia.levers.lora import LoraLever
+    from sia.parts import AgentEnv, Parts
+    from sia.run import RunDir
+    from sia.tasks import load_task
+
+    task, run = load_task("legal_charge", {}), RunDir(tmp_path / "run")
+    bench = Workbench(None, {}, {}, progress=False)
+    parts = {"meta": SeedMetaAgent(), "feedback": RulesFeedback(name="rules"),
+             "lever": LoraLever(cfg=OmegaConf.create({}), task=task, bench=bench, run=run, engine=None, train=[]),
+             "evaluator": SplitEvaluator(task, bench, run),
+             "env": AgentEnv(task=task, run_dir=run.path, resources={}, files={}, train=[], checker=None)}
+    return Parts(**{**parts, **override})
+
+
+def test_the_real_parts_satisfy_the_protocols_the_loop_reads(tmp_path):
+    from sia.agents.llm.feedback import LLMFeedback
+    from sia.parts import Feedback
+
+    parts = _parts(tmp_path)
+    assert parts.feedback.wants_train_probe is True
+    _parts(tmp_path, feedback=LLMFeedback())        # the LLM feedback declares decide_with too
+    assert LLMFeedback().decide_with(None, frozenset({"harness"})) is None
+    assert isinstance(LLMFeedback(), Feedback)
+
+
+def test_a_feedback_lacking_a_declared_member_fails_when_the_parts_are_built(tmp_path):
+    """A feedback written against an older contract (no ``wants_train_probe``, no
+    ``decide_with``) is refused at assembly, by name, instead of deep in a run."""
+    from sia.agents.decision import Decision
+
+    class Old:
+        name = "old"
+
+        def decide(self, ctx):
+            return Decision(action="stop", rationale="done")
+
+    with pytest.raises(TypeError, match=r"the feedback part .*Old lacks decide_with, wants_train_probe "
+                                        r"\(declared by sia\.parts\.Feedback"):
+        _parts(tmp_path, feedback=Old())
+
+
+def test_an_evaluator_without_a_bench_fails_when_the_parts_are_built(tmp_path):
+    class Scores:
+        def evaluate(self, *a, **k):
+            raise AssertionError
+
+        def trajectories(self, generation, split):
+            return []
+
+    with pytest.raises(TypeError, match="the evaluator part .*Scores lacks bench"):
+        _parts(tmp_path, evaluator=Scores())
+
+
+def test_every_engine_offers_asleep_and_the_workbench_its_workers():
+    """``asleep`` is the Engine protocol's (a no-op unless the engine frees memory); the pace
+    guard's first wave is the workbench's ``workers``."""
+    from sia.engine.base import Engine
+    from sia.engine.hf import HFEngine
+    from sia.engine.vllm_engine import VLLMEngine
+    from sia.evaluation import Workbench
+    from support.echo_engine import EchoEngine
+    from support.toy_parts import ToyEngine
+
+    for cls in (HFEngine, VLLMEngine, EchoEngine, ToyEngine):
+        assert Engine in cls.__mro__ and callable(cls.asleep), cls
+    with EchoEngine().asleep():      # the default: a context that frees nothing
+        pass
+    assert VLLMEngine.asleep is not Engine.asleep     # vLLM frees the GPU for the trainer
+
+    class Pool:
+        workers = 3
+
+    assert Workbench(Pool(), {}, {}, progress=False).workers == 3
+
+
+def test_an_older_run_dirs_decision_and_train_report_read_back_typed():
+    """decision.json and train.json of a run written before the fields were typed (digest,
+    fallback and cost inside ``stats``; a training dict with ``data``) resume as typed values."""
+    from sia.agents.decision import Decision, TrainingPlan
+    from sia.parts import TrainReport
+
+    old = {"action": "weights", "rationale": "r", "harness_code": None, "edit": None,
+           "training": {"algorithm": "auto", "data": "auto", "steps": 5, "examples": 16},
+           "stats": {"n": 8, "score": 0.25, "error_rate": 0.0, "format_rate": 0.5, "wrong_rate": 0.25,
+                     "wellformed_accuracy": 0.5, "error_kinds": {}, "train_score": None, "tokens": 80,
+                     "examples_of_failures": [], "fallback": True, "errors": [],
+                     "cost": {"tokens_in": 100, "tokens_out": 20, "dollars": 0.01, "calls": 1},
+                     "plan": {"fits": True, "examples": 16, "steps": 5, "forecast_s": 60.0}}}
+    decision = Decision.from_json(old)
+    assert decision.training == TrainingPlan("auto", steps=5, examples=16)
+    assert (decision.digest.score, decision.digest.format_rate) == (0.25, 0.5)
+    assert decision.fallback is True and decision.cost.tokens_in + decision.cost.tokens_out == 120
+    assert Decision.from_json(decision.to_json()) == decision          # and what it writes now reads back
+    skipped = TrainReport.from_json({"algorithm": None, "skipped": "no positive sample", "rationale": "none",
+                                     "reward_stats": {"n": 32}, "rollout_s": 1.5})
+    assert skipped.skipped == "no positive sample" and skipped.losses == [] and skipped.steps == 0
+    trained = TrainReport.from_json({"algorithm": "sft", "losses": [2.0, 1.0], "wall_s": 4.0, "steps": 2,
+                                     "examples": 8})
+    assert (trained.algorithm, trained.losses, trained.steps) == ("sft", [2.0, 1.0], 2)
+    assert TrainReport.from_json(trained.to_json()) == trained

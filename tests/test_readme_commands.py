@@ -46,6 +46,7 @@ MEMORY_PLAN = "python -m sia.engine.memory_plan gpt_oss_20b lora.rank=32"
 LLM_SCRIPTED = "python -m sia agent.meta=llm feedback=llm llm.base_url=http://127.0.0.1:PORT"
 
 HERE = "tests/test_readme_commands.py::"
+VLLM_SERVED = "tests/test_vllm_served_agents.py::test_agents_on_a_vllm_served_model_end_cleanly_with_ledger_and_cache"
 ABLATIONS = "tests/test_ablations.py::test_ablation_runs_on_every_task"
 
 
@@ -76,7 +77,9 @@ COMMANDS = {
     "python -m sia agent.meta=llm feedback=llm": Command("tests/test_llm_e2e.py::test_llm_agents_write_and_rewrite_the_harness"),
     "python -m sia agent.meta=llm feedback=llm budget.agent_dollars=5": Command("tests/test_llm_agents.py"),
     "python -m sia agent.meta=llm feedback=llm llm=openai llm.base_url=http://127.0.0.1:8080/v1 "
-    "llm.model=<served name>": Command("tests/test_llm_agents.py"),
+    "llm.model=<served name>": Command(VLLM_SERVED),
+    "python -m sia agent.meta=llm feedback=llm llm=openai llm.base_url=http://127.0.0.1:8000/v1 llm.model=smollm2 "
+    "llm.tool_mode=json llm.max_tokens=512": Command(VLLM_SERVED),
     LLM_SCRIPTED: Command("tests/test_llm_e2e.py::test_llm_agents_write_and_rewrite_the_harness"),
     RESUME: Command("tests/test_e2e.py::test_resume_after_kill_9_loses_and_repeats_nothing"),
     RESUME_MORE: Command(HERE + "test_resume_with_more_budget_command"),

@@ -102,6 +102,43 @@ def test_job_fates_read_from_submitit_logs_alone(tmp_path):
     assert jobs["7_3"].detail == "RuntimeError: the first harness does not load in the sandbox"
 
 
+def test_job_fates_read_from_the_results_submitit_jobs_wrote(tmp_path):
+    """A result is the job's own last word: a finished run, a run that raised (Hydra's JobReturn
+    keeps the exception), a job whose code raised outside the run (submitit keeps the traceback);
+    the logs then do not matter."""
+    import traceback
+
+    from hydra.core.utils import JobReturn, JobStatus
+    from submitit.core.utils import DelayedSubmission, cloudpickle_dump
+
+    from sia.report.jobs import read_jobs
+
+    def raised(error: Exception) -> str:
+        try:
+            raise error
+        except Exception:  # noqa: BLE001 - the traceback text submitit writes
+            return traceback.format_exc()
+
+    finished = JobReturn(overrides=["seed=0"], status=JobStatus.COMPLETED)
+    finished.return_value = None
+    failed = JobReturn(overrides=["seed=1"], status=JobStatus.FAILED)
+    failed.return_value = ValueError("the harness has no solve()")
+    results = {"9_0": ("success", finished), "9_1": ("success", failed),
+               "9_2": ("error", raised(OSError("disk full while writing state.json")))}
+    for job, result in results.items():
+        folder = tmp_path / ".submitit" / job
+        folder.mkdir(parents=True)
+        DelayedSubmission(print, [f"seed={job[-1]}", "lora.rank=8"]).dump(folder / f"{job}_submitted.pkl")
+        cloudpickle_dump(result, folder / f"{job}_0_result.pkl")
+        (folder / f"{job}_0_log.err").write_text("srun: error: vm: task 0: Exited with exit code 1\n")
+    jobs = {j.job_id: j for j in read_jobs(tmp_path, use_sacct=False)}
+    assert (jobs["9_0"].status, jobs["9_0"].detail) == ("completed", "")
+    assert (jobs["9_1"].status, jobs["9_1"].detail) == ("failed", "ValueError: the harness has no solve()")
+    assert (jobs["9_2"].status, jobs["9_2"].detail) == ("failed", "OSError: disk full while writing state.json")
+    assert jobs["9_1"].overrides == ["seed=1", "lora.rank=8"]
+    assert jobs["9_2"].folder == tmp_path / ".submitit" / "9_2"
+
+
 # ---- intervals and the paired comparison, on fabricated run dirs ---------------------------
 def _fake_run(root: Path, name: str, feedback: str, seed: int, first: tuple, best: tuple, task="legal_charge"):
     """A finished run dir as the loop leaves one: config.yaml, state.json, summary.json."""

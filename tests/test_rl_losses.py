@@ -23,6 +23,7 @@ from sia.train.trainer import StepSampler, _StepRows, step_collate
 
 approx = pytest.approx
 LORA = OmegaConf.load(REPO / "conf" / "lora" / "default.yaml")
+GRPO = algorithm_settings(LORA, "grpo")   # lora.grpo as the trainer gets it
 
 
 # ---- loss types and reward scaling -------------------------------------------------------
@@ -64,7 +65,7 @@ def test_dapo_gives_a_long_reply_the_weight_of_its_tokens():
     grads = {}
     for loss_type in ("dapo", "grpo"):
         logp = torch.zeros(2, 4, requires_grad=True)
-        loss, _ = grpo_loss(logp, logp.detach(), adv, mask, clip=0.2, loss_type=loss_type)
+        loss, _ = grpo_loss(logp, logp.detach(), adv, mask, clip=0.2, kl_coef=0.0, loss_type=loss_type)
         loss.backward()
         grads[loss_type] = logp.grad
     assert grads["dapo"][0, 0] == approx(grads["dapo"][1, 0]) == approx(-1 / 5)
@@ -77,7 +78,7 @@ def test_scale_rewards_none_keeps_the_reward_difference():
     assert group_advantages(rewards, groups, "none") == approx([0.5, -0.5, 0.1, -0.1])
     samples = [Sample(prompt="p", completion=str(i), reward=r, group=g)
                for i, (r, g) in enumerate(zip(rewards, groups))]
-    kept, note = grpo_prepare(samples, {"scale_rewards": "none", "loss_type": "dr_grpo"})
+    kept, note = grpo_prepare(samples, {**GRPO, "scale_rewards": "none", "loss_type": "dr_grpo"})
     assert [f["advantage"] for _, f in kept] == approx([0.5, -0.5, 0.1, -0.1]) and "dr_grpo" in note
     with pytest.raises(ValueError, match="scale_rewards"):
         group_advantages(rewards, groups, "batch")
@@ -114,7 +115,8 @@ def losses(tiny, batch, kind, counts):
         values = hidden.sum(-1)   # a stand-in value head that depends on the weights
         return ppo_loss(logp, batch["old_logp"], values, batch["returns"], batch["token_advantage"], mask, 0.2, 0.5,
                         old_values=batch["old_values"], value_clip=0.2, step_tokens=counts.get("step_tokens"))[0]
-    return grpo_loss(logp, batch["old_logp"], batch["advantage"], mask, clip=0.2, loss_type=kind, **counts)[0]
+    return grpo_loss(logp, batch["old_logp"], batch["advantage"], mask, clip=0.2, kl_coef=0.0, loss_type=kind,
+                     **counts)[0]
 
 
 def grads_of(tiny, micro_batches: list[list[dict]], kind: str, step_counts: bool) -> dict:
@@ -267,6 +269,28 @@ def test_settings_come_from_the_config_and_bad_values_name_key_and_fix():
         gradient_clip(OmegaConf.merge(LORA, {"gradient_clip_val": -1.0}))
 
 
+def test_a_lora_config_without_an_optional_key_gets_the_schema_default():
+    """A plain config (a dict, a YAML loaded without Hydra) lacking a key reads the schema's
+    default, the one place it lives: gradient clipping stays on (LoraConfig: 1.0), not off."""
+    from sia.schema import LoraConfig
+    from sia.train.settings import capped_steps, lora_setting, micro_batches
+
+    bare = OmegaConf.create({"batch_size": 8})
+    assert gradient_clip(bare) == LoraConfig.gradient_clip_val == 1.0
+    assert micro_batches(bare) == (8, 1) and capped_steps(bare, "grpo", 50, 16) == 50   # None: whole batches, no cap
+    assert lora_setting(bare, "activation_checkpointing") is LoraConfig.activation_checkpointing
+    with pytest.raises(KeyError, match="rank has no default"):   # a ??? key must be set
+        lora_setting(bare, "rank")
+
+
+def test_eaw_trains_without_a_kl_term_and_with_token_level_reduction():
+    """lora.eaw has no kl or loss_type: the module fixes them instead of borrowing grpo's defaults."""
+    from sia.train import eaw
+
+    module = eaw.Module(_FakePeft(16), lr=1e-3, settings=algorithm_settings(LORA, "eaw"))
+    assert (module.settings["kl"], module.settings["loss_type"], module.needs_ref_logp) == (0.0, "dapo", False)
+
+
 def test_a_bad_loss_type_stops_the_run_at_the_config_check(compose_cfg):
     from sia.config import ConfigError, validate
 
@@ -283,8 +307,8 @@ def test_ratio_based_algorithms_leave_out_samples_drawn_with_top_p_below_one():
 
     samples = [Sample(prompt="p", completion=str(i), reward=float(i % 2), group="g", top_p=tp)
                for i, tp in enumerate([1.0, None, 0.9, 0.9])]
-    kept, _ = grpo_prepare(samples, {})
+    kept, _ = grpo_prepare(samples, GRPO)
     assert [s.completion for s, _ in kept] == ["0", "1"]
     assert [s.completion for s, _ in eaw_prepare(samples, {"kl_target": math.log(2)})[0]] == ["0", "1"]
     with pytest.raises(ValueError, match="top_p < 1"):
-        grpo_prepare(samples[2:], {})
+        grpo_prepare(samples[2:], GRPO)

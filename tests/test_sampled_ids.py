@@ -26,10 +26,11 @@ from sia.harness.batcher import CHARS_PER_TOKEN, call_seed, gen_request
 from sia.harness.contract import Job
 from sia.harness.pool import HarnessPool
 from sia.harness.sandbox import probe
-from sia.levers.rollouts import RolloutPlan, collect, rotating_examples
+from sia.levers.rollouts import (RolloutPlan, collect, record_sample, rotating_examples, sample_record,
+                                samples_from_events)
 from sia.tasks import EvalReport, Example, ExampleScore, Splits, Task, Scoring
+from tests.support.reward_task import RewardTask
 from sia.train.batching import encode_sample, too_long
-from sia.train.rollouts import record_sample, sample_record, samples_from_events
 from sia.train.samples import Sample
 
 pool_tests = needs(probe())
@@ -81,7 +82,7 @@ def _write(tmp_path, source: str):
 def tokenizer(model_cache_dir):
     """The embedded model's real tokenizer (SIA_CACHE_DIR: a converted model to reuse)."""
     from conftest import CONF_DIR
-    from sia.engine.hf import load_tokenizer
+    from sia.engine.common import load_tokenizer
     from sia.engine.model_cache import resolve_model_dir
 
     model_cfg = OmegaConf.load(CONF_DIR / "model" / "smollm2_135m.yaml")
@@ -91,7 +92,7 @@ def tokenizer(model_cache_dir):
 
 @pytest.mark.slow
 def test_the_premise_hel_lo_re_encodes_as_one_other_token(tokenizer):
-    from sia.engine.hf import encode_text
+    from sia.engine.common import encode_text
 
     assert tokenizer.decode([HEL, LO]) == " hello" and encode_text(tokenizer, " hello") == [HELLO]
     assert tokenizer.eos_token_id == EOS
@@ -108,24 +109,13 @@ def solve(inputs, ctx):
 """
 
 
-class ScoreOne(Task):
-    name = "toy"
-    scoring = Scoring(primary_metric="score")
-
-    def load(self):
-        raise NotImplementedError
-
-    def evaluate(self, examples, answers, split):
-        return EvalReport(metrics={"score": 1.0}, per_example=[ExampleScore(id=e.id, score=1.0) for e in examples])
-
-
 def _rollout(tmp_path, examples, engine=None, resources_for=None, task=None):
     engine = engine or IdsEngine()
     plan = RolloutPlan(examples=examples, samples_per_prompt=1, temperature=0.7, seed=3)
     with HarnessPool(engine, workers=2, example_timeout_s=30) as pool:
         bench = Workbench(pool, {}, {}, progress=False)
         extra = {"resources_for": resources_for} if resources_for else {}
-        rows = collect(task or ScoreOne({}, tmp_path), bench, tmp_path / "harness.py", None, plan,
+        rows = collect(task or RewardTask(tmp_path, lambda answer: 1.0), bench, tmp_path / "harness.py", None, plan,
                        tmp_path / "rollouts.jsonl", "r", **extra)
     return engine, rows
 

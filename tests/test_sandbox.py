@@ -20,7 +20,7 @@ from sia.harness import protocol
 from sia.harness.contract import Job
 from sia.harness.pool import HarnessPool
 from sia.harness.sandbox import probe, scrubbed_env
-from security_layers import canary, check_present, metadata_of, needs
+from security_layers import TRY_OS_CALL, canary, check_present, metadata_of, needs
 
 LAYERS = probe()
 # Skipped on a machine without the layers, except under CI=true: there they run and fail.
@@ -431,16 +431,7 @@ def test_every_layer_is_present_under_ci():
 
 # ---- issue 20: file metadata outside the sandbox, disk fill ----------------------------------
 
-METADATA_HARNESS = """
-    import errno, os
-
-    def _try(fn):
-        try:
-            fn()
-            return "allowed"
-        except OSError as e:
-            return errno.errorcode.get(e.errno, str(e.errno))
-
+METADATA_HARNESS = TRY_OS_CALL + textwrap.dedent("""
     def solve(inputs, ctx):
         path = inputs["path"]
         return {"chmod": _try(lambda: os.chmod(path, 0o666)),
@@ -451,7 +442,7 @@ METADATA_HARNESS = """
                 "setxattr": _try(lambda: os.setxattr(path, "user.sia", b"x")),
                 "removexattr": _try(lambda: os.removexattr(path, "user.kept")),
                 "scratch_chmod": _try(lambda: (open("own", "w").close(), os.chmod("own", 0o600)))}
-"""
+""")
 
 
 def test_a_harness_cannot_change_metadata_of_files_outside_its_sandbox(tmp_path):

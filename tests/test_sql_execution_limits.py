@@ -10,7 +10,7 @@ import pytest
 from sia.tasks import load_task
 
 load_task("sql_qa", {})
-execution = importlib.import_module("sia_tasks.sql_qa.execution")
+supervised = importlib.import_module("sia_tasks.sql_qa.supervised")   # the evaluator's parent side
 
 A = "replace(hex(zeroblob(49000)), '0', 'a')"          # 98 000 characters, under the 100 kB limit
 B = "replace(hex(zeroblob(4000)), '0', 'b') || 'a'"     # the one trimmed character comes last
@@ -35,7 +35,7 @@ def test_a_query_stuck_in_one_function_call_is_killed_at_its_limit_and_timed_out
     items = [{"db_path": db, "gold": "SELECT 1", "pred": SLOW},
              {"db_path": db, "gold": "SELECT 1", "pred": "SELECT 1"}]
     started = time.monotonic()
-    slow, after = execution.evaluate_in_child(items, 0.5, 100)
+    slow, after = supervised.evaluate_in_child(items, 0.5, 100)
     elapsed = time.monotonic() - started
     assert (slow.outcome, slow.reason) == ("timeout", "query timed out after 0.5s")
     assert elapsed < 6, f"the evaluator ran {elapsed:.1f} s for a 0.5 s limit"
@@ -43,8 +43,8 @@ def test_a_query_stuck_in_one_function_call_is_killed_at_its_limit_and_timed_out
 
 
 def test_values_longer_than_100_kb_are_refused(db):
-    [v] = execution.evaluate_in_child([{"db_path": db, "gold": "SELECT 1",
-                                        "pred": "SELECT length(hex(zeroblob(60000)))"}], 2.0, 100)
+    [v] = supervised.evaluate_in_child([{"db_path": db, "gold": "SELECT 1",
+                                         "pred": "SELECT length(hex(zeroblob(60000)))"}], 2.0, 100)
     assert v.outcome == "invalid_sql" and "string or blob too big" in v.reason
 
 
@@ -55,7 +55,7 @@ def test_values_longer_than_100_kb_are_refused(db):
 ])
 def test_reasons_name_the_kind_of_mismatch_without_gold_values(db, pred, kind):
     gold = "SELECT name FROM products"
-    [v] = execution.evaluate_in_child([{"db_path": db, "gold": gold, "pred": pred}], 2.0, 100)
+    [v] = supervised.evaluate_in_child([{"db_path": db, "gold": gold, "pred": pred}], 2.0, 100)
     assert v.outcome == "wrong_result" and kind in v.reason, v.reason
     for value in ("Deluxe", "Chair", "Oak", "3 rows", "expected 3"):
         assert value not in v.reason, v.reason
@@ -63,13 +63,13 @@ def test_reasons_name_the_kind_of_mismatch_without_gold_values(db, pred, kind):
 
 def test_order_mismatch_says_so_without_quoting_rows(db):
     gold = "SELECT name FROM products ORDER BY price"
-    [v] = execution.evaluate_in_child([{"db_path": db, "gold": gold,
-                                        "pred": "SELECT name FROM products ORDER BY name"}], 2.0, 100)
+    [v] = supervised.evaluate_in_child([{"db_path": db, "gold": gold,
+                                         "pred": "SELECT name FROM products ORDER BY name"}], 2.0, 100)
     assert v.outcome == "wrong_result" and "wrong order" in v.reason
     assert "Lamp" not in v.reason and "Chair" not in v.reason
 
 
 def test_too_many_rows_does_not_state_the_gold_row_count(db):
-    [v] = execution.evaluate_in_child([{"db_path": db, "gold": "SELECT name FROM products",
-                                        "pred": "SELECT a.name FROM products a, products b"}], 2.0, 4)
+    [v] = supervised.evaluate_in_child([{"db_path": db, "gold": "SELECT name FROM products",
+                                         "pred": "SELECT a.name FROM products a, products b"}], 2.0, 4)
     assert v.outcome == "too_many_rows" and v.reason == "wrong result: more than 4 rows"

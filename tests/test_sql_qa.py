@@ -296,7 +296,7 @@ def test_unsafe_or_broken_queries_are_rejected_with_reasons(tmp_path):
 
 
 def test_a_crashing_evaluator_child_fails_only_that_item(tmp_path):
-    execution = module("execution")
+    supervised = module("supervised")
     # A stand-in interpreter that judges one item and then dies, as a child killed by a
     # query would: the item it died on gets the reason, a new child takes the rest.
     fake = tmp_path / "python"
@@ -305,7 +305,7 @@ def test_a_crashing_evaluator_child_fails_only_that_item(tmp_path):
                     "echo 'Segmentation fault' >&2\nexit 139\n")
     fake.chmod(0o755)
     items = [{"db_path": "x.sqlite", "gold": "SELECT 1", "pred": "SELECT 1"}] * 3
-    verdicts = execution.evaluate_in_child(items, 1.0, 100, python=str(fake))
+    verdicts = supervised.evaluate_in_child(items, 1.0, 100, python=str(fake))
     assert [v.outcome for v in verdicts] == ["correct", "crashed", "correct"]
     assert verdicts[1].reason == "the query crashed the evaluator process: Segmentation fault"
 

@@ -117,6 +117,36 @@ def test_no_containment_is_refused_in_strict_mode_and_under_ci(tmp_path, monkeyp
     assert not child.contained and child.wait(30) == 0
 
 
+def test_uncontained_child_counts_and_kills_its_session(tmp_path, monkeypatch):
+    """The lax fallback without a PID namespace: a helper that moved to its own process group
+    (as build tools do) is still in the child's session, counted as left running, and killed."""
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.setattr(supervisor, "containment_error", lambda: "unshare(CLONE_NEWPID): Operation not permitted")
+    code = textwrap.dedent(f"""
+        import subprocess, sys, threading, time
+        cmd = [sys.executable, "-c", "import time; time.sleep(600)", "{MARKER[:9]}" + "{MARKER[9:]}"]
+        subprocess.Popen(cmd, process_group=0)
+        threading.Thread(target=time.sleep, args=(600,), daemon=True).start()
+        print("started", flush=True)
+        time.sleep(600)
+    """)
+    child = supervisor.Child([sys.executable, "-c", code], cwd=str(tmp_path), env={"PATH": "/usr/bin:/bin"},
+                             stdout=subprocess.PIPE, strict=False)
+    try:
+        assert not child.contained
+        assert child.proc.stdout.readline().strip() == b"started"
+        (helper,) = marked_alive(MARKER)
+        assert helper in supervisor.session_members(child.pid)
+        assert child.leftovers(threads=1) == "1 child process(es) and 1 thread(s)"
+    finally:
+        child.close()
+    deadline = time.monotonic() + 10      # SIGKILLed, not waited for: its new parent reaps it
+    while (marked_alive(MARKER) or supervisor.session_members(child.pid)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marked_alive(MARKER) == [] and supervisor.session_members(child.pid) == []
+    assert supervisor.thread_count(child.pid) == 0
+
+
 # ---- the pool -----------------------------------------------------------------------------
 
 class Engine:

@@ -3,7 +3,6 @@ and serving the trained adapter through the engine."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ from omegaconf import OmegaConf
 
 from sia.engine import build_engine
 from sia.engine.base import GenRequest
-from sia.engine.hf import encode_text, load_tokenizer
+from sia.engine.common import encode_text, load_tokenizer
 from sia.engine.model_cache import resolve_model_dir
 from sia.train import Sample, train_sft
 from sia.train.batching import collate, encode_sample
@@ -49,13 +48,6 @@ def test_collate_pads_right_and_scores_completion_tokens_only():
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
     assert batch["targets"].tolist() == [[6, 7], [9, 0]]
     assert batch["completion_mask"].tolist() == [[True, True], [True, False]]
-
-
-@pytest.fixture(scope="module")
-def model_cache_dir(tmp_path_factory):
-    """The shared converted model when SIA_CACHE_DIR names one, else a fresh conversion."""
-    shared = os.environ.get("SIA_CACHE_DIR")
-    return Path(shared) if shared else tmp_path_factory.mktemp("sia_cache")
 
 
 @pytest.fixture(scope="module")

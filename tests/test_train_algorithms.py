@@ -17,6 +17,8 @@ import torch
 from omegaconf import OmegaConf
 
 from sia.engine.model_cache import resolve_model_dir
+from sia.levers.rollouts import (append_rollouts, credited_calls, read_rollouts, rollout_samples, sample_record,
+                                samples_from_events)
 from sia.train import Sample, choose_algorithm, reward_stats, train_adapter
 from sia.train.batching import BucketBatchSampler, collate
 from sia.train.eaw import adaptive_beta, entropic_advantages
@@ -25,13 +27,16 @@ from sia.train.grpo import clipped_surrogate, group_advantages, grpo_loss, kl_to
 from sia.train.grpo import prepare as grpo_prepare
 from sia.train.lora_module import completion_forward
 from sia.train.ppo import gae, outcome_rewards, ppo_loss
-from sia.train.rollouts import (RolloutWriter, credited_calls, drawn_keys, read_rollouts, samples_from_events,
-                                samples_from_trajectories)
 from sia.train.rs_sft import select_best
+from sia.train.settings import algorithm_settings
 from sia.train.sft import sft_loss
 
 REPO = Path(__file__).resolve().parent.parent
 approx = pytest.approx
+LORA = OmegaConf.load(REPO / "conf" / "lora" / "default.yaml")
+GRPO = algorithm_settings(LORA, "grpo")   # lora.grpo as the trainer gets it
+THRESHOLDS = dict(LORA.thresholds)        # lora.thresholds: the choice's keywords
+LN2 = math.log(2)   # lora.eaw.kl_target in conf/lora/default.yaml
 
 
 def chat(text):
@@ -46,7 +51,7 @@ def scored(rewards_by_group: dict[str, list[float]]) -> list[Sample]:
 # ---- losses on toy batches ---------------------------------------------------------------
 
 def test_group_advantages_are_reward_minus_group_mean_over_group_std():
-    adv = group_advantages([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 3.0, 1.0], list("aaaabbcc"))
+    adv = group_advantages([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 3.0, 1.0], list("aaaabbcc"), "group")
     assert adv[:4] == approx([1, -1, -1, 1], abs=1e-5)   # mean 0.5, std 0.5
     assert adv[4:6] == [0.0, 0.0]                        # equal rewards: no advantage
     assert adv[6:] == approx([1, -1], abs=1e-5)
@@ -74,7 +79,7 @@ def test_grpo_loss_type_grpo_averages_tokens_per_row_then_rows_and_ignores_paddi
     old = torch.tensor([[-1.0, -1.0, 0.0], [-2.0, 0.0, 0.0]])
     logp = old + torch.log(torch.tensor([[1.0, 1.5, 7.0], [0.5, 9.0, 9.0]]))  # padding ratios are junk
     adv = torch.tensor([2.0, -1.0])
-    loss, metrics = grpo_loss(logp, old, adv, mask, clip=0.2, loss_type="grpo")
+    loss, metrics = grpo_loss(logp, old, adv, mask, clip=0.2, kl_coef=0.0, loss_type="grpo")
     row0 = (-2.0 + -2.4) / 2          # ratio 1 -> -2; ratio 1.5 clipped to 1.2 -> -2.4
     row1 = 0.8                        # ratio 0.5, A=-1: min(-0.5, -0.8) -> +0.8
     assert float(loss) == approx((row0 + row1) / 2)
@@ -90,25 +95,26 @@ def test_grpo_loss_type_grpo_averages_tokens_per_row_then_rows_and_ignores_paddi
 
 def test_grpo_gradient_at_ratio_one_is_minus_advantage_per_token():
     logp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
-    loss, _ = grpo_loss(logp, logp.detach(), torch.tensor([3.0]), torch.tensor([[True, True]]), clip=0.2)
+    loss, _ = grpo_loss(logp, logp.detach(), torch.tensor([3.0]), torch.tensor([[True, True]]), clip=0.2, kl_coef=0.0,
+                        loss_type="dapo")
     loss.backward()
     assert logp.grad.tolist() == [approx([-1.5, -1.5])]  # -A / tokens in the row
 
 
 def test_grpo_prepare_drops_groups_without_spread_and_keeps_the_temperature():
-    kept, note = grpo_prepare(scored({"a": [1, 0], "b": [1, 1]}), {"threshold": 0.0})
+    kept, note = grpo_prepare(scored({"a": [1, 0], "b": [1, 1]}), GRPO)
     assert [(s.group, f["advantage"], f["temperature"]) for s, f in kept] == [("a", approx(1, abs=1e-5), 0.7),
                                                                            ("a", approx(-1, abs=1e-5), 0.7)]
     assert "1 of 2 groups" in note
     with pytest.raises(ValueError, match="share one reward"):
-        grpo_prepare(scored({"b": [1, 1]}), {})
+        grpo_prepare(scored({"b": [1, 1]}), GRPO)
     with pytest.raises(ValueError, match="algorithm=sft"):
-        grpo_prepare([Sample(prompt=chat("x"), completion="y")], {})
+        grpo_prepare([Sample(prompt=chat("x"), completion="y")], GRPO)
 
 
 def test_entropic_advantages_use_a_leave_one_out_baseline_and_an_adaptive_beta():
     rewards = [0.0, 0.0, 0.0, 1.0, 5.0, 5.0]
-    adv, betas = entropic_advantages(rewards, list("aaaabb"))
+    adv, betas = entropic_advantages(rewards, list("aaaabb"), LN2)
     b = betas["a"]
     e = [math.exp(b * r) for r in rewards[:4]]
     for i in range(4):   # exp(beta r_i) / mean of the others' - 1
@@ -118,12 +124,12 @@ def test_entropic_advantages_use_a_leave_one_out_baseline_and_an_adaptive_beta()
     q = [x / sum(e) for x in e]
     assert sum(p * math.log(p * 4) for p in q) == approx(math.log(2), abs=1e-6)   # KL(q || U) = ln 2
     # scale-free: beta absorbs the reward's scale, the advantages stay
-    assert entropic_advantages([0.0, 0.0, 0.0, 0.01], list("aaaa"))[0] == approx(adv[:4], rel=1e-5)
-    big, _ = entropic_advantages([0.0, 800.0], ["a", "a"])   # K=2: a finite beta, no overflow
+    assert entropic_advantages([0.0, 0.0, 0.0, 0.01], list("aaaa"), LN2)[0] == approx(adv[:4], rel=1e-5)
+    big, _ = entropic_advantages([0.0, 800.0], ["a", "a"], LN2)   # K=2: a finite beta, no overflow
     assert all(math.isfinite(a) for a in big) and big[0] < 0 < big[1]
     kept, note = eaw_prepare(scored({"a": [0, 1], "b": [0, 0]}), {"kl_target": math.log(2)})
     assert [s.group for s, _ in kept] == ["a", "a"] and "adaptive beta" in note  # a uniform group: no signal
-    assert adaptive_beta([1.0, 1.0]) == 0.0
+    assert adaptive_beta([1.0, 1.0], LN2) == 0.0
     with pytest.raises(ValueError, match="kl_target"):
         adaptive_beta([0.0, 1.0], kl_target=0.0)
 
@@ -138,7 +144,7 @@ def test_sft_loss_is_the_token_mean_over_the_whole_step():
 def test_rs_sft_keeps_the_best_distinct_samples_above_the_threshold():
     samples = scored({"a": [0.2, 0.9, 0.9, 0.5], "b": [0.1, 0.0], "c": [1.0]})
     samples[2].completion = samples[1].completion  # a duplicate of the best
-    assert [s.completion for s in select_best(samples, threshold=0.3)] == ["a-1", "c-0"]
+    assert [s.completion for s in select_best(samples, threshold=0.3, top_k=1)] == ["a-1", "c-0"]
     assert [s.completion for s in select_best(samples, threshold=0.3, top_k=2)] == ["a-1", "a-3", "c-0"]
 
 
@@ -190,7 +196,7 @@ def test_reward_stats_quote_mean_zero_share_and_group_variance():
 ])
 def test_choice_follows_the_observed_reward_shape(rewards, want):
     name, why = choose_algorithm(reward_stats(groups_of(8, rewards)), has_gold=False, format_rate=0.0,
-                                 prior_shape="graded")
+                                 prior_shape="graded", **THRESHOLDS)
     assert name == want
     assert "mean reward" in why and "at zero" in why and "variance" in why and "observed shape" in why
 
@@ -198,39 +204,42 @@ def test_choice_follows_the_observed_reward_shape(rewards, want):
 def test_choice_without_spread_inside_groups():
     uniform = [Sample(prompt=chat(str(i)), completion="c", reward=float(i % 2), group=str(i)) for i in range(16)]
     uniform += [Sample(prompt=chat(str(i)), completion="d", reward=float(i % 2), group=str(i)) for i in range(16)]
-    assert choose_algorithm(reward_stats(uniform), has_gold=False, format_rate=0, prior_shape="graded")[0] == "rs_sft"
+    assert choose_algorithm(reward_stats(uniform), has_gold=False, format_rate=0, prior_shape="graded",
+                            **THRESHOLDS)[0] == "rs_sft"
     graded = [Sample(prompt="p", completion=c, reward=0.1 * (i % 4), group=str(i)) for i in range(16) for c in "xy"]
     # graded, no spread: group-relative advantages vanish and ppo's value baseline would only
     # learn which prompts are easy; imitating the samples above the threshold still teaches
-    name, why = choose_algorithm(reward_stats(graded), has_gold=False, format_rate=0, prior_shape="binary")
+    name, why = choose_algorithm(reward_stats(graded), has_gold=False, format_rate=0, prior_shape="binary",
+                                 **THRESHOLDS)
     assert name == "rs_sft" and "graded reward" in why
     sparse = [Sample(prompt="p", completion=c, reward=float(i == 0), group=str(i)) for i in range(16) for c in "xy"]
-    assert choose_algorithm(reward_stats(sparse), has_gold=False, format_rate=0, prior_shape="sparse")[0] == "rs_sft"
+    assert choose_algorithm(reward_stats(sparse), has_gold=False, format_rate=0, prior_shape="sparse",
+                            **THRESHOLDS)[0] == "rs_sft"
 
 
 def test_no_positive_sample_means_no_training_and_says_so():
     stats = reward_stats(groups_of(8, [0.0, 0.0, 0.0]))
-    name, why = choose_algorithm(stats, has_gold=False, format_rate=0.0, prior_shape="sparse")
+    name, why = choose_algorithm(stats, has_gold=False, format_rate=0.0, prior_shape="sparse", **THRESHOLDS)
     assert name is None and "no positive sample" in why and "24 samples" in why
-    assert choose_algorithm(stats, has_gold=True, format_rate=0.0, prior_shape="sparse")[0] == "sft"
+    assert choose_algorithm(stats, has_gold=True, format_rate=0.0, prior_shape="sparse", **THRESHOLDS)[0] == "sft"
     # "positive" is the caller's: correct but not faster than the incumbent (reward 1.0) is not.
     kernels = reward_stats(groups_of(8, [0.0, 1.0, 0.9]), threshold=1.0)
-    assert choose_algorithm(kernels, has_gold=False, format_rate=0.0, prior_shape="sparse")[0] is None
+    assert choose_algorithm(kernels, has_gold=False, format_rate=0.0, prior_shape="sparse", **THRESHOLDS)[0] is None
 
 
 def test_gold_and_poor_format_following_choose_sft():
     name, why = choose_algorithm(reward_stats(groups_of(8, [0, 1])), has_gold=True, format_rate=0.5,
-                                 prior_shape="binary")
+                                 prior_shape="binary", **THRESHOLDS)
     assert name == "sft" and "50% of answers unreadable" in why
 
 
 def test_prior_shape_decides_only_when_the_rollout_is_too_small():
     small = reward_stats(scored({"a": [0.0, 0.2], "b": [0.0, 0.4]}))  # 2 groups < 8
-    assert choose_algorithm(small, has_gold=False, format_rate=0, prior_shape="sparse")[0] == "eaw"
-    name, why = choose_algorithm(small, has_gold=False, format_rate=0, prior_shape="graded")
+    assert choose_algorithm(small, has_gold=False, format_rate=0, prior_shape="sparse", **THRESHOLDS)[0] == "eaw"
+    name, why = choose_algorithm(small, has_gold=False, format_rate=0, prior_shape="graded", **THRESHOLDS)
     assert name == "grpo" and "task prior 'graded'" in why
     with pytest.raises(ValueError, match="prior_shape"):
-        choose_algorithm(small, has_gold=False, format_rate=0, prior_shape="dense")
+        choose_algorithm(small, has_gold=False, format_rate=0, prior_shape="dense", **THRESHOLDS)
 
 
 # ---- the shared data path and the completion-only head ----------------------------------
@@ -268,13 +277,13 @@ def test_training_keeps_fp32_base_weights_on_cpu_under_auto_and_follows_an_expli
 
 
 def test_auto_precision_autocasts_bf16_only_where_the_cpu_computes_it_natively(monkeypatch):
-    from sia.engine import hf
+    from sia.engine import common
     from sia.train import lora_module
 
     cpu = torch.device("cpu")
-    monkeypatch.setattr(hf, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(common, "cpu_has_native_bf16", lambda: True)
     assert lora_module.training_precision("auto", cpu) == "bf16-mixed"
-    monkeypatch.setattr(hf, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(common, "cpu_has_native_bf16", lambda: False)
     assert lora_module.training_precision("auto", cpu) == "32-true"      # emulated bf16 is far slower
     assert lora_module.training_precision("bf16-mixed", cpu) == "bf16-mixed"   # an explicit choice stands
 
@@ -328,33 +337,40 @@ def test_completion_head_equals_full_logits_at_completion_positions(tiny_peft):
 
 # ---- rollouts.jsonl and trajectory credit -----------------------------------------------
 
+def _job_row(job: str, samples: list[Sample]) -> dict:
+    return {"job": job, "example_id": job, "k": 0, "reward": 1.0, "failure": None,
+            "samples": [sample_record(s) for s in samples]}
+
+
 def test_rollouts_round_trip_and_a_torn_last_line_is_dropped_then_overwritten(tmp_path):
     path = tmp_path / "gen" / "rollouts.jsonl"
-    samples = scored({"a": [0.0, 1.0]}) + [Sample(prompt="<|im_start|>user\nq", completion="z", group="b", seed=7)]
-    with RolloutWriter(path) as w:
-        for s in samples:
-            w.append(s)
-    assert read_rollouts(path) == samples
+    samples = scored({"a": [0.0, 1.0]}) + [Sample(prompt="<|im_start|>user\nq", completion="z", group="b", seed=7,
+                                                  prompt_ids=[1, 2], completion_ids=[3], finish="eos")]
+    rows = [_job_row("a~0", samples[:2]), _job_row("b~0", samples[2:])]
+    append_rollouts(path, rows)
+    assert read_rollouts(path) == rows and rollout_samples(read_rollouts(path)) == samples
     with open(path, "a") as f:
-        f.write('{"group": "b", "prompt": "half')  # what a kill -9 mid-write leaves
-    assert read_rollouts(path) == samples
-    with RolloutWriter(path) as w:
-        w.append(samples[0])
-    assert read_rollouts(path) == samples + samples[:1]
-    assert drawn_keys(read_rollouts(path)) == {("", None), ("", 7)}
-    path.write_text(path.read_text().replace('"group": "a"', '"group": broken', 1))
-    with pytest.raises(ValueError, match=r"rollouts.jsonl:1: .*corrupt"):
+        f.write('{"job": "c~0", "samples": [{"prompt": "half')  # what a kill -9 mid-write leaves
+    assert read_rollouts(path) == rows
+    append_rollouts(path, rows[:1])                          # the torn tail is cut, not glued to
+    assert read_rollouts(path) == rows + rows[:1]
+    path.write_text(path.read_text().replace('"job": "a~0"', '"job": broken', 1))
+    with pytest.raises(ValueError, match=r"rollouts.jsonl:1: not a rollout job row .*corrupt"):
+        read_rollouts(path)
+    path.write_text('{"job": "a~0", "reward": 1.0}\n[]\n')     # JSON, but not job rows
+    with pytest.raises(ValueError, match=r"rollouts.jsonl:1: .*lacks \['samples'\]"):
         read_rollouts(path)
     assert read_rollouts(tmp_path / "missing.jsonl") == []
 
 
-def test_kill_9_during_sampling_keeps_every_finished_sample(tmp_path):
+def test_kill_9_during_sampling_keeps_every_finished_job(tmp_path):
     path = tmp_path / "rollouts.jsonl"
     script = (f"import time, sys\nsys.path.insert(0, {str(REPO)!r})\n"
-              "from sia.train.rollouts import RolloutWriter\nfrom sia.train.samples import Sample\n"
-              f"w = RolloutWriter({str(path)!r})\n"
+              "from pathlib import Path\nfrom sia.levers.rollouts import append_rollouts\n"
+              f"path = Path({str(path)!r})\n"
               "for i in range(10000):\n"
-              "    w.append(Sample(prompt='p' * 5000, completion=str(i), reward=1.0, group=str(i // 4), seed=i))\n"
+              "    sample = {'prompt': 'p' * 5000, 'completion': str(i)}\n"
+              "    append_rollouts(path, [{'job': str(i), 'reward': 1.0, 'samples': [sample]}])\n"
               "    time.sleep(0.002)\n")
     proc = subprocess.Popen([sys.executable, "-c", script])
     deadline = time.time() + 60
@@ -364,7 +380,7 @@ def test_kill_9_during_sampling_keeps_every_finished_sample(tmp_path):
     proc.wait()
     kept = read_rollouts(path)
     assert len(kept) >= 5
-    assert [s.completion for s in kept] == [str(i) for i in range(len(kept))]  # every finished one, in order
+    assert [r["job"] for r in kept] == [str(i) for i in range(len(kept))]  # every finished one, in order
 
 
 def test_credit_goes_to_used_calls_else_the_last_unrejected_one():
@@ -380,14 +396,11 @@ def test_credit_goes_to_used_calls_else_the_last_unrejected_one():
     assert [c["completion"] for c in credited_calls([call("a", used=True), {"type": "fallback"}])] == ["a"]
 
     events = [call("draft"), call("final", finish_reason="length")]
-    [s] = samples_from_events(events, 0.5, group="ex1", example_id="ex1", temperature=0.8, seed=3)
+    served = [call("draft", temperature=0.8, seed=2), call("final", finish_reason="length", temperature=0.8, seed=3)]
+    [s] = samples_from_events(events, 0.5, group="ex1", example_id="ex1", served=served)
     assert (s.completion, s.reward, s.eos, s.sampling_temperature, s.seed) == ("final", 0.5, False, 0.8, 3)
     assert samples_from_events(events, 0.5, group="g", served=[call("something else")]) == []  # forged
-    trajs = [{"id": "e1", "events": [call("x")], "score": 1.0}, {"id": "e1", "events": [call("y")], "score": 0.0}]
-    got = samples_from_trajectories(trajs, rewards=[0.2, 0.4], temperature=1.0)
-    assert [(s.group, s.completion, s.reward) for s in got] == [("e1", "x", 0.2), ("e1", "y", 0.4)]
-    with pytest.raises(ValueError, match="one per trajectory"):
-        samples_from_trajectories(trajs, rewards=[1.0])
+    assert samples_from_events(events, 0.5, group="g", served=[]) == []       # nothing served: nothing to train
 
 
 def test_bad_inputs_name_what_is_wrong(tmp_path):
@@ -412,9 +425,8 @@ LORA_CFG = OmegaConf.merge(OmegaConf.load(REPO / "conf" / "lora" / "default.yaml
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    shared = os.environ.get("SIA_CACHE_DIR")
-    return Path(shared) if shared else tmp_path_factory.mktemp("sia_cache")
+def cache_dir(model_cache_dir):
+    return model_cache_dir   # the session's converted model (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -540,3 +552,17 @@ def test_activation_checkpointing_leaves_the_completion_gradient_unchanged():
     checkpointed = grads()
     assert plain.keys() == checkpointed.keys()
     assert all(torch.allclose(plain[n], checkpointed[n], atol=1e-6) for n in plain)
+
+
+def test_the_model_configs_own_lora_targets_are_the_ones_trained(cache_dir):
+    """gpt-oss names its own modules (model.lora_target_modules): the trainer must adapt those,
+    not lora.target_modules' SmolLM2/Llama defaults (the memory plan already counted them)."""
+    from sia.train.lora_module import load_lora_model
+
+    model_cfg = OmegaConf.merge(MODEL_CFG, {"lora_target_modules": ["q_proj"]})
+    model_dir = resolve_model_dir(MODEL_CFG, cache_dir)
+    model = load_lora_model(model_cfg, LORA_CFG, model_dir)
+    adapted = {name.split(".")[-4] for name, _ in model.named_parameters() if "lora_A" in name}
+    assert adapted == {"q_proj"}
+    default = load_lora_model(MODEL_CFG, LORA_CFG, model_dir)
+    assert {name.split(".")[-4] for name, _ in default.named_parameters() if "lora_A" in name} == set(LORA_CFG.target_modules)

@@ -2,17 +2,21 @@
 on recorded rollouts (no model needed): what it trains on, and when it refuses to train."""
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
 from omegaconf import OmegaConf
 
-from sia.agents.decision import Decision
+from sia.agents.decision import Decision, TrainingPlan
+from sia.agents.digest import Digest
+from sia.engine.base import Engine as TaskEngine
 from sia.harness.contract import JobResult
 from sia.levers.lora import LoraLever
 from sia.levers.rollouts import RolloutPlan, collect, job_id, read_rollouts
 from sia.run import RunDir
-from sia.tasks import EvalReport, Example, ExampleScore, Task, Scoring, load_task
+from sia.tasks import Example, load_task
+from tests.support.reward_task import RewardTask
 
 
 def _call(completion, used=None, **kw):
@@ -36,16 +40,9 @@ class CountingBench:
         return results
 
 
-class RewardByK(Task):
-    name = "toy"
-    scoring = Scoring(primary_metric="score")
-
-    def load(self):
-        raise NotImplementedError
-
-    def evaluate(self, examples, answers, split):
-        per = [ExampleScore(id=e.id, score=1.0 if a.endswith("~1") else 0.0) for e, a in zip(examples, answers)]
-        return EvalReport(metrics={"score": 0.0}, per_example=per)
+def reward_by_k(root):
+    """Answers are job ids (see the bench above): sample k=1 of each example earns 1, the rest 0."""
+    return RewardTask(root, lambda answer: 1.0 if answer.endswith("~1") else 0.0)
 
 
 def test_rollouts_survive_a_kill_and_are_never_drawn_twice(tmp_path):
@@ -53,7 +50,7 @@ def test_rollouts_survive_a_kill_and_are_never_drawn_twice(tmp_path):
     plan = RolloutPlan(examples=examples, samples_per_prompt=2, temperature=0.9, seed=7)
     path = tmp_path / "rollouts.jsonl"
     first = CountingBench()
-    rows = collect(RewardByK({}, tmp_path), first, tmp_path / "h.py", None, plan, path, "r")
+    rows = collect(reward_by_k(tmp_path), first, tmp_path / "h.py", None, plan, path, "r")
     assert len(rows) == 6 and len(first.jobs) == 6
     assert {r["job"]: r["reward"] for r in rows}[job_id(examples[0], 1)] == 1.0
     assert rows[0]["samples"][0]["completion"] == rows[0]["job"]     # the served call is the sample
@@ -62,7 +59,7 @@ def test_rollouts_survive_a_kill_and_are_never_drawn_twice(tmp_path):
     path.write_text(text[: text.rindex("\n", 0, len(text) - 1) + 1] + '{"job": "e2~1", "rew')
     assert len(read_rollouts(path)) == 5
     again = CountingBench()
-    rows = collect(RewardByK({}, tmp_path), again, tmp_path / "h.py", None, plan, path, "r")
+    rows = collect(reward_by_k(tmp_path), again, tmp_path / "h.py", None, plan, path, "r")
     assert again.jobs == [job_id(examples[2], 1)] and len(rows) == 6          # only the torn job redrawn
     assert len(path.read_text().splitlines()) == 6
 
@@ -83,11 +80,11 @@ def test_rollouts_stopped_by_the_budget_keep_the_chunks_already_drawn(tmp_path, 
             raise TimeoutError("out of budget")
 
     with pytest.raises(TimeoutError):
-        collect(RewardByK({}, tmp_path), CountingBench(), tmp_path / "h.py", None, plan, path, "r", on_progress=guard)
+        collect(reward_by_k(tmp_path), CountingBench(), tmp_path / "h.py", None, plan, path, "r", on_progress=guard)
     assert seen == [(2, 6), (4, 6)]
     assert len(read_rollouts(path)) == 4                 # both finished chunks; the third never started
     again = CountingBench()
-    rows = collect(RewardByK({}, tmp_path), again, tmp_path / "h.py", None, plan, path, "r")
+    rows = collect(reward_by_k(tmp_path), again, tmp_path / "h.py", None, plan, path, "r")
     assert len(again.jobs) == 2 and len(rows) == 6
 
 
@@ -107,7 +104,10 @@ def _lever(tmp_path, task, train):
         def run(self, *a, **k):
             raise AssertionError("recorded rollouts: nothing is drawn again")
 
-    return LoraLever(cfg=cfg, task=task, bench=NoBench(), run=RunDir(tmp_path / "run"), engine=None, train=train)
+    class NoModel(TaskEngine):   # asleep(): the protocol's default; nothing here serves an adapter
+        pass
+
+    return LoraLever(cfg=cfg, task=task, bench=NoBench(), run=RunDir(tmp_path / "run"), engine=NoModel(), train=train)
 
 
 def _record(lever, generation, rewards):
@@ -125,8 +125,13 @@ def _record(lever, generation, rewards):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-WEIGHTS = Decision(action="weights", rationale="r", training={"algorithm": "auto", "data": "auto", "steps": 2,
-                                                              "examples": 8}, stats={"format_rate": 0.0})
+WEIGHTS = Decision(action="weights", rationale="r", training=TrainingPlan("auto", steps=2, examples=8))
+
+
+def _digest(score: float, format_rate: float = 0.0) -> Digest:
+    """The incumbent's val digest a decision was made on (what the loop stamps on it)."""
+    return Digest(n=8, score=score, error_rate=0.0, format_rate=format_rate,
+                  wrong_rate=max(0.0, 1.0 - score - format_rate), wellformed_accuracy=score)
 
 
 def test_cuda_kernel_without_a_positive_sample_records_no_training_and_why(tmp_path):
@@ -135,10 +140,10 @@ def test_cuda_kernel_without_a_positive_sample_records_no_training_and_why(tmp_p
     assert "sft" not in lever.offer(task, "").algorithms          # no gold targets: reward-driven only
     _record(lever, 1, [0.0] * 32)
     trained = lever.train(1, WEIGHTS, tmp_path / "h.py", None, None)
-    assert trained.info["algorithm"] is None and "no positive sample" in trained.info["skipped"]
-    assert trained.info["reward_stats"]["n"] == 32
+    assert trained.report.algorithm is None and "no positive sample" in trained.report.skipped
+    assert trained.report.reward_stats["n"] == 32
     again = lever.train(1, WEIGHTS, tmp_path / "h.py", None, None)     # resumed: the same verdict, no redraw
-    assert again.info["skipped"] == trained.info["skipped"]
+    assert again.report == trained.report
 
 
 def test_a_rare_win_calls_for_entropic_weighting(tmp_path):
@@ -148,7 +153,7 @@ def test_a_rare_win_calls_for_entropic_weighting(tmp_path):
     rewards[5] = 0.6                                             # one correct kernel faster than the incumbent
     _record(lever, 1, rewards)
     name, why, samples, stats = lever._choose(1, WEIGHTS, tmp_path / "h.py", None, 8)
-    assert name == "eaw" and "positive" in why and len(samples) == 32 and stats["n_positive"] == 1
+    assert name == "eaw" and "positive" in why and len(samples) == 32 and stats.n_positive == 1
 
 
 def test_a_correct_kernel_slower_than_the_incumbent_is_not_positive(tmp_path):
@@ -157,14 +162,13 @@ def test_a_correct_kernel_slower_than_the_incumbent_is_not_positive(tmp_path):
     rewards = [0.0] * 32
     rewards[5] = 0.45                        # correct, but slower than the incumbent (val reward 0.5)
     _record(lever, 1, rewards)
-    at_incumbent = Decision(action="weights", rationale="r", training=WEIGHTS.training,
-                            stats={"format_rate": 0.0, "score": 0.5})
+    at_incumbent = Decision(action="weights", rationale="r", training=WEIGHTS.training, digest=_digest(0.5))
     trained = lever.train(1, at_incumbent, tmp_path / "h.py", None, None)
-    assert trained.info["algorithm"] is None and trained.info["reward_stats"]["threshold"] == 0.5
+    assert trained.report.algorithm is None and trained.report.reward_stats["threshold"] == 0.5
     rewards[9] = 0.55                        # one faster than the incumbent: that is worth training on
     _record(lever, 2, rewards)
     name, why, _, stats = lever._choose(2, at_incumbent, tmp_path / "h.py", None, 8)
-    assert name == "eaw" and stats["n_positive"] == 1 and "reward > 0.5" in why
+    assert name == "eaw" and stats.n_positive == 1 and "reward > 0.5" in why
 
 
 def test_binary_reward_with_spread_groups_calls_for_grpo(tmp_path):
@@ -172,8 +176,8 @@ def test_binary_reward_with_spread_groups_calls_for_grpo(tmp_path):
     lever = _lever(tmp_path, task, [Example(id=f"t{i}", inputs={}) for i in range(8)])
     _record(lever, 1, [1.0, 0.0, 1.0, 0.0] * 8)
     name, why, _, stats = lever._choose(1, WEIGHTS, tmp_path / "h.py", None, 8)
-    assert name == "grpo" and stats["spread_share"] == 1.0
-    forced = Decision(action="weights", rationale="r", training={"algorithm": "rs_sft", "steps": 2, "examples": 8})
+    assert name == "grpo" and stats.spread_share == 1.0
+    forced = Decision(action="weights", rationale="r", training=TrainingPlan("rs_sft", steps=2, examples=8))
     assert lever._choose(1, forced, tmp_path / "h.py", None, 8)[0] == "rs_sft"
 
 
@@ -182,8 +186,8 @@ def test_gold_sft_first_when_answers_are_unreadable(tmp_path, format_rate, expec
     task = load_task("sql_qa", {})
     lever = _lever(tmp_path, task, [Example(id=f"t{i}", inputs={}) for i in range(8)])
     _record(lever, 1, [1.0, 0.0, 1.0, 0.0] * 8)
-    decision = Decision(action="weights", rationale="r", training={"algorithm": "auto", "steps": 2, "examples": 8},
-                        stats={"format_rate": format_rate})
+    decision = Decision(action="weights", rationale="r", training=TrainingPlan("auto", steps=2, examples=8),
+                        digest=_digest(0.5 * (1 - format_rate), format_rate))
     assert lever._choose(1, decision, tmp_path / "h.py", None, 8)[0] == expected
 
 
@@ -200,7 +204,7 @@ def test_cuda_kernel_with_one_faster_kernel_trains_on_the_recorded_rollout(tmp_p
                                                                     lever.cfg.lora, {"max_seq_len": 64}),
                                             "cache_dir": str(model_cache_dir)})
 
-    class Engine:
+    class Engine(TaskEngine):   # the protocol's defaults: asleep() frees nothing
         served = {}
 
         def add_adapter(self, name, path):
@@ -215,19 +219,33 @@ def test_cuda_kernel_with_one_faster_kernel_trains_on_the_recorded_rollout(tmp_p
     rows[0]["samples"][0]["prompt"] = [{"role": "user", "content": "blah " * 100}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     trained = lever.train(1, WEIGHTS, tmp_path / "h.py", None, None)
-    assert trained.info["algorithm"] == "eaw" and len(trained.info["losses"]) == trained.info["steps"] == 1
-    too_long = trained.info["too_long"]                    # refused whole and counted, never cut
+    assert trained.report.algorithm == "eaw" and len(trained.report.losses) == trained.report.steps == 1
+    too_long = trained.report.too_long                     # refused whole and counted, never cut
     assert (too_long["refused"], too_long["of"], too_long["max_seq_len"]) == (1, 32, 64) and too_long["longest"] > 100
-    assert "1 of 2 steps: lora.rollout_epochs=2" in trained.info["note"]   # a few samples: 2 passes, 1 step
+    assert "1 of 2 steps: lora.rollout_epochs=2" in trained.report.note   # a few samples: 2 passes, 1 step
     assert (trained.path / "COMPLETE").is_file() and lever.engine.served == {trained.name: str(trained.path)}
 
 
 def test_a_forced_algorithm_the_rollout_cannot_train_fails_the_generation_not_the_run(tmp_path):
-    from sia.levers.lora import LeverFailed
+    from sia.parts import LeverFailed
 
     task = load_task("sql_qa", {})
     lever = _lever(tmp_path, task, [Example(id=f"t{i}", inputs={}) for i in range(8)])
     _record(lever, 1, [1.0, 1.0, 1.0, 1.0] * 4 + [0.0] * 16)       # no group holds different rewards
-    forced = Decision(action="weights", rationale="r", training={"algorithm": "grpo", "steps": 2, "examples": 8})
+    forced = Decision(action="weights", rationale="r", training=TrainingPlan("grpo", steps=2, examples=8))
+
+    class Sleeper(TaskEngine):   # the trainer runs inside the engine's asleep() (the protocol's member)
+        naps: list[str] = []
+
+        @contextlib.contextmanager
+        def asleep(self):
+            self.naps.append("asleep")
+            try:
+                yield
+            finally:
+                self.naps.append("awake")
+
+    lever.engine = Sleeper()
     with pytest.raises(LeverFailed, match="grpo cannot train on this rollout: .*every advantage is 0"):
         lever.train(1, forced, tmp_path / "h.py", None, None)
+    assert lever.engine.naps == ["asleep", "awake"]

@@ -23,7 +23,7 @@ Each is built from its ``conf/feedback/<name>.yaml`` by ``hydra.utils.instantiat
 from __future__ import annotations
 
 from sia.agents.context import FeedbackContext
-from sia.agents.decision import Decision
+from sia.agents.decision import Decision, TrainingPlan
 from sia.agents.digest import Digest
 from sia.tasks import HarnessEdit
 
@@ -78,17 +78,17 @@ class OfflineFeedback:
     @staticmethod
     def harness(edit: HarnessEdit, code: str, why: str, d: Digest) -> Decision:
         return Decision(action="harness", rationale=f"{why} -> edit '{edit.name}': {edit.description}",
-                        harness_code=code, edit=edit.name, stats=d.to_json())
+                        harness_code=code, edit=edit.name, digest=d)
 
     def weights(self, ctx: FeedbackContext, why: str) -> Decision:
         return Decision(action="weights", rationale=why,
-                        training={"algorithm": self.algorithm, "data": "auto", "steps": ctx.offer.max_steps,
-                                  "examples": ctx.offer.max_examples},
-                        stats=ctx.digest.to_json())
+                        training=TrainingPlan(algorithm=self.algorithm, steps=ctx.offer.max_steps,
+                                              examples=ctx.offer.max_examples),
+                        digest=ctx.digest)
 
     @staticmethod
     def stop(why: str, d: Digest) -> Decision:
-        return Decision(action="stop", rationale=why, stats=d.to_json())
+        return Decision(action="stop", rationale=why, digest=d)
 
     @staticmethod
     def failed_weight_updates(ctx: FeedbackContext) -> int:

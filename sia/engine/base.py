@@ -2,8 +2,9 @@
 per-token log-probabilities, and LoRA adapters swapped by version name."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import ContextManager, Protocol
 
 
 @dataclass
@@ -44,6 +45,8 @@ class EngineStats:
 
 
 class Engine(Protocol):
+    """Engines subclass this for the defaults (``asleep``)."""
+
     max_batch_size: int
     stats: EngineStats
 
@@ -56,3 +59,9 @@ class Engine(Protocol):
 
     def chat_template(self, messages: list[dict], completion: str | None = None) -> str:
         """The exact prompt text the engine feeds the model (used so training matches inference)."""
+
+    def asleep(self) -> ContextManager[None]:
+        """``with engine.asleep(): train(...)``: the engine's GPU memory is free inside (the
+        weights lever trains there). Default: nothing to free (the engine and the trainer share
+        the process's memory)."""
+        return contextlib.nullcontext()

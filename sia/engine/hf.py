@@ -4,68 +4,16 @@ from __future__ import annotations
 
 import threading
 import time
-import warnings
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
-from transformers import (AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList,
-                          StoppingCriteria, StoppingCriteriaList)
+from transformers import (AutoModelForCausalLM, LogitsProcessor, LogitsProcessorList, StoppingCriteria,
+                          StoppingCriteriaList)
 
-from sia.engine.base import EngineStats, GenRequest, GenResult
+from sia.engine.base import Engine, EngineStats, GenRequest, GenResult
+from sia.engine.common import (count_batch, encode_requests, eos_ids, load_tokenizer, pick_device, pick_dtype,
+                               quiet_peft, render_prompt, tokens_covering)
 from sia.engine.model_cache import resolve_model_dir
-
-
-def load_tokenizer(model_dir):
-    """The tokenizer as the engine and the trainer both use it (left padding for generation)."""
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def render_prompt(tokenizer, messages: list[dict]) -> str:
-    """The prompt text for a chat, ending where the assistant's reply starts."""
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-
-
-def encode_text(tokenizer, text: str) -> list[int]:
-    # The chat template already writes every special token; adding a BOS would double it.
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-@contextmanager
-def quiet_peft():
-    """PEFT calls a transformers API that transformers 5 deprecates; the warning is noise here."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        yield
-
-
-def pick_device(setting: str) -> torch.device:
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(setting)
-
-
-def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
-    """``auto``: bfloat16 where the hardware computes it natively (a CUDA GPU with bf16, a CPU
-    with AVX512-BF16 or AMX: ~2.7x faster generation than float32 on this project's 2-core
-    CPU), else float32 (emulated bf16 is slower than float32)."""
-    if setting != "auto":
-        return getattr(torch, setting)
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
-
-
-def cpu_has_native_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
 
 
 def plan_batches(requests: list[GenRequest], prompt_lengths: list[int], max_batch_size: int) -> list[list[int]]:
@@ -138,7 +86,7 @@ class _RowStopper(StoppingCriteria):
         return any(stop in text for stop in self.stops[row])
 
 
-class HFEngine:
+class HFEngine(Engine):
     """Implements :class:`sia.engine.base.Engine` with transformers ``generate`` and PEFT."""
 
     def __init__(self, model_cfg, cache_dir):
@@ -150,7 +98,7 @@ class HFEngine:
         self.tokenizer = load_tokenizer(model_dir)
         self.dtype = pick_dtype(str(model_cfg.dtype), self.device)
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=self.dtype).to(self.device).eval()
-        self.eos_ids = _eos_ids(self.model, self.tokenizer)
+        self.eos_ids = eos_ids(self.tokenizer, self.model.generation_config.eos_token_id)
         # Public version name -> internal PEFT adapter name. Internal names are fresh per
         # load so a version can be replaced, and so any version string is allowed.
         self._adapters: dict[str, str] = {}
@@ -193,8 +141,7 @@ class HFEngine:
     def _generate(self, requests: list[GenRequest], adapter: str | None) -> list[GenResult]:
         if adapter is not None and adapter not in self._adapters:
             raise KeyError(f"unknown adapter {adapter!r}; registered: {sorted(self._adapters)}")
-        prompt_ids = [encode_text(self.tokenizer, self.chat_template(r.messages)) for r in requests]
-        self._validate(requests, prompt_ids)
+        prompt_ids = encode_requests(self.tokenizer, requests, self.max_context)
         results: list[GenResult | None] = [None] * len(requests)
         with self._weights(adapter), torch.inference_mode():
             for chunk in plan_batches(requests, [len(p) for p in prompt_ids], self.max_batch_size):
@@ -202,15 +149,6 @@ class HFEngine:
                 for i, result in zip(chunk, chunk_results):
                     results[i] = result
         return results
-
-    def _validate(self, requests: list[GenRequest], prompt_ids: list[list[int]]) -> None:
-        for i, (request, ids) in enumerate(zip(requests, prompt_ids)):
-            if request.max_tokens < 1:
-                raise ValueError(f"request {i}: max_tokens must be >= 1, got {request.max_tokens}")
-            if len(ids) >= self.max_context:
-                raise ValueError(
-                    f"request {i}: prompt has {len(ids)} tokens, the model context is {self.max_context}"
-                )
 
     @contextmanager
     def _weights(self, adapter: str | None):
@@ -262,11 +200,7 @@ class HFEngine:
             result.latency_s = latency
             results.append(result)
 
-        self.stats.requests += len(requests)
-        self.stats.batches += 1
-        self.stats.prompt_tokens += sum(r.prompt_tokens for r in results)
-        self.stats.completion_tokens += sum(r.completion_tokens for r in results)
-        self.stats.generate_seconds += latency
+        count_batch(self.stats, results, latency)
         return results
 
     def _finish_row(self, request: GenRequest, tokens: list[int], logprobs: list[float]) -> GenResult:
@@ -279,7 +213,7 @@ class HFEngine:
         cut = _first_stop(text, request.stop or [])
         if cut is not None:
             text, finish = text[:cut], "stop"
-            tokens = tokens[:self._tokens_covering(tokens, cut)]
+            tokens = tokens[:tokens_covering(self.tokenizer, tokens, cut)]
         return GenResult(
             text=text,
             prompt_tokens=0,
@@ -292,22 +226,6 @@ class HFEngine:
 
     def _decode(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
-
-    def _tokens_covering(self, tokens: list[int], n_chars: int) -> int:
-        """The fewest leading tokens whose text reaches ``n_chars`` characters: the tokens that
-        produced the kept text (a token straddling the stop string counts as kept)."""
-        for k in range(len(tokens) + 1):
-            if len(self._decode(tokens[:k])) >= n_chars:
-                return k
-        return len(tokens)
-
-
-def _eos_ids(model, tokenizer) -> set[int]:
-    ids = model.generation_config.eos_token_id
-    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    return ids
 
 
 def _chosen_logprobs(step_logits: tuple[torch.Tensor, ...], chosen: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ PLACEMENTS = ("same_gpu_sleep", "same_gpu", "separate_gpus")
 RUNTIME_RESERVE_GIB = 2.5    # CUDA context, vLLM activations and sampler buffers (per GPU)
 SLEEP_RESIDUAL_GIB = 1.5     # what a level-1-asleep vLLM still holds (context, allocator pools)
 TRAIN_RESERVE_GIB = 1.5      # the trainer's CUDA context and allocator slack
-TRAINER_MAX_GPUS = 1         # sia/train/sft.py trains on one device (Lightning devices=1)
+TRAINER_MAX_GPUS = 1         # sia/train/trainer.py trains on one device (Lightning devices=1)
 
 
 @dataclass(frozen=True)
@@ -112,13 +112,31 @@ class Phase:
 def lora_targets(model_cfg, lora_cfg) -> tuple[list[str], list[str]]:
     """PEFT (target_modules, target_parameters): a model config that names its own modules
     (gpt-oss) overrides lora.target_modules, whose defaults are SmolLM2/Llama names."""
-    modules = _get(model_cfg, "lora_target_modules") or _get(lora_cfg, "target_modules", [])
-    return list(modules or []), list(_get(model_cfg, "lora_target_parameters", []) or [])
+    modules = _model(model_cfg, "lora_target_modules") or _lora(lora_cfg, "target_modules")
+    return list(modules or []), list(_model(model_cfg, "lora_target_parameters") or [])
 
 
-def _get(cfg, key, default=None):
-    value = getattr(cfg, key, None) if cfg is not None else None
-    return default if value is None else value
+def _model(model_cfg, key: str):
+    """``model.<key>``; its default lives in the schema only (sia.schema.ModelConfig)."""
+    from sia.schema import ModelConfig, setting
+
+    return setting(model_cfg, ModelConfig, key)
+
+
+def _lora(lora_cfg, key: str):
+    """``lora.<key>``; its default lives in the schema (sia.schema.LoraConfig) or conf/lora/default.yaml."""
+    from sia.schema import LoraConfig, setting
+
+    return setting(lora_cfg, LoraConfig, key)
+
+
+# The ``model.gpu`` block has no schema of its own: its defaults live here, once.
+GPU_DEFAULTS = {"memory_gb": 80, "count": 1, "trainer_placement": "same_gpu_sleep", "train_gpus": 1}
+
+
+def _gpu(g, key: str):
+    value = getattr(g, key, None)
+    return GPU_DEFAULTS[key] if value is None else value
 
 
 def _bytes(name: str, key: str) -> float:
@@ -131,39 +149,39 @@ def plan(model_cfg, lora_cfg) -> list[Phase]:
     """The serve and train phases of a model config with a ``gpu`` block (GiB per GPU)."""
     g = model_cfg.gpu
     arch = Arch.from_cfg(g.arch)
-    gpu = float(_get(g, "memory_gb", 80)) * 1e9 / GIB  # vendors quote GB
-    tp = int(_get(model_cfg, "tensor_parallel_size", 1))
-    share = float(_get(model_cfg, "gpu_memory_utilization", 0.5))
+    gpu = float(_gpu(g, "memory_gb")) * 1e9 / GIB  # vendors quote GB
+    tp = int(_model(model_cfg, "tensor_parallel_size"))
+    share = float(_model(model_cfg, "gpu_memory_utilization"))
     dtype = _bytes(str(model_cfg.dtype), "dtype")
-    expert_dtype = _bytes(str(_get(g, "expert_dtype", model_cfg.dtype)), "gpu.expert_dtype")
-    train_dtype = _bytes(str(_get(g, "train_expert_dtype", model_cfg.dtype)), "gpu.train_expert_dtype")
-    rank = int(_get(lora_cfg, "rank", 8))
+    expert_dtype = _bytes(str(getattr(g, "expert_dtype", None) or model_cfg.dtype), "gpu.expert_dtype")
+    train_dtype = _bytes(str(getattr(g, "train_expert_dtype", None) or model_cfg.dtype), "gpu.train_expert_dtype")
+    rank = int(_lora(lora_cfg, "rank"))
     lora = arch.lora_params(rank, *lora_targets(model_cfg, lora_cfg))
     context = int(model_cfg.max_context)
 
     weights = (arch.expert_params() * expert_dtype + arch.other_params() * dtype) / GIB
     # vLLM pre-allocates max_loras adapter slots at max_lora_rank (LoRA size grows with rank).
-    slot_rank = max(rank, int(_get(model_cfg, "max_lora_rank", rank)))
-    lora_serving = int(_get(model_cfg, "max_loras", 4)) * lora * slot_rank / rank * dtype / GIB
+    slot_rank = max(rank, int(_model(model_cfg, "max_lora_rank")))
+    lora_serving = int(_model(model_cfg, "max_loras")) * lora * slot_rank / rank * dtype / GIB
     kv_one_seq = arch.kv_bytes_per_token(dtype, context) * context / GIB
     serve = Phase("serve (vLLM)", _span(0, tp), {
         "weights": weights / tp, "LoRA slots": lora_serving / tp, "runtime reserve": RUNTIME_RESERVE_GIB,
         "KV cache (1 full-context sequence)": kv_one_seq / tp}, limit_gib=share * gpu)
 
-    placement = str(_get(g, "trainer_placement", "same_gpu_sleep"))
+    placement = str(_gpu(g, "trainer_placement"))
     if placement not in PLACEMENTS:
         raise ValueError(f"model.gpu.trainer_placement={placement!r}; use one of {', '.join(PLACEMENTS)}")
-    n_train = int(_get(g, "train_gpus", 1))
+    n_train = int(_gpu(g, "train_gpus"))
     # Activations live for one forward/backward: a micro-batch (gradient accumulation makes the step)
-    micro = int(_get(lora_cfg, "micro_batch_size", None) or _get(lora_cfg, "batch_size", 8))
-    tokens = micro * int(_get(lora_cfg, "max_seq_len", 1024))
+    micro = int(_lora(lora_cfg, "micro_batch_size") or _lora(lora_cfg, "batch_size"))
+    tokens = micro * int(_lora(lora_cfg, "max_seq_len"))
     # Activations run in the base's dtype (a bf16 base under "32-true" still computes in bf16);
     # a 16-bit precision setting (auto is one on a GPU) casts an fp32 base down.
-    precision = str(_get(lora_cfg, "precision", "32-true"))
+    precision = str(_lora(lora_cfg, "precision"))
     act_bytes = 2.0 if precision == "auto" or precision.startswith(("16", "bf16")) else dtype
     k = arch.experts_per_token if arch.experts else 1
     per_layer = (12 * arch.hidden + 5 * k * arch.intermediate) * act_bytes   # bytes a token, one layer
-    if bool(_get(lora_cfg, "activation_checkpointing", False)):
+    if bool(_lora(lora_cfg, "activation_checkpointing")):
         # each layer keeps only its input; backward recomputes one layer's activations at a time
         activations = tokens * (arch.layers * arch.hidden * act_bytes + per_layer) / GIB
     else:
@@ -192,7 +210,7 @@ def _span(first: int, count: int) -> str:
 def plan_problems(model_cfg, lora_cfg) -> list[str]:
     """Why the config cannot fit, one message per problem (empty: it fits, or the model config
     has no ``gpu`` block to plan from, as for the embedded CPU model)."""
-    g = _get(model_cfg, "gpu")
+    g = _model(model_cfg, "gpu")
     if g is None:
         return []
     try:
@@ -200,19 +218,19 @@ def plan_problems(model_cfg, lora_cfg) -> list[str]:
     except (ValueError, TypeError) as error:
         return [str(error)]
     problems = []
-    gpus = int(_get(g, "count", 1))
-    tp = int(_get(model_cfg, "tensor_parallel_size", 1))
-    placement = str(_get(g, "trainer_placement", "same_gpu_sleep"))
-    train_gpus = int(_get(g, "train_gpus", 1))
+    gpus = int(_gpu(g, "count"))
+    tp = int(_model(model_cfg, "tensor_parallel_size"))
+    placement = str(_gpu(g, "trainer_placement"))
+    train_gpus = int(_gpu(g, "train_gpus"))
     needed = tp + (train_gpus if placement == "separate_gpus" else 0)
     if needed > gpus:
         problems.append(f"model.gpu.count={gpus} but the plan needs {needed} (tensor_parallel_size={tp}"
                         f"{', plus train_gpus for separate_gpus' if placement == 'separate_gpus' else ''})")
     if train_gpus > TRAINER_MAX_GPUS:
-        problems.append(f"model.gpu.train_gpus={train_gpus}: sia/train/sft.py trains on {TRAINER_MAX_GPUS} device; "
+        problems.append(f"model.gpu.train_gpus={train_gpus}: sia/train/trainer.py trains on {TRAINER_MAX_GPUS} device; "
                         "sharding the base over several GPUs is not built yet (train_gpus=1 needs a GPU that "
                         "holds the whole training copy, see the plan)")
-    if placement == "same_gpu_sleep" and not bool(_get(model_cfg, "sleep_during_training", False)):
+    if placement == "same_gpu_sleep" and not bool(_model(model_cfg, "sleep_during_training")):
         problems.append("model.gpu.trainer_placement=same_gpu_sleep needs model.sleep_during_training=true")
     for phase in phases:
         if phase.peak_gib > phase.limit_gib:
@@ -236,7 +254,7 @@ def _advice(phase: str) -> str:
 def format_plan(model_cfg, lora_cfg) -> str:
     """The table printed before a run: every part of every phase, GiB per GPU."""
     arch = Arch.from_cfg(model_cfg.gpu.arch)
-    rank = int(_get(lora_cfg, "rank", 8))
+    rank = int(_lora(lora_cfg, "rank"))
     lines = [f"memory plan for {model_cfg.name}: {arch.total_params() / 1e9:.1f}B parameters "
              f"({arch.active_params() / 1e9:.1f}B active), LoRA rank {rank}: "
              f"{arch.lora_params(rank, *lora_targets(model_cfg, lora_cfg)) / 1e6:.0f}M trainable"]

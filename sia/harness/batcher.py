@@ -99,7 +99,9 @@ def gen_request(raw: Any, max_new_tokens: int, max_chars: int = DEFAULT_MAX_PROM
         raise ValueError(f"the prompt has {chars} characters; at most {max_chars} are served per call "
                          f"({CHARS_PER_TOKEN} per token of the model's context): send a shorter prompt")
     max_tokens = raw.get("max_tokens") or max_new_tokens
-    temperature, top_p, stop, seed = raw.get("temperature", 0.0), raw.get("top_p", 1.0), raw.get("stop"), raw.get("seed")
+    # an unset temperature / top_p: GenRequest's defaults (greedy, no nucleus cut), the one place they live
+    temperature, top_p = raw.get("temperature", GenRequest.temperature), raw.get("top_p", GenRequest.top_p)
+    stop, seed = raw.get("stop"), raw.get("seed")
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
         raise ValueError("max_tokens must be a positive int")
     if not _number(temperature) or not 0.0 <= temperature <= MAX_TEMPERATURE:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ast
 import pprint
-from typing import Any
+from typing import Any, Callable
 
 
 def _options_node(source: str) -> ast.Assign | None:
@@ -52,3 +52,9 @@ def with_options(source: str, **changes: Any) -> str | None:
     body = pprint.pformat(updated, indent=4, sort_dicts=False, width=88)
     new = "OPTIONS = " + body + "\n"
     return "".join(lines[: node.lineno - 1]) + new + "".join(lines[node.end_lineno :])
+
+
+def option_edit(**changes: Any) -> Callable[[str], str | None]:
+    """A ``HarnessEdit.apply`` that sets these OPTIONS values (see ``with_options`` for None):
+    most edits of a task's library are one such change of its seed harness's options."""
+    return lambda source: with_options(source, **changes)

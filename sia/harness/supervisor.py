@@ -24,6 +24,8 @@ import tempfile
 import time
 from functools import lru_cache
 
+import psutil
+
 from sia.harness.sandbox import SandboxUnavailable
 
 CONTAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "contain.py")
@@ -58,41 +60,27 @@ def describe_exit(code: int | None) -> str:
 def session_members(sid: int) -> list[int]:
     """Pids of the processes in session ``sid`` (the uncontained fallback's kill list)."""
     members = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            fields = _stat_fields(int(entry))
-            if len(fields) > 3 and int(fields[3]) == sid:   # state, ppid, pgrp, session
-                members.append(int(entry))
+    for pid in psutil.pids():
+        try:
+            if os.getsid(pid) == sid:
+                members.append(pid)
+        except OSError:            # gone since the listing, or not ours to ask
+            pass
     return members
 
 
-def _stat_fields(pid: int) -> list[bytes]:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()
-    except (OSError, IndexError):
-        return []
-
-
 def children_of(pid: int) -> list[int]:
-    out = []
+    """Pids of ``pid``'s direct children (zombies included: they still hold their pid)."""
     try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
-                out += [int(x) for x in f.read().split()]
-        except OSError:
-            pass
-    return out
+        return [child.pid for child in psutil.Process(pid).children()]
+    except psutil.Error:
+        return []
 
 
 def thread_count(pid: int) -> int:
     try:
-        return len(os.listdir(f"/proc/{pid}/task"))
-    except OSError:
+        return psutil.Process(pid).num_threads()
+    except psutil.Error:
         return 0
 
 

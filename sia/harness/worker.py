@@ -29,7 +29,7 @@ from typing import Any
 from sia.harness import protocol
 from sia.harness.contract import Completion
 from sia.harness.limits import EVENT_BYTES, events_problem
-from sia.harness.sandbox import SCRATCH_MB, SandboxSpec, SandboxUnavailable, apply_sandbox
+from sia.harness.sandbox import SandboxSpec, SandboxUnavailable, apply_sandbox
 
 ROLES = ("system", "user", "assistant")
 TRACEBACK_LINES = 20
@@ -266,14 +266,15 @@ def build_spec(config: dict) -> SandboxSpec:
     """The config's spec plus what this worker needs: the harness file itself (not its
     folder, which may hold other files), the public files, and the scratch dir (cwd)."""
     p = config.get("spec", {})
+    base = SandboxSpec()   # what the parent left unset: the spec's own defaults, the one place they live
     return SandboxSpec(
-        memory_mb=int(p.get("memory_mb", 2048)),
+        memory_mb=int(p.get("memory_mb", base.memory_mb)),
         read_paths=[config["harness_path"], *config["files"].values(), *p.get("read_paths", [])],
         write_paths=[os.getcwd(), *p.get("write_paths", [])],
         exec_paths=list(p.get("exec_paths", [])),
         deny_paths=list(p.get("deny_paths", [])),
-        strict=bool(p.get("strict", True)),
-        scratch_mb=int(p.get("scratch_mb", SCRATCH_MB)),   # the scratch (cwd) becomes a tmpfs this big
+        strict=bool(p.get("strict", base.strict)),
+        scratch_mb=int(p.get("scratch_mb", base.scratch_mb)),   # the scratch (cwd) becomes a tmpfs this big
     )
 
 

@@ -13,26 +13,22 @@ Every step leaves a file in the generation folder (``sft_pairs.json`` / ``rollou
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from sia.agents.decision import AUTO, Decision
 from sia.evaluation import Workbench
 from sia.harness.contract import Job
-from sia.levers.rollouts import RolloutPlan, collect, rotating_examples
-from sia.parts import LeverOffer, TrainedAdapter
+from sia.levers.rollouts import RolloutPlan, collect, rollout_samples, rotating_examples
+from sia.parts import MIN_ROLLOUT_EXAMPLES, LeverFailed, LeverOffer, TrainedAdapter, TrainReport
 from sia.run import RunDir, read_json, write_json_atomic
 from sia.tasks import Example, Task
 
-MIN_ROLLOUT_EXAMPLES = 2
-
-
-class LeverFailed(RuntimeError):
-    """A candidate could not be built (no training data, ...): the generation fails and the
-    loop goes on with the incumbent."""
+if TYPE_CHECKING:
+    from sia.engine.base import Engine
+    from sia.train.samples import RewardStats
 
 
 def adapter_name(generation: int) -> str:
@@ -40,7 +36,7 @@ def adapter_name(generation: int) -> str:
 
 
 class LoraLever:
-    def __init__(self, *, cfg, task: Task, bench: Workbench, run: RunDir, engine, train: list[Example],
+    def __init__(self, *, cfg, task: Task, bench: Workbench, run: RunDir, engine: Engine, train: list[Example],
                  progress: bool = False):
         self.cfg, self.task, self.bench, self.run, self.engine = cfg, task, bench, run, engine
         self.train_examples, self.progress = train, progress
@@ -53,76 +49,85 @@ class LoraLever:
         from sia.train.choose import ALGORITHMS   # sft needs gold targets, the others need rewards only
 
         algorithms = tuple(a for a in ALGORITHMS if a != "sft" or task.supports_gold_sft())
+        lora = self.cfg.lora
+        k = int(lora.samples_per_prompt)
+        per_example = float(lora.rollout_epochs) * k / int(lora.batch_size) if lora.get("rollout_epochs") else None
         return LeverOffer(True, "", algorithms=algorithms, max_steps=int(budget.train_steps),
-                          max_examples=int(budget.train_examples))
+                          max_examples=int(budget.train_examples), samples_per_prompt=k,
+                          rollout_examples=int(lora.rollout_examples), steps_per_example=per_example,
+                          min_rollout_examples=MIN_ROLLOUT_EXAMPLES)
 
     def train(self, generation: int, decision: Decision, harness: Path, adapter: str | None,
               adapter_dir: Path | None, pace: Callable[[int, int], None] | None = None) -> TrainedAdapter:
         gen_dir = self.run.gen_dir(generation)
         info_file, out_dir = gen_dir / "train.json", gen_dir / "adapter"
-        if info_file.is_file() and ((out_dir / "COMPLETE").is_file() or read_json(info_file).get("skipped")):
-            return self._finish(generation, read_json(info_file), out_dir)
-        training = dict(decision.training or {})
-        examples = int(training.get("examples", 1))
+        if info_file.is_file():
+            report = TrainReport.from_json(read_json(info_file))
+            if report.skipped or (out_dir / "COMPLETE").is_file():
+                return self._finish(generation, report, out_dir)
+        training = decision.training
+        examples = training.examples
         started = time.monotonic()
         algorithm, why, samples, stats = self._choose(generation, decision, harness, adapter, examples, pace)
         rollout_s = time.monotonic() - started   # ~0 when resumed from a saved rollouts.jsonl
         if algorithm is None:   # nothing to reinforce: no training this generation, said why
-            info = {"algorithm": None, "skipped": why, "rationale": why, "reward_stats": stats,
-                    "rollout_s": rollout_s}
-            write_json_atomic(info_file, info)
-            return self._finish(generation, info, out_dir)
+            report = TrainReport(algorithm=None, skipped=why, rationale=why,
+                                 reward_stats=stats.to_json() if stats else None, rollout_s=rollout_s)
+            write_json_atomic(info_file, report.to_json())
+            return self._finish(generation, report, out_dir)
         if algorithm == "sft":
             samples = self._gold_samples(gen_dir, harness, examples, generation)
         from sia.train.trainer import train_adapter
 
         try:
-            with getattr(self.engine, "asleep", contextlib.nullcontext)():   # vLLM frees the GPU meanwhile
+            with self.engine.asleep():   # vLLM frees the GPU meanwhile
                 result = train_adapter(self.cfg.model, self.cfg.lora, self.cfg.cache_dir, samples,
-                                       algorithm=algorithm, steps=int(training["steps"]), out_dir=out_dir,
+                                       algorithm=algorithm, steps=training.steps, out_dir=out_dir,
                                        init_adapter=adapter_dir, seed=int(self.cfg.seed) + generation,
-                                       progress=self.progress, threshold=(stats or {}).get("threshold"))
+                                       progress=self.progress, threshold=stats.threshold if stats else None)
         except ValueError as exc:   # the samples cannot train this algorithm (e.g. no reward spread)
             raise LeverFailed(f"{algorithm} cannot train on this rollout: {exc}") from None
         fit = self._fit(samples)   # after training: samples the algorithm refuses fail without a model
-        info = {"algorithm": algorithm, "rationale": why, "reward_stats": stats, "rollout_s": rollout_s,
-                "signal_share": (stats or {}).get("spread_share"), "too_long": fit,
-                "losses": result.losses,
-                "wall_s": result.wall_s, "steps": result.steps, "examples": result.examples,
-                "tokens_per_s": result.tokens_per_s, "peak_rss_mb": result.peak_rss_mb, "note": result.note}
-        write_json_atomic(info_file, info)
-        return self._finish(generation, info, out_dir)
+        report = TrainReport(algorithm=algorithm, rationale=why, reward_stats=stats.to_json() if stats else None,
+                             rollout_s=rollout_s, signal_share=stats.spread_share if stats else None,
+                             too_long=fit, losses=list(result.losses), wall_s=result.wall_s, steps=result.steps,
+                             examples=result.examples, tokens_per_s=result.tokens_per_s,
+                             peak_rss_mb=result.peak_rss_mb, note=result.note or "")
+        write_json_atomic(info_file, report.to_json())
+        return self._finish(generation, report, out_dir)
 
     # ---- steps -----------------------------------------------------------------------
     def _choose(self, generation: int, decision: Decision, harness: Path, adapter: str | None,
-                examples: int, pace=None) -> tuple[str | None, str, list, dict | None]:
+                examples: int, pace=None) -> tuple[str | None, str, list, RewardStats | None]:
         from sia.train.choose import choose_algorithm
         from sia.train.samples import reward_stats
 
         lora = self.cfg.lora
         thresholds = {k: lora.thresholds[k] for k in ("format_failure_sft", "sparse_zero_share", "min_groups")}
-        forced = (decision.training or {}).get("algorithm")
+        forced = decision.training.algorithm
         has_gold = self.task.supports_gold_sft()
-        format_rate = float((decision.stats or {}).get("format_rate", 0.0))
+        # the incumbent's val digest the decision was made on (the loop stamps it)
+        score = decision.digest.score if decision.digest is not None else None
+        format_rate = decision.digest.format_rate if decision.digest is not None else 0.0
         if forced == "sft" or forced in (AUTO, None) and has_gold and format_rate >= thresholds["format_failure_sft"]:
             return "sft", (f"gold SFT: {format_rate:.0%} of val answers unreadable" if forced != "sft"
                            else "gold SFT (asked for)"), [], None
-        rows = self._rollouts(generation, harness, adapter, examples, pace, (decision.stats or {}).get("score"))
-        samples = _samples(rows)
+        rows = self._rollouts(generation, harness, adapter, examples, pace, score)
+        samples = rollout_samples(rows)
         mean = sum(r["reward"] for r in rows) / len(rows) if rows else 0.0
         threshold = lora.get("positive_threshold")
         if threshold is None:   # the task's positive (Task.positive_threshold)
-            threshold = self.task.positive_threshold(mean, (decision.stats or {}).get("score"))
+            threshold = self.task.positive_threshold(mean, score)
         stats = reward_stats(samples, threshold=threshold)
         if forced not in (AUTO, None):
-            return forced, f"{forced} (asked for); rollout: {stats.describe()}", samples, stats.to_json()
+            return forced, f"{forced} (asked for); rollout: {stats.describe()}", samples, stats
         name, why = choose_algorithm(stats, has_gold=has_gold, format_rate=format_rate,
                                      prior_shape=self.task.scoring.reward_shape, **thresholds)
-        return name, why, samples, stats.to_json()
+        return name, why, samples, stats
 
     def _fit(self, samples: list) -> dict:
         """How many samples do not fit ``lora.max_seq_len`` (refused by the trainer, never cut)."""
-        from sia.engine.hf import load_tokenizer
+        from sia.engine.common import load_tokenizer
         from sia.engine.model_cache import resolve_model_dir
         from sia.train.batching import too_long
 
@@ -168,12 +173,12 @@ class LoraLever:
             write_json_atomic(pairs_file, pairs)
         return samples_from_pairs(read_json(pairs_file))
 
-    def _finish(self, generation: int, info: dict, adapter_dir: Path) -> TrainedAdapter:
-        if info.get("skipped"):
-            return TrainedAdapter(name="", path=adapter_dir, info=info)
+    def _finish(self, generation: int, report: TrainReport, adapter_dir: Path) -> TrainedAdapter:
+        if report.skipped:
+            return TrainedAdapter(name="", path=adapter_dir, report=report)
         name = adapter_name(generation)
         self.engine.add_adapter(name, str(adapter_dir))
-        return TrainedAdapter(name=name, path=adapter_dir, info=info)
+        return TrainedAdapter(name=name, path=adapter_dir, report=report)
 
 
 def samples_for_signal(p: float, k_min: int, k_max: int, target: float = 0.5) -> int:
@@ -187,10 +192,3 @@ def samples_for_signal(p: float, k_min: int, k_max: int, target: float = 0.5) ->
         if 1.0 - p ** k - (1.0 - p) ** k >= target:
             return k
     return k_max
-
-
-def _samples(rows: list[dict]) -> list:
-    """Trainer samples of the credited model calls of every rollout job."""
-    from sia.train.rollouts import record_sample
-
-    return [record_sample(x) for r in rows for x in r["samples"]]

@@ -1,24 +1,29 @@
-"""What happened to each SLURM job of a sweep, from submitit's job folders (``.submitit/<id>/``)
-and, when the cluster answers, ``sacct``.
+"""What happened to each SLURM job of a sweep, read through submitit's job API from the job
+folders the launcher leaves (``.submitit/<job id>/``).
 
 A job that never finished has no usable run dir, so its fate lives here: cancelled, timed out,
-failed (with the error its log ends with), still running or pending.
+failed (with the error its log ends with), still running or pending. The job's own result is its
+last word; without one, SLURM's state (submitit asks ``sacct``); without that, the log's end.
 """
 from __future__ import annotations
 
-import pickle
+import contextlib
+import io
 import re
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-# sacct state -> the word the report uses
-SACCT_WORDS = {"COMPLETED": "completed", "CANCELLED": "cancelled", "FAILED": "failed", "TIMEOUT": "timeout",
+import submitit
+
+# SLURM state (as submitit reports it) -> the word the report uses
+SLURM_WORDS = {"COMPLETED": "completed", "CANCELLED": "cancelled", "FAILED": "failed", "TIMEOUT": "timeout",
                "OUT_OF_MEMORY": "out of memory", "NODE_FAIL": "node failure", "PREEMPTED": "preempted",
                "RUNNING": "running", "PENDING": "pending", "REQUEUED": "requeued", "COMPLETING": "running",
                "BOOT_FAIL": "failed", "DEADLINE": "timeout", "SUSPENDED": "suspended"}
-NOISE = re.compile(r"^(submitit (INFO|WARNING|ERROR)|\[[0-9-]+ [0-9:,]+\]\[submitit\]|srun: (error|Job step))")
+# submitit's and SLURM's own lines in a job's stderr, and the frame submitit puts around a job's traceback
+NOISE = re.compile(r"^(submitit (INFO|WARNING|ERROR)|\[[0-9-]+ [0-9:,]+\]\[submitit\]|srun: (error|Job step)"
+                   r"|-{10,}$|You can check full logs with)")
 
 
 @dataclass
@@ -29,20 +34,6 @@ class Job:
     status: str                 # completed | cancelled | failed | timeout | running | pending | unknown
     detail: str                 # the error, or what the log says last
     overrides: list[str]
-    requeues: int               # times the job went back to the queue (requeue, preemption, time limit)
-
-
-def _text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
-
-
-def _logs(folder: Path) -> tuple[str, str]:
-    out = "".join(_text(p) for p in sorted(folder.glob("*_log.out")))
-    err = "".join(_text(p) for p in sorted(folder.glob("*_log.err")))
-    return out, err
 
 
 def error_excerpt(err: str, limit: int = 400) -> str:
@@ -60,25 +51,42 @@ def error_excerpt(err: str, limit: int = 400) -> str:
     return text[:limit]
 
 
-def _from_result(folder: Path) -> tuple[str, str] | None:
-    """(status, detail) from submitit's result pickle, when the job wrote one."""
-    results = sorted(folder.glob("*_result.pkl"))
-    if not results:
+def _submitit_job(folder: Path) -> submitit.SlurmJob:
+    """The job of one ``.submitit/<job id>/`` folder (the launcher's folder pattern is ``.submitit/%j``)."""
+    return submitit.SlurmJob(folder.parent / "%j", folder.name)
+
+
+def _stderr(job: submitit.SlurmJob) -> str:
+    try:
+        return job.stderr() or ""
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def _from_result(job: submitit.SlurmJob) -> tuple[str, str] | None:
+    """(status, detail) from the result the job wrote, or None when it wrote none (killed, cancelled,
+    timed out, still running) or it cannot be read."""
+    if not job.paths.result_pickle.exists():    # checked first: result() would wait for one
         return None
     try:
-        with open(results[0], "rb") as f:
-            outcome, value = pickle.load(f)   # written by this sweep's own trusted job process
-    except Exception:  # noqa: BLE001 - unreadable: fall back to the logs
+        error = job.exception()                  # the job raised: submitit kept its traceback
+        if error is not None:
+            return "failed", error_excerpt(str(error))
+        value = job.result()                     # a Hydra JobReturn: the run's own status
+    except Exception:  # noqa: BLE001 - unreadable result: the logs and SLURM still tell
         return None
-    if outcome == "error":
-        return "failed", error_excerpt(str(value))
-    status = getattr(getattr(value, "status", None), "name", "COMPLETED")
-    if status == "FAILED":
-        return "failed", f"{type(value._return_value).__name__}: {value._return_value}"[:400]
-    return "completed", ""
+    if getattr(getattr(value, "status", None), "name", "COMPLETED") != "FAILED":
+        return "completed", ""
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):   # return_value announces itself on stderr
+            value.return_value                    # noqa: B018 - raises the run's exception
+    except Exception as e:  # noqa: BLE001 - any exception the run raised is its error
+        return "failed", f"{type(e).__name__}: {e}"[:400]
+    return "failed", "the run failed without an exception"
 
 
-def _from_logs(err: str) -> tuple[str, str]:
+def _from_log(err: str) -> tuple[str, str]:
+    """(status, detail) from the end SLURM wrote into the job's stderr."""
     ends = re.findall(r"\*\*\* (?:JOB|STEP) \S+ ON \S+ CANCELLED AT \S+( DUE TO [A-Z ]+)?", err)
     last = ends[-1].strip() if ends else None
     if last == "DUE TO TIME LIMIT":
@@ -90,64 +98,50 @@ def _from_logs(err: str) -> tuple[str, str]:
     return "unknown", error_excerpt(err)
 
 
-def _overrides(folder: Path) -> list[str]:
-    pkls = sorted(folder.glob("*_submitted.pkl"))
-    if not pkls:
-        return []
+def _from_slurm(job: submitit.SlurmJob, err: str, detail: str) -> tuple[str, str] | None:
+    """(status, detail) from SLURM's state of the job (submitit's watcher asks sacct once for all
+    the jobs made so far), or None when SLURM does not know it."""
+    state = (job.state or "UNKNOWN").split()[0]   # "CANCELLED by 1000" -> CANCELLED
+    if state == "UNKNOWN":
+        return None
+    status = SLURM_WORDS.get(state, state.lower())
+    if status == "cancelled":
+        return status, "cancelled (scancel or an administrator)"
+    if status in ("running", "pending", "requeued"):
+        return status, detail
+    return status, detail or error_excerpt(err)
+
+
+def _overrides(job: submitit.SlurmJob) -> list[str]:
+    """The Hydra overrides the launcher submitted (the first argument of its pickled call)."""
     try:
-        with open(pkls[0], "rb") as f:
-            delayed = pickle.load(f)
-        return [str(o) for o in delayed.args[0]]
+        return [str(o) for o in job.submission().args[0]]
     except Exception:  # noqa: BLE001 - the run dir's .hydra/overrides.yaml says it too
         return []
 
 
-def sacct(job_ids: list[str]) -> dict[str, tuple[str, int]]:
-    """job id -> (final sacct state, requeues); empty when sacct is missing or does not answer."""
-    if not job_ids or shutil.which("sacct") is None:
-        return {}
-    arrays = sorted({j.split("_")[0] for j in job_ids})
-    try:
-        out = subprocess.run(["sacct", "-n", "-P", "-X", "-D", "-j", ",".join(arrays), "-o", "JobID,State"],
-                             capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return {}
-    if out.returncode != 0:
-        return {}
-    seen: dict[str, tuple[str, int]] = {}
-    for line in out.stdout.splitlines():
-        parts = line.split("|")
-        if len(parts) < 2:
-            continue
-        job, state = parts[0], parts[1].split()[0] if parts[1] else "UNKNOWN"
-        prior = seen.get(job, ("", 0))
-        seen[job] = (state, prior[1] + (state == "REQUEUED"))
-    return seen
+def _index(job_id: str) -> int | None:
+    index = job_id.split("_")[1] if "_" in job_id else None
+    return int(index) if index and index.isdigit() else None
 
 
 def read_jobs(sweep_dir: Path, use_sacct: bool = True) -> list[Job]:
+    """Every submitted job under ``sweep_dir/.submitit``; ``use_sacct=False`` reads results and logs
+    alone (another machine, accounting purged)."""
     root = Path(sweep_dir) / ".submitit"
     if not root.is_dir():
         return []
-    folders = [p for p in root.iterdir() if p.is_dir() and any(p.glob("*_submitted.pkl"))]
-    accounting = sacct([p.name for p in folders]) if use_sacct else {}
+    # made first, all of them, so the watcher's one sacct call covers every job
+    found = [_submitit_job(p) for p in sorted(root.iterdir()) if p.is_dir()]
+    found = [j for j in found if j.paths.submitted_pickle.exists()]
+    ask_slurm = use_sacct and shutil.which("sacct") is not None
     jobs = []
-    for folder in folders:
-        _, err = _logs(folder)
-        result = _from_result(folder)
-        status, detail = result if result is not None else _from_logs(err)
-        requeues = len(set(re.findall(r"CANCELLED AT (\S+) DUE TO JOB REQUEUE", err)))
-        if folder.name in accounting:
-            state, sacct_requeues = accounting[folder.name]
-            requeues = max(requeues, sacct_requeues)
-            if result is None:      # the result pickle is the job's own last word; else SLURM's
-                status = SACCT_WORDS.get(state, state.lower())
-                if status == "cancelled":
-                    detail = "cancelled (scancel or an administrator)"
-                elif status not in ("running", "pending", "requeued"):
-                    detail = detail or error_excerpt(err)
-        index = folder.name.split("_")[1] if "_" in folder.name else None
-        jobs.append(Job(job_id=folder.name, folder=folder, index=int(index) if index and index.isdigit() else None,
-                        status=status, detail=detail, overrides=_overrides(folder), requeues=requeues))
+    for job in found:
+        err = _stderr(job)
+        status, detail = _from_result(job) or _from_log(err)
+        if ask_slurm and not job.paths.result_pickle.exists():   # the result is the job's own last word
+            status, detail = _from_slurm(job, err, detail) or (status, detail)
+        jobs.append(Job(job_id=job.job_id, folder=job.paths.folder, index=_index(job.job_id),
+                        status=status, detail=detail, overrides=_overrides(job)))
     jobs.sort(key=lambda j: (j.job_id.split("_")[0], j.index if j.index is not None else -1))
     return jobs

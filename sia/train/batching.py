@@ -18,7 +18,7 @@ import random
 import torch
 from torch.utils.data import Sampler
 
-from sia.engine.hf import encode_text, render_prompt
+from sia.engine.common import encode_text, render_prompt
 from sia.train.samples import Sample
 
 BUCKET_TOKENS = 16  # sequences whose lengths differ by less than this may share a batch

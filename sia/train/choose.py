@@ -15,20 +15,17 @@ from sia.train.samples import RewardStats
 ALGORITHMS = ("sft", "rs_sft", "grpo", "eaw", "ppo")
 SHAPES = ("binary", "graded", "sparse")
 
-FORMAT_FAILURE_SFT = 0.3   # share of unreadable answers above which gold SFT comes first
-SPARSE_ZERO_SHARE = 0.8    # more samples than this at zero: reward is sparse
-MIN_GROUPS = 8             # fewer groups, or
-MIN_PER_GROUP = 2          # fewer samples per group: too small to read the shape from
+MIN_PER_GROUP = 2          # fewer samples per group (or fewer groups than min_groups): too small to read the shape
 
 
 def choose_algorithm(stats: RewardStats, *, has_gold: bool, format_rate: float, prior_shape: str,
-                     format_failure_sft: float = FORMAT_FAILURE_SFT, sparse_zero_share: float = SPARSE_ZERO_SHARE,
-                     min_groups: int = MIN_GROUPS) -> tuple[str | None, str]:
+                     format_failure_sft: float, sparse_zero_share: float, min_groups: int) -> tuple[str | None, str]:
     """(algorithm or None for "do not train", rationale quoting the statistics).
 
     ``format_rate`` is the share of answers the evaluator could not read (as
     ``sia.agents.digest.Digest.format_rate``): high means poor format-following. The keyword
-    thresholds are ``lora.thresholds`` (pass ``**cfg.lora.thresholds``)."""
+    thresholds are ``lora.thresholds`` (pass ``**cfg.lora.thresholds``; their values live in
+    conf/lora/default.yaml only)."""
     if prior_shape not in SHAPES:
         raise ValueError(f"prior_shape must be one of {SHAPES}, got {prior_shape!r} (Scoring.reward_shape)")
     if not 0.0 <= format_rate <= 1.0:

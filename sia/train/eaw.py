@@ -45,7 +45,7 @@ def _kl_to_uniform(beta: float, rewards: list[float]) -> float:
     return sum(math.exp(x - log_z) * (x - log_z + log_k) for x in logits)
 
 
-def adaptive_beta(rewards: list[float], kl_target: float = math.log(2)) -> float:
+def adaptive_beta(rewards: list[float], kl_target: float) -> float:
     """The beta >= 0 at which KL(q_beta || U) = min(kl_target, ln(K) / 2) (0 for K < 2 or
     equal rewards, where no beta moves q off uniform)."""
     if kl_target <= 0:
@@ -65,7 +65,7 @@ def adaptive_beta(rewards: list[float], kl_target: float = math.log(2)) -> float
     return hi
 
 
-def entropic_advantages(rewards: list[float], groups: list[str], kl_target: float = math.log(2)):
+def entropic_advantages(rewards: list[float], groups: list[str], kl_target: float):
     """(advantage per sample, beta per group): A_i = exp(beta r_i) / mean_{j != i} exp(beta r_j) - 1
     within each group, beta from :func:`adaptive_beta`; 0 for a group of one."""
     out = [0.0] * len(rewards)
@@ -86,14 +86,20 @@ def entropic_advantages(rewards: list[float], groups: list[str], kl_target: floa
 
 
 class Module(grpo.Module):
-    """GRPO's clipped surrogate (no KL term, token-level reduction) on entropic advantages."""
+    """GRPO's clipped surrogate on entropic advantages: no KL term and the token-level ``dapo``
+    reduction, fixed here (``lora.eaw`` has no ``kl`` or ``loss_type`` to set)."""
+
+    FIXED = {"kl": 0.0, "loss_type": "dapo"}
+
+    def __init__(self, model, lr, settings=None):
+        super().__init__(model, lr, {**(settings or {}), **self.FIXED})
 
 
 def prepare(samples: list[Sample], settings: dict) -> tuple[list[tuple[Sample, dict]], str]:
     """Scored samples with their entropic advantage and sampling temperature; groups without
     reward spread (every advantage 0) are left out."""
     scored = grpo._scored(samples, "eaw")
-    kl_target = float(settings.get("kl_target", math.log(2)))
+    kl_target = float(settings["kl_target"])
     advantages, betas = entropic_advantages([s.reward for s in scored], [s.group for s in scored], kl_target)
     spread = {g for g, idx in group_by(scored).items() if len({scored[i].reward for i in idx}) > 1}
     kept = [(s, {"advantage": a, "temperature": s.sampling_temperature or 0.0})

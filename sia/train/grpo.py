@@ -5,14 +5,14 @@ rollout temperature; so the trainer recomputes the sampling policy's log-probs i
 adapter, same temperature, same precision, no dropout) before the first step. An optional KL
 penalty to the base model uses the same PEFT model with the adapter disabled (no second copy).
 
-Two choices follow current practice (``lora.grpo``):
+Two choices follow current practice (``lora.grpo``, set in conf/lora/default.yaml):
 
-- ``loss_type`` (default ``dapo``): how per-token losses become a step's loss
+- ``loss_type`` (``dapo`` there): how per-token losses become a step's loss
   (:func:`sia.train.lora_module.reduce_tokens`): DAPO's token-level sum over the step's completion
   tokens (arXiv 2503.14476), Dr. GRPO's sum over a constant (arXiv 2503.20783), or the original
   per-row mean then mean over rows, whose length bias TRL's ``GRPOTrainer`` documentation warns
   about (TRL ``loss_type``, default ``dapo``).
-- ``scale_rewards`` (default ``group``): ``none`` leaves out the division by the group's reward
+- ``scale_rewards`` (``group`` there): ``none`` leaves out the division by the group's reward
   std (Dr. GRPO sec. 3.1: the std gives nearly-solved and nearly-hopeless prompts the largest
   updates, a question-difficulty bias; TRL ``scale_rewards="none"``).
 """
@@ -26,7 +26,7 @@ from sia.train.samples import Sample, group_by, indices_by_group
 STD_EPS = 1e-6
 
 
-def group_advantages(rewards: list[float], groups: list[str], scale: str = "group") -> list[float]:
+def group_advantages(rewards: list[float], groups: list[str], scale: str) -> list[float]:
     """reward - group mean, divided by the group's population std when ``scale`` is ``group``
     (``none``: not divided, Dr. GRPO); 0 in a group whose rewards are equal."""
     if scale not in ("group", "none"):
@@ -60,8 +60,8 @@ def clipped_surrogate(logp, old_logp, advantage, clip: float):
     return -torch.minimum(unclipped, clipped), (clipped < unclipped)
 
 
-def grpo_loss(logp, old_logp, advantage, mask, clip: float, kl_coef: float = 0.0, ref_logp=None,
-              loss_type: str = "dapo", step_tokens=None, step_rows=None, max_len=None):
+def grpo_loss(logp, old_logp, advantage, mask, *, clip: float, kl_coef: float, loss_type: str, ref_logp=None,
+              step_tokens=None, step_rows=None, max_len=None):
     """(surrogate + kl_coef * KL) per token, reduced by ``loss_type`` over the whole optimizer
     step (:func:`sia.train.lora_module.reduce_tokens`); (loss, metrics). The metrics are this
     batch's token means: clip_frac, kl, and ratio_dev (largest |ratio - 1|: 0 at step 0)."""
@@ -84,13 +84,13 @@ class Module(LoraModule):
 
     def __init__(self, model, lr, settings=None):
         super().__init__(model, lr, settings)
-        self.needs_ref_logp = float(self.settings.get("kl", 0.0)) > 0
+        self.needs_ref_logp = float(self.settings["kl"]) > 0
 
     def loss(self, batch):
         logp, _ = self.policy_logp(batch)
         return grpo_loss(logp, batch["old_logp"], batch["advantage"], batch["completion_mask"],
-                         clip=float(self.settings["clip"]), kl_coef=float(self.settings.get("kl", 0.0)),
-                         ref_logp=batch.get("ref_logp"), loss_type=str(self.settings.get("loss_type", "dapo")),
+                         clip=float(self.settings["clip"]), kl_coef=float(self.settings["kl"]),
+                         ref_logp=batch.get("ref_logp"), loss_type=str(self.settings["loss_type"]),
                          **self.step_counts(batch))
 
 
@@ -99,7 +99,7 @@ def prepare(samples: list[Sample], settings: dict) -> tuple[list[tuple[Sample, d
     all equal carry no advantage and are left out (they would only cost compute)."""
     scored = _scored(samples, "grpo")
     advantages = group_advantages([s.reward for s in scored], [s.group for s in scored],
-                                  str(settings.get("scale_rewards", "group")))
+                                  str(settings["scale_rewards"]))
     kept = [(s, {"advantage": a, "temperature": s.sampling_temperature or 0.0})
             for s, a in zip(scored, advantages) if a != 0.0]
     if not kept:
@@ -107,7 +107,7 @@ def prepare(samples: list[Sample], settings: dict) -> tuple[list[tuple[Sample, d
                          "draw more samples per prompt or choose rs_sft/ppo")
     groups = len({s.group for s, _ in kept})
     return kept, (f"{len(kept)} samples from {groups} of {len(group_by(scored))} groups with reward spread "
-                  f"(loss {settings.get('loss_type', 'dapo')}, reward scale {settings.get('scale_rewards', 'group')})")
+                  f"(loss {settings['loss_type']}, reward scale {settings['scale_rewards']})")
 
 
 def _scored(samples: list[Sample], name: str) -> list[Sample]:

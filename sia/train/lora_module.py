@@ -1,4 +1,4 @@
-"""The LoRA policy shared by every algorithm: loading (fresh or continued adapter), log-probs
+"""The LoRA module shared by every algorithm: loading (fresh or continued adapter), log-probs
 of completion tokens only, the base Lightning module, atomic saving, returning memory."""
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
-from sia.engine.hf import pick_device, pick_dtype, quiet_peft
-
-COMPLETE_MARKER = "COMPLETE"
+from sia.engine.common import pick_device, pick_dtype, quiet_peft
+from sia.engine.model_cache import COMPLETE_MARKER   # one marker for every directory written whole
+from sia.train.settings import lora_setting
 EXTRA_STATE = "extra_state.pt"  # non-adapter trainable state (the PPO value head)
 
 
@@ -42,6 +42,8 @@ def training_dtype(setting: str, device: torch.device) -> torch.dtype:
 
 def load_lora_model(model_cfg, lora_cfg, model_dir, init_adapter=None):
     from peft import LoraConfig, PeftModel, get_peft_model
+
+    from sia.engine.memory_plan import lora_targets
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(
@@ -51,14 +53,18 @@ def load_lora_model(model_cfg, lora_cfg, model_dir, init_adapter=None):
         if init_adapter is not None:
             model = PeftModel.from_pretrained(base, str(init_adapter), is_trainable=True)
         else:
+            # the model config's own module names (gpt-oss) over lora.target_modules, as the
+            # memory plan counts them
+            modules, parameters = lora_targets(model_cfg, lora_cfg)
             model = get_peft_model(base, LoraConfig(
                 r=int(lora_cfg.rank),
                 lora_alpha=int(lora_cfg.alpha),
                 lora_dropout=float(lora_cfg.dropout),
-                target_modules=list(lora_cfg.target_modules),
+                target_modules=modules,
+                target_parameters=parameters or None,
                 task_type="CAUSAL_LM",
             ))
-    if lora_cfg.get("activation_checkpointing", False):
+    if lora_setting(lora_cfg, "activation_checkpointing"):
         # Keep only each layer's input and recompute the rest in backward: far less memory for
         # long sequences, about a third more compute.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -1,21 +1,16 @@
-"""Measuring the trainer (peak resident memory) and keeping Lightning quiet."""
+"""Peak resident memory of this process while a block runs (the trainer reports it)."""
 from __future__ import annotations
 
-import logging
-import os
 import threading
-import warnings
-from contextlib import contextmanager
 
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+import psutil
 
 
 def rss_mb() -> float:
-    """This process's resident memory now, in MB (0 where /proc is missing)."""
+    """This process's resident memory now, in MB (0 where the platform does not say)."""
     try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * _PAGE / 2**20
-    except OSError:
+        return psutil.Process().memory_info().rss / 2**20
+    except psutil.Error:
         return 0.0
 
 
@@ -44,22 +39,3 @@ class PeakRSS:
         self._thread.join()
         self.peak_mb = max(self.peak_mb, rss_mb())
         return False
-
-
-@contextmanager
-def quiet_lightning():
-    """Hide Lightning's start-up banner and advice that do not apply to this small-data loop."""
-    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=".*number of training batches.*smaller than the logging interval.*")
-            warnings.filterwarnings("ignore", message=".*`srun` command is available.*")  # not a SLURM job step
-            warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning vs newer torch, harmless
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)

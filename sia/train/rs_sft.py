@@ -6,7 +6,7 @@ from sia.train import sft
 from sia.train.samples import Sample, group_by
 
 
-def select_best(samples: list[Sample], threshold: float, top_k: int = 1) -> list[Sample]:
+def select_best(samples: list[Sample], threshold: float, top_k: int) -> list[Sample]:
     """Up to ``top_k`` highest-reward samples per group, each with reward > ``threshold``;
     among equal rewards the earlier sample wins. Duplicate completions in a group count once."""
     if top_k < 1:

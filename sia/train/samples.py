@@ -56,14 +56,6 @@ class Sample:
             if not math.isfinite(self.reward):
                 raise ValueError(f"Sample.reward must be finite, got {self.reward} (group {self.group!r})")
 
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> "Sample":
-        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        return cls(**known)
-
 
 @dataclass
 class RewardStats:

@@ -10,6 +10,14 @@ from sia.train.choose import ALGORITHMS
 # lora.precision: auto picks one of the others for the device (sia.train.lora_module.training_precision).
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true")
 
+def lora_setting(lora_cfg, key: str):
+    """``lora.<key>``, or its default in the schema (sia.schema.LoraConfig: the one place it
+    lives) where the config lacks the key (a plain dict or YAML loaded without Hydra)."""
+    from sia.schema import LoraConfig, setting   # on use: importing it registers every config schema
+
+    return setting(lora_cfg, LoraConfig, key)
+
+
 # The keys each algorithm reads (lora.<algorithm>.<key>); conf/lora/default.yaml sets them all.
 KEYS = {
     "sft": (),
@@ -43,8 +51,8 @@ def algorithm_settings(lora_cfg, algorithm: str, threshold: float | None = None)
     problems = _value_problems(algorithm, settings)
     if problems:
         raise ValueError(problems[0])
-    if threshold is None:
-        threshold = lora_cfg.get("positive_threshold", 0.0) if hasattr(lora_cfg, "get") else 0.0
+    if threshold is None:   # lora.positive_threshold; null there: 0 (rewards above 0 are positive)
+        threshold = lora_setting(lora_cfg, "positive_threshold")
     settings["threshold"] = float(0.0 if threshold is None else threshold)
     return settings
 
@@ -92,7 +100,7 @@ def _value_problems(algorithm: str, s: dict) -> list[str]:
 
 def gradient_clip(lora_cfg) -> float | None:
     """``lora.gradient_clip_val``: the largest gradient norm of one optimizer step (None: off)."""
-    value = lora_cfg.get("gradient_clip_val") if hasattr(lora_cfg, "get") else None
+    value = lora_setting(lora_cfg, "gradient_clip_val")
     if value is None:
         return None
     if not (_is_number(value) and value > 0):
@@ -107,7 +115,7 @@ def micro_batches(lora_cfg) -> tuple[int, int]:
     at once (gradient accumulation: the losses are normalised by the whole step's rows or tokens,
     sia.train.trainer, so any split gives the same gradient, with less memory)."""
     batch = int(lora_cfg.batch_size)
-    micro = lora_cfg.get("micro_batch_size") or batch
+    micro = lora_setting(lora_cfg, "micro_batch_size") or batch
     if not isinstance(micro, int) or isinstance(micro, bool) or micro < 1 or batch % micro:
         raise ValueError(f"lora.micro_batch_size={micro!r} must divide lora.batch_size={batch}; use e.g. "
                          f"lora.micro_batch_size={max(1, batch // 2)}, or null for whole batches")
@@ -117,7 +125,7 @@ def micro_batches(lora_cfg) -> tuple[int, int]:
 def capped_steps(lora_cfg, algorithm: str, steps: int, n_samples: int) -> int:
     """``steps``, cut to ``lora.rollout_epochs`` passes over ``n_samples`` for the reward-driven
     algorithms (at least one step). Gold SFT is not capped: its pairs do not go stale."""
-    epochs = lora_cfg.get("rollout_epochs") if hasattr(lora_cfg, "get") else None
+    epochs = lora_setting(lora_cfg, "rollout_epochs")
     if epochs is None or algorithm == "sft":
         return steps
     per_pass = n_samples / int(lora_cfg.batch_size)

@@ -1,6 +1,7 @@
 """Supervised fine-tuning (gold targets): the token-mean negative log-likelihood of the
-completion tokens. ``train_sft`` is the original entry point the loop calls, now a thin
-wrapper over :func:`sia.train.trainer.train_adapter`."""
+completion tokens. The weights lever trains it through :func:`sia.train.trainer.train_adapter`
+(``algorithm="sft"``) like every algorithm; ``train_sft`` is the same call on raw
+``{"messages", "completion"}`` pairs, for scripts (benchmarks, the engine tests)."""
 from __future__ import annotations
 
 import torch
@@ -28,8 +29,8 @@ def prepare(samples: list[Sample], settings: dict) -> tuple[list[tuple[Sample, d
 
 def train_sft(model_cfg, lora_cfg, cache_dir, pairs: list[dict], steps: int, out_dir,
               init_adapter=None, seed: int = 0, progress: bool = True, wandb_logger=None):
-    """Gold SFT on ``{"messages", "completion"}`` pairs (the loop's call); returns a
-    :class:`sia.train.trainer.TrainResult`."""
+    """Gold SFT on ``{"messages", "completion"}`` pairs (``train_adapter`` with
+    ``algorithm="sft"``); returns a :class:`sia.train.trainer.TrainResult`."""
     from sia.train.trainer import train_adapter
 
     if not pairs:

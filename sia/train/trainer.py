@@ -17,6 +17,8 @@ from __future__ import annotations
 import importlib
 import logging
 import time
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,14 +26,34 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from sia.engine.hf import load_tokenizer, pick_device
+from sia.engine.common import load_tokenizer, pick_device
 from sia.engine.model_cache import resolve_model_dir
 from sia.train.batching import BucketBatchSampler, batch_tokens, collate, encode_sample
 from sia.train.lora_module import (disable_dropout, load_extra_state, load_lora_model, precision_context,
                               release_memory, save_adapter, training_precision)
-from sia.train.peak_memory import PeakRSS, quiet_lightning
+from sia.train.peak_memory import PeakRSS
 from sia.train.samples import Sample
 from sia.train.settings import algorithm_settings, capped_steps, gradient_clip, micro_batches
+
+
+@contextmanager
+def quiet_lightning():
+    """Hide Lightning's start-up banner and advice that do not apply to this small-data loop."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=".*number of training batches.*smaller than the logging interval.*")
+            warnings.filterwarnings("ignore", message=".*`srun` command is available.*")  # not a SLURM job step
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning vs newer torch, harmless
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,10 @@ SYSTEM = (
     "Triton and CUDA code. Answer with ONE Python module in a single ```python code block."
 )
 
-SKELETON = '''```python
-import torch
+# A correct (slow) submission: the fallback answer, and, fenced, the skeleton the prompt shows.
+TEMPLATE = '''import torch
 import torch.nn.functional as F
+
 
 def custom_kernel(data):
     x, mask, w = data                      # x [B,N,N,C], mask [B,N,N], w: dict of tensors
@@ -38,7 +39,9 @@ def custom_kernel(data):
     out = torch.einsum("bikh,bjkh->bijh", left, right)   # the O(N^3) part: optimise here
     out = F.layer_norm(out, (h,), w["norm_out_weight"], w["norm_out_bias"], 1e-5)
     return (out * gate) @ w["out_proj"].T
-```'''
+'''
+
+SKELETON = "```python\n" + TEMPLATE + "```"
 
 BATCHED_HINT = (
     "Use this formulation: compute the four left/right projections with ONE matrix product "
@@ -48,23 +51,6 @@ BATCHED_HINT = (
     "right.transpose(1, 2)); transpose the result to [B*N*N, H] once for the output "
     "LayerNorm, multiply by the output gate and project with out_proj."
 )
-
-TEMPLATE = '''import torch
-import torch.nn.functional as F
-
-
-def custom_kernel(data):
-    x, mask, w = data
-    c, h = x.shape[-1], w["left_proj"].shape[0]
-    x = F.layer_norm(x, (c,), w["norm_in_weight"], w["norm_in_bias"], 1e-5)
-    m = mask.unsqueeze(-1)
-    left = (x @ w["left_proj"].T) * m * torch.sigmoid(x @ w["left_gate"].T)
-    right = (x @ w["right_proj"].T) * m * torch.sigmoid(x @ w["right_gate"].T)
-    gate = torch.sigmoid(x @ w["out_gate"].T)
-    out = torch.einsum("bikh,bjkh->bijh", left, right)
-    out = F.layer_norm(out, (h,), w["norm_out_weight"], w["norm_out_bias"], 1e-5)
-    return (out * gate) @ w["out_proj"].T
-'''
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n(.*?)(?:```|\Z)", re.S)
 

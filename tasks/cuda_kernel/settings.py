@@ -121,8 +121,6 @@ class Settings:
     correctness: tuple[Case, ...]
     benchmark: tuple[Case, ...]
     plans: dict                      # split -> SplitPlan
-    # Read for old configs only: every call is now checked in full (issue 8 item 3), so no
-    # share of timed calls is left to a sample of rows.
     start_s: float
     call_s: float
     total_s: float

@@ -12,6 +12,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
+from sia.data import DataFileError, read_json_list, undecodable
+
 from .metrics import ANSWER_PREFIX
 
 FORMATS = ("auto", "lawbench", "cail")
@@ -25,21 +27,9 @@ LAWBENCH_URL = "https://raw.githubusercontent.com/open-compass/LawBench/main/dat
 UTF8_FIX = "re-save it as UTF-8 (e.g. iconv -f GBK -t UTF-8 old.json > new.json)"
 
 
-class DataError(ValueError):
-    """A data file that cannot be used. The message continues "<key>=<path>" with what is
-    wrong and the fix, so the task can prefix the config key it came from."""
-
-
-def _undecodable(err: UnicodeDecodeError, where: str = "") -> DataError:
-    return DataError(f"is not UTF-8 text (byte 0x{err.object[err.start]:02x} at byte {err.start}"
-                     f"{where}): {UTF8_FIX}")
-
-
-def read_text(path: Path) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise _undecodable(err) from None
+# A data file that cannot be used. The message continues "<key>=<path>" with what is wrong
+# and the fix, so the task can prefix the config key it came from (sia.data's convention).
+DataError = DataFileError
 
 
 def normalise_charge(name: str) -> str:
@@ -81,7 +71,7 @@ def detect_format(path: Path) -> str | None:
     try:
         first = first.decode("utf-8").lstrip("\ufeff").strip()
     except UnicodeDecodeError as err:
-        raise _undecodable(err, " of its first line") from None
+        raise undecodable(err, UTF8_FIX, " of its first line") from None
     if first.startswith("["):
         return "lawbench"
     if first.startswith("{"):
@@ -94,14 +84,7 @@ def detect_format(path: Path) -> str | None:
 
 
 def load_lawbench(path: Path) -> list[dict]:
-    try:
-        items = json.loads(read_text(path))
-    except json.JSONDecodeError as err:
-        raise DataError(f"is not valid JSON ({err.msg} at line {err.lineno} column {err.colno}): "
-                        f"LawBench 3-3 is one JSON list of {{'question', 'answer'}} items") from None
-    if not isinstance(items, list):
-        raise DataError(f"holds a JSON {type(items).__name__}, not a list: LawBench 3-3 is one JSON "
-                        f"list of {{'question', 'answer'}} items")
+    items = read_json_list(path, "LawBench 3-3 {'question', 'answer'} items", UTF8_FIX)
     _check_items(items)
     records = []
     for index, item in enumerate(items):
@@ -134,7 +117,7 @@ def load_cail(path: Path) -> list[dict]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as err:
-                raise _undecodable(err, f" of line {number}") from None
+                raise undecodable(err, UTF8_FIX, f" of line {number}") from None
             if not line.strip():
                 continue
             try:
@@ -194,14 +177,12 @@ def load_labels(labels_path: Path | None, data_path: Path | None, train: list[di
     for candidate in candidates:
         if candidate is not None and Path(candidate).is_file():
             try:
-                names = json.loads(read_text(candidate))
-            except json.JSONDecodeError as err:
-                raise DataError(f"{candidate} is not valid JSON ({err.msg}): the label list is a "
-                                f"JSON list of charge names") from None
+                names = read_json_list(candidate, "charge names (the label list)", UTF8_FIX)
             except DataError as err:
                 raise DataError(f"{candidate} {err}") from None
-            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-                raise DataError(f"{candidate} is not a JSON list of charge names")
+            if not all(isinstance(n, str) for n in names):
+                raise DataError(f"{candidate} is not a JSON list of charge names: every item must be a "
+                                f"text (e.g. \"盗窃\")")
             return unique(n for n in map(normalise_charge, names) if n)
     return unique(name for record in train for name in record["charges"])
 

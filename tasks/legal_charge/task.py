@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sia.data import file_problem
-from sia.harness.options import with_options
+from sia.harness.options import option_edit
 from sia.tasks import schema_defaults
 from sia.tasks import (EvalReport, Example, ExampleScore, HarnessEdit, Splits, Task, Scoring,
                        merged_config, plain_config)
@@ -298,9 +298,6 @@ class TaskImpl(Task):
 
     # ---- levers ----------------------------------------------------------------------
     def harness_edits(self) -> list[HarnessEdit]:
-        def option_edit(**changes):
-            return lambda source: with_options(source, **changes)
-
         return [
             HarnessEdit(
                 "label_list", "format",

@@ -22,7 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from sia.data import file_problem
-from sia.harness.options import read_options, with_options
+from sia.harness.options import option_edit, read_options
 from sia.tasks import schema_defaults
 from sia.tasks import EvalReport, Example, ExampleScore, HarnessEdit, Splits, Task, Scoring, plain_config
 
@@ -268,9 +268,6 @@ class TaskImpl(Task):
 
     # ---- levers -----------------------------------------------------------------------------
     def harness_edits(self) -> list[HarnessEdit]:
-        def option_edit(**changes):
-            return lambda source: with_options(source, **changes)
-
         def fixed(pipeline):
             return option_edit(ask_model=False, default_pipeline=pipeline)
 

@@ -4,15 +4,17 @@ A predicted query is untrusted data. It runs on a read-only, immutable connectio
 authorizer that allows reading only (no ATTACH, writes, PRAGMA, transactions or extension
 loading), a wall-clock limit enforced by the progress handler, a cap on rows and on value
 size (100 kB: no result needs more, and quadratic functions such as ``instr`` or ``ltrim``
-stay short). ``evaluate_in_child`` runs the batch in a separate Python process with its own
-memory limit, supervised by ``sia.harness.supervisor``: the progress handler never fires
-inside one long function call, so the parent also kills the process when a query runs past
-its limit, records that query as timed out, and goes on with a new process.
+stay short). The loop runs the batch in a separate Python process, this file run as a script
+with its own memory limit (``supervised.evaluate_in_child``, the parent side, under
+``sia.harness.supervisor``): the progress handler never fires inside one long function call,
+so the parent also kills the process when a query runs past its limit, records that query as
+timed out, and goes on with a new process.
 
 Reasons go to the feedback side: they say what kind of mismatch it was (row count, values,
 order, columns) and never quote a gold value; counts and gold-side figures stay in details.
 
-Stdlib only and free of relative imports: this file is also the child's entry point.
+Stdlib only and free of relative imports: this file is also the child's entry point, and it
+imports nothing of the parent side (``supervised.py`` imports it, never the other way).
 """
 from __future__ import annotations
 
@@ -294,15 +296,6 @@ def _judge(item, connections, gold_cache, timeout_s, max_rows, mark=lambda phase
 def gold_timeout(timeout_s: float) -> float:
     """The trusted gold query's limit: generous, it is not what is being judged."""
     return max(timeout_s, 10.0) * 3
-
-
-def evaluate_in_child(items: list[dict], timeout_s: float, max_rows: int, memory_mb: int = 1024,
-                      python: str | None = None) -> list[Verdict]:
-    """``evaluate_batch`` in supervised child processes (this file run as a script); see
-    ``supervised.py``. Parent side only: the child never imports it."""
-    from .supervised import evaluate_supervised
-
-    return evaluate_supervised(items, timeout_s, max_rows, memory_mb, python)
 
 
 def _child_main() -> None:

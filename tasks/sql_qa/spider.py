@@ -12,12 +12,12 @@ questions are split within the databases instead, and ``SpiderData.within_databa
 """
 from __future__ import annotations
 
-import json
 import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from sia.data import DataFileError, read_json_list
 from sia.tasks import Example, Splits
 
 from .execution import evaluate_batch
@@ -86,20 +86,14 @@ class DataError(ValueError):
 
 
 QUESTION_KEYS = ("db_id", "question", "query")
+UTF8_FIX = "re-save it as UTF-8 (e.g. iconv -f LATIN1 -t UTF-8)"
 
 
 def _read_questions(file: Path, prefix: str) -> list[Example]:
     try:
-        items = json.loads(file.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as err:
-        raise DataError(f"{file.name} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at byte "
-                        f"{err.start}): re-save it as UTF-8 (e.g. iconv -f LATIN1 -t UTF-8)") from None
-    except json.JSONDecodeError as err:
-        raise DataError(f"{file.name} is not valid JSON ({err.msg} at line {err.lineno} column "
-                        f"{err.colno}): it must be one JSON list of {{db_id, question, query}} items") from None
-    if not isinstance(items, list):
-        raise DataError(f"{file.name} holds a JSON {type(items).__name__}, not a list of "
-                        f"{{db_id, question, query}} items")
+        items = read_json_list(file, "{db_id, question, query} items", UTF8_FIX)
+    except DataFileError as err:
+        raise DataError(f"{file.name} {err}") from None
     for key in QUESTION_KEYS:
         bad = [i for i, item in enumerate(items) if not isinstance(item, dict) or not isinstance(item.get(key), str)]
         if bad:

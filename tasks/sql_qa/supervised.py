@@ -28,9 +28,9 @@ STEP_S = 10.0     # between one item's verdict and the next item's first query
 STDERR_BYTES = 4096
 
 
-def evaluate_supervised(items: list[dict], timeout_s: float, max_rows: int, memory_mb: int = 1024,
+def evaluate_in_child(items: list[dict], timeout_s: float, max_rows: int, memory_mb: int = 1024,
                       python: str | None = None) -> list[Verdict]:
-    """``evaluate_batch`` in a fresh Python process (this file run as a script). The child
+    """``evaluate_batch`` in a fresh Python process (``execution.py`` run as a script). The child
     says which query it starts; one running past its limit (inside a single SQLite function
     call the progress handler cannot stop) gets the process killed and is recorded as timed
     out. If the child dies on an item, that item gets the reason. Either way a new child

@@ -3,7 +3,7 @@
 Data: a seeded synthetic ``shop`` database with templated questions of five difficulty levels
 (``task.data.source=synthetic``), or a local folder in the Spider format
 (``task.data.source=spider task.data.path=...``). Scoring: execution accuracy, computed in
-a separate evaluator process (``execution.evaluate_in_child``).
+a separate evaluator process (``supervised.evaluate_in_child``).
 """
 from __future__ import annotations
 
@@ -14,17 +14,18 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from sia.harness.options import with_options
+from sia.harness.options import option_edit
 from sia.tasks import schema_defaults
 from sia.tasks import (EvalReport, Example, ExampleScore, HarnessEdit, Splits, Task, Scoring,
                        merged_config, plain_config)
 
 from .config_schema import Config
 from .database import DB_ID, build_database
-from .execution import clean_answer_sql, evaluate_in_child, readonly_uri
+from .execution import clean_answer_sql, readonly_uri
 from .questions import assign_splits, generate_instances, interleave
 from .schema import describe_database
 from .spider import DataError, load_spider, spider_problems
+from .supervised import evaluate_in_child
 
 SOURCES = ("synthetic", "spider")
 SPLIT_BY = ("instance", "template")
@@ -46,13 +47,14 @@ def _is_fraction(value: Any) -> bool:
 
 class TaskImpl(Task):
     name = "sql_qa"
+    # one primary metric whatever the config, so it is declared on the class (as cuda_kernel's default)
+    scoring = Scoring(primary_metric="execution_accuracy", direction="max", reward_shape="binary",
+                      metrics=("execution_accuracy",) + tuple(f"{o}_rate" for o in OUTCOMES))
 
     def __init__(self, cfg: Any, root: Path):
         super().__init__(cfg, root)
         self.settings = merged_config(DEFAULTS, plain_config(cfg))
         self.data_cfg = self.settings["data"]
-        self.scoring = Scoring(primary_metric="execution_accuracy", direction="max", reward_shape="binary",
-                             metrics=("execution_accuracy",) + tuple(f"{o}_rate" for o in OUTCOMES))
         self._splits: Splits | None = None
         self._databases: dict[str, Path] = {}     # db_id -> the evaluator's own copy
         self._workdir: tempfile.TemporaryDirectory | None = None
@@ -269,9 +271,6 @@ class TaskImpl(Task):
 
     # ---- levers ----------------------------------------------------------------------------
     def harness_edits(self) -> list[HarnessEdit]:
-        def option_edit(**changes):
-            return lambda source: with_options(source, **changes)
-
         # Invalid or missing SQL is this task's unreadable answer (the digest files reasons
         # starting "invalid SQL"/"no SQL" under format), so the repairs for it address "format".
         return [

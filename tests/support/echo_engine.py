@@ -19,10 +19,9 @@ import time
 from pathlib import Path
 
 from sia.agents.decision import Decision
-from sia.engine.base import EngineStats, GenRequest, GenResult
+from sia.engine.base import Engine, EngineStats, GenRequest, GenResult
 from sia.harness.contract import Job
-from sia.levers.lora import LeverFailed
-from sia.parts import LeverOffer, TrainedAdapter
+from sia.parts import LeverFailed, LeverOffer, TrainedAdapter, TrainReport
 from sia.run import read_json, write_json_atomic, write_text_atomic
 
 CHARGES = ("盗窃", "故意伤害", "诈骗", "危险驾驶", "交通肇事", "抢劫", "寻衅滋事", "走私、贩卖、运输、制造毒品")
@@ -58,7 +57,7 @@ def _nearest(query: str, pairs: list[tuple[str, str]]) -> str | None:
     return best
 
 
-class EchoEngine:
+class EchoEngine(Engine):
     def __init__(self, model_cfg=None, cache_dir=None, delay_s: float = 0.0, salt: str | int = ""):
         self.max_batch_size = int(_cfg_get(model_cfg, "max_batch_size", 16))
         self.delay_s = float(delay_s)
@@ -131,9 +130,9 @@ class EchoLever:
         started = time.perf_counter()
         gen_dir = self.run.gen_dir(generation)
         out, info_file, pairs_file = gen_dir / "adapter", gen_dir / "train.json", gen_dir / "sft_pairs.json"
-        training = dict(decision.training or {})
+        training = decision.training
         if not pairs_file.is_file():
-            examples = self.train_examples[: int(training.get("examples", 1))]
+            examples = self.train_examples[:training.examples]
             jobs = [Job(id=e.id, inputs=e.inputs, kind="sft_pair", target=e.target) for e in examples]
             results = self.bench.run(harness, jobs, None, desc=f"gen {generation} render sft")
             pairs = [r.answer for r in results if r.error is None and isinstance(r.answer, dict)]
@@ -147,11 +146,11 @@ class EchoLever:
             if adapter_dir is not None and (Path(adapter_dir) / PAIRS_FILE).is_file():
                 merged = read_json(Path(adapter_dir) / PAIRS_FILE) + merged
             write_json_atomic(out / PAIRS_FILE, merged)
-            steps = int(training.get("steps", 1))
-            write_json_atomic(info_file, {"algorithm": "sft", "losses": [round(2.0 / (1 + i), 4) for i in range(steps)],
-                                          "wall_s": time.perf_counter() - started, "steps": steps,
-                                          "examples": len(merged)})
+            steps = training.steps
+            report = TrainReport(algorithm="sft", losses=[round(2.0 / (1 + i), 4) for i in range(steps)],
+                                 wall_s=time.perf_counter() - started, steps=steps, examples=len(merged))
+            write_json_atomic(info_file, report.to_json())
             write_text_atomic(out / "COMPLETE", "echo\n")
         name = f"gen{generation:03d}"
         self.engine.add_adapter(name, str(out))
-        return TrainedAdapter(name=name, path=out, info=read_json(info_file))
+        return TrainedAdapter(name=name, path=out, report=TrainReport.from_json(read_json(info_file)))

@@ -3,10 +3,11 @@ a toy feedback agent and a toy engine (deterministic, instant)."""
 from __future__ import annotations
 
 from sia.agents.decision import Decision
-from sia.engine.base import EngineStats, GenResult
+from sia.engine.base import Engine, EngineStats, GenResult
+from sia.parts import Feedback
 
 
-class ToyFeedback:
+class ToyFeedback(Feedback):
     """Applies the task's first applicable library edit once, then stops."""
 
     wants_train_probe = False
@@ -24,7 +25,7 @@ class ToyFeedback:
         return Decision(action="stop", rationale=f"{self.note}: done")
 
 
-class ToyEngine:
+class ToyEngine(Engine):
     """Names every charge the prompt lists when it lists them, else abstains."""
 
     max_batch_size = 16

@@ -1,5 +1,6 @@
 """The two wire formats: Anthropic Messages (tool use, prompt caching on the static prefix) and
-OpenAI Chat Completions (function calling, or JSON mode for servers without tools). Each backend
+OpenAI Chat Completions (function calling, or JSON mode held to the tool's schema by the
+server's guided decoding, for servers without tool calls, e.g. a plain ``vllm serve``). Each backend
 builds a request body, sends it with the SDK client (whose own ``max_retries`` and ``timeout``
 handle 429 with retry-after, 5xx, timeouts and dropped connections: no second retry loop here),
 and reads the answer back from the raw JSON, so a cached answer reads exactly like a fresh one."""
@@ -160,7 +161,7 @@ class OpenAIBackend:
         if self.s.tool_mode == "json":
             system += (f"\n\nAnswer with ONE JSON object only (no prose), the arguments of `{tool.name}`, "
                        f"matching this JSON schema:\n{json.dumps(tool.schema, ensure_ascii=False)}")
-            body["response_format"] = {"type": "json_object"}
+            body["response_format"] = json_schema_format(tool)
         else:
             body["tools"] = [{"type": "function", "function": {"name": t.name, "description": t.description,
                                                                "parameters": t.schema}} for t in tools]
@@ -172,7 +173,9 @@ class OpenAIBackend:
         try:
             return self.client.chat.completions.create(**body).model_dump(mode="json")
         except self._errors.APIStatusError as e:
-            raise LLMCallError(f"OpenAI-compatible API error {e.status_code}: {_message(e)}") from None
+            message = _message(e)
+            raise LLMCallError(f"OpenAI-compatible API error {e.status_code}: {message}"
+                               f"{openai_hint(message, self.s)}") from None
         except self._errors.APIConnectionError as e:
             raise LLMCallError(f"OpenAI-compatible server unreachable at {self.s.base_url or 'api.openai.com'} "
                                f"after {self.s.max_retries} retries: {e}") from None
@@ -218,6 +221,28 @@ class OpenAIBackend:
         else:
             messages += [assistant, {"role": "user", "content": error}]
         return {**body, "messages": messages}
+
+
+def json_schema_format(tool: Tool) -> dict:
+    """``response_format`` for JSON mode: the tool's schema, so a server with guided decoding
+    (vLLM, llama.cpp, Ollama, SGLang) can only emit an object of that shape, and a small model's
+    answer still parses. ``strict`` is off: OpenAI's strict mode rejects optional fields."""
+    return {"type": "json_schema", "json_schema": {"name": tool.name, "description": tool.description,
+                                                   "schema": tool.schema, "strict": False}}
+
+
+def openai_hint(message: str, s: LLMSettings) -> str:
+    """What to change when an OpenAI-compatible server refuses a request for a known reason."""
+    m = message.lower()
+    if s.tool_mode == "tools" and ("tool-call-parser" in m or "auto-tool-choice" in m or "tool choice" in m):
+        return (" (this server has no function calling: set llm.tool_mode=json to get the answer as guided "
+                "JSON, or start vLLM with --enable-auto-tool-choice --tool-call-parser <the model's parser>)")
+    if "context length" in m or "maximum context" in m or "too long" in m:
+        return (f" (the request does not fit the served model's context: lower llm.max_tokens "
+                f"(now {s.max_tokens}) or serve the model with a longer context, e.g. vLLM --max-model-len)")
+    if "response_format" in m or "json_schema" in m:
+        return " (this server has no JSON-schema output: use a server with guided decoding, or llm.tool_mode=tools)"
+    return ""
 
 
 def _message(e: Any) -> str:

@@ -59,7 +59,7 @@ class LLMSettings:
     timeout_s: float = 300.0
     prompt_cache: bool = True            # anthropic: cache_control on the static prefix
     response_cache: bool = True          # on-disk cache of answers in <run>/agent_cache/
-    tool_mode: str = "tools"             # tools | json (OpenAI-compatible servers without tool calls)
+    tool_mode: str = "tools"             # tools | json (guided JSON: OpenAI-compatible servers without tool calls)
     prices: Prices = field(default_factory=Prices)
 
     @property
@@ -114,7 +114,8 @@ def settings_problems(cfg: Any) -> list[str]:
         p.append(f"llm.on_failure={c.get('on_failure')!r} is not one of {', '.join(ON_FAILURE)}; fallback hands "
                  f"the generation to the rules feedback, stop ends the run cleanly (resumable)")
     if c.get("tool_mode", "tools") not in ("tools", "json"):
-        p.append(f"llm.tool_mode={c.get('tool_mode')!r} is not tools or json")
+        p.append(f"llm.tool_mode={c.get('tool_mode')!r} is not tools or json; use llm.tool_mode=tools (function "
+                 f"calling) or llm.tool_mode=json (guided JSON, for servers without tool calls)")
     for name, value in (c.get("prices") or {}).items():
         if name not in Prices.__dataclass_fields__:
             p.append(f"llm.prices.{name} is unknown; use input, output, cache_write, cache_read")

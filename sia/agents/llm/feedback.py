@@ -18,7 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable, Protocol
 
-from sia.agents.decision import AUTO, Decision, InvalidDecision
+from sia.agents.decision import AUTO, AgentCost, Decision, InvalidDecision, TrainingPlan
+from sia.agents.digest import Digest
 from sia.agents.llm.backends import LLMCallError, Reply
 from sia.agents.llm.client import AgentBudgetExhausted, LLMClient, client_for_run, cost_since, unavailable
 from sia.agents.llm.diff import DiffError, apply_edit
@@ -109,9 +110,8 @@ def validate_answer(answer: Any, ctx: FeedbackCtx, data_sources: tuple[str, ...]
         allowed = [AUTO, *offered_algorithms(offer, ctx.harness_code)]
         if plan.get("algorithm") not in allowed:
             raise InvalidAnswer(f"training.algorithm={plan.get('algorithm')!r} is not offered; use one of {allowed}")
-        training = {"algorithm": plan["algorithm"],
-                    "steps": _positive_int(plan, "steps", offer.max_steps),
-                    "examples": _positive_int(plan, "examples", offer.max_examples)}
+        training = TrainingPlan(algorithm=plan["algorithm"], steps=_positive_int(plan, "steps", offer.max_steps),
+                                examples=_positive_int(plan, "examples", offer.max_examples))
     decision = Decision(action=action, rationale=rationale.strip(), harness_code=code, training=training)
     try:
         return decision.validate(tuple(offer.algorithms) if action == "weights" else None)
@@ -197,6 +197,11 @@ class LLMFeedback:
             self._train_gold = {e.id: e.target for e in splits.train}   # train is public
             self._task = None
         return self._client
+
+    def decide_with(self, ctx: Any, levers: frozenset[str]) -> Decision | None:
+        """None: the model is not asked again with fewer levers (a second paid request); when
+        no weight update fits the time left the loop stops the run."""
+        return None
 
     def budget_left(self, ctx: Any, client: LLMClient) -> dict:
         left = dict(getattr(ctx, "budget_left", {}) or {})
@@ -316,9 +321,10 @@ class LLMFeedback:
 
     def _stamp(self, decision: Decision, ctx: Any, client: LLMClient, before: dict, errors: list[str],
                tstats: dict, fallback: bool = False, **extra: Any) -> Decision:
-        digest = ctx.digest.to_json() if hasattr(ctx.digest, "to_json") else dict(ctx.digest or {})
-        decision.stats = {**digest, **(decision.stats or {}), "agent": "llm", "fallback": fallback,
-                          "errors": errors, "trajectories": tstats, "cost": cost_since(client, before),
+        if isinstance(ctx.digest, Digest):
+            decision.digest = ctx.digest
+        decision.fallback, decision.cost = fallback, AgentCost.from_json(cost_since(client, before))
+        decision.stats = {**(decision.stats or {}), "agent": "llm", "errors": errors, "trajectories": tstats,
                           "tries": list(self._tried), **extra}
         if fallback:
             decision.stats["fallback_feedback"] = getattr(self.fallback, "name", None)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import difflib
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 import sia.harness.contract as contract_module
 from sia.agents.llm.backends import Tool
+from sia.agents.llm.quoting import fenced, quoted_json
+from sia.agents.llm.trajectories import failure_kind, order
 
 CONTRACT = (contract_module.__doc__ or "").strip()
 
@@ -158,20 +159,6 @@ def _j(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=str)
 
 
-def fenced(text: str, lang: str = "") -> str:
-    """``text`` in a code fence longer than any backtick run inside it (CommonMark), so quoted
-    text can never close the fence and continue as request text."""
-    longest = max((len(m) for m in re.findall(r"`+", text or "")), default=0)
-    fence = "`" * max(3, longest + 1)
-    return f"{fence}{lang}\n{text}\n{fence}"
-
-
-def quoted_json(value: Any) -> str:
-    """Untrusted data as indented JSON in a fence: every string is escaped, so no line of it can
-    start with a header, a fence or an instruction of its own."""
-    return fenced(json.dumps(value, ensure_ascii=False, indent=1, default=str), "json")
-
-
 def meta_request(resources: dict, files: dict, examples: list, seed: str | None, facts: dict | None = None) -> str:
     parts = ["# Run facts", run_facts_text(facts, None) if facts else "(not stated)",
              "# What the harness can read", "## ctx.resources", describe_resources(resources),
@@ -288,8 +275,6 @@ def val_summary(trajectories: list[dict], limit: int = 24) -> str:
     """Val failures, gold-free: id, kind, the evaluator's reason, the harness error kind. No
     per-example score: a graded one is a function of the gold (legal_charge's F1 with the size of
     the answer gives how many of its charges were right)."""
-    from sia.agents.llm.trajectories import failure_kind, order
-
     rows = []
     for t in order(trajectories):
         kind = failure_kind(t)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from statistics import mean
 from typing import Any
 
+from sia.agents.llm.quoting import quoted_json
 from sia.agents.llm.tokens import approx_tokens
 
 KIND_ORDER = ("error", "format", "wrong")
@@ -78,8 +79,6 @@ def example_record(t: dict, gold: Any = None, with_gold: bool = False) -> dict:
 
 def render_example(t: dict, gold: Any = None, with_gold: bool = False) -> str:
     """One trajectory as quoted JSON: every string escaped, so nothing in it starts a line."""
-    from sia.agents.llm.prompts import quoted_json
-
     return quoted_json(example_record(t, gold, with_gold))
 
 
