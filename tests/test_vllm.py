@@ -6,7 +6,6 @@ Runs only where vLLM is installed: ``bash scripts/setup-vllm.sh`` then
 Elsewhere the module skips with one line; with SIA_EXPECT_VLLM=1 (CI) a missing vLLM fails."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import threading
@@ -14,13 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
+from support.vllm_guard import require_vllm
 
-if importlib.util.find_spec("vllm") is None:
-    if os.environ.get("SIA_EXPECT_VLLM") == "1":
-        raise RuntimeError("SIA_EXPECT_VLLM=1 but vllm is not importable here: run the vLLM tests with "
-                           ".venv-vllm/bin/python (made by bash scripts/setup-vllm.sh)")
-    pytest.skip("vLLM is not installed in this venv (bash scripts/setup-vllm.sh; run with .venv-vllm/bin/python)",
-                allow_module_level=True)
+require_vllm()
 
 import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402

@@ -12,7 +12,6 @@ arguments (it asks importlib.metadata for a distribution named "vllm").
 Run: ``SIA_EXPECT_VLLM=1 .venv-vllm/bin/python -m pytest -q -m vllm tests/test_vllm_served_agents.py``."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -26,13 +25,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from support.vllm_guard import require_vllm
 
-if importlib.util.find_spec("vllm") is None:
-    if os.environ.get("SIA_EXPECT_VLLM") == "1":
-        raise RuntimeError("SIA_EXPECT_VLLM=1 but vllm is not importable here: run the vLLM tests with "
-                           ".venv-vllm/bin/python (made by bash scripts/setup-vllm.sh)")
-    pytest.skip("vLLM is not installed in this venv (bash scripts/setup-vllm.sh; run with .venv-vllm/bin/python)",
-                allow_module_level=True)
+require_vllm()
 
 from omegaconf import OmegaConf  # noqa: E402
 

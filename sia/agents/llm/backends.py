@@ -59,23 +59,45 @@ def first_json_object(text: str) -> dict | None:
     return None
 
 
-class AnthropicBackend:
+def sdk_call(errors, create, s: LLMSettings, *, error: str, unreachable: str, hint=lambda message: "") -> dict:
+    """``create()``'s response as JSON; the SDK's failures (after its own retries) as one
+    LLMCallError that says what to do."""
+    try:
+        return create().model_dump(mode="json")
+    except errors.APIStatusError as e:
+        message = _message(e)
+        raise LLMCallError(f"{error} {e.status_code}: {message}{hint(message)}") from None
+    except errors.APIConnectionError as e:
+        raise LLMCallError(f"{unreachable} after {s.max_retries} retries: {e}") from None
+
+
+class SDKBackend:
+    """What both SDK backends share: the settings, the SDK's error classes, and a client on the
+    settings' endpoint with their retries and timeout."""
+
+    def __init__(self, s: LLMSettings, sdk, client_class, api_key: str):
+        self.s = s
+        self._errors = sdk
+        self.client = client_class(api_key=api_key, base_url=s.base_url, max_retries=s.max_retries, timeout=s.timeout_s)
+
+    def _start(self, tool: Tool | list[Tool]) -> tuple[list[Tool], dict[str, Any]]:
+        """The tools offered, and the body's model and answer limit."""
+        return (tool if isinstance(tool, list) else [tool]), {"model": self.s.model, "max_tokens": self.s.max_tokens}
+
+
+class AnthropicBackend(SDKBackend):
     name = "anthropic"
 
     def __init__(self, s: LLMSettings, api_key: str | None):
         import anthropic
 
-        self.s = s
-        self._errors = anthropic
-        self.client = anthropic.Anthropic(api_key=api_key or "none", base_url=s.base_url,
-                                          max_retries=s.max_retries, timeout=s.timeout_s)
+        super().__init__(s, anthropic, anthropic.Anthropic, api_key or "none")
 
     def body(self, system: str, user: str, tool: Tool | list[Tool]) -> dict:
-        tools = tool if isinstance(tool, list) else [tool]
+        tools, body = self._start(tool)
         block: dict[str, Any] = {"type": "text", "text": system}
         if self.s.prompt_cache:
             block["cache_control"] = {"type": "ephemeral"}   # the static prefix: tools + system
-        body: dict[str, Any] = {"model": self.s.model, "max_tokens": self.s.max_tokens}
         if self.s.thinking_tokens:
             # Extended thinking: its budget comes on top of the answer's; it allows neither a
             # forced tool nor a temperature.
@@ -91,14 +113,10 @@ class AnthropicBackend:
     def send(self, body: dict) -> dict:
         body = dict(body)
         extra = {"temperature": body.pop("temperature")} if "temperature" in body else None
-        try:
-            # This SDK's create() has no temperature argument; the API still takes it in the body.
-            return self.client.messages.create(**body, extra_body=extra).model_dump(mode="json")
-        except self._errors.APIStatusError as e:
-            raise LLMCallError(f"Anthropic API error {e.status_code}: {_message(e)}") from None
-        except self._errors.APIConnectionError as e:
-            raise LLMCallError(f"Anthropic API unreachable at {self.s.base_url or 'api.anthropic.com'} "
-                               f"after {self.s.max_retries} retries: {e}") from None
+        # This SDK's create() has no temperature argument; the API still takes it in the body.
+        return sdk_call(self._errors, lambda: self.client.messages.create(**body, extra_body=extra), self.s,
+                        error="Anthropic API error", unreachable=f"Anthropic API unreachable at "
+                        f"{self.s.base_url or 'api.anthropic.com'}")
 
     def parse(self, raw: dict) -> Reply:
         u = raw.get("usage") or {}
@@ -140,22 +158,18 @@ class AnthropicBackend:
         return {**body, "messages": messages}
 
 
-class OpenAIBackend:
+class OpenAIBackend(SDKBackend):
     name = "openai"
 
     def __init__(self, s: LLMSettings, api_key: str | None):
         import openai
 
-        self.s = s
-        self._errors = openai
         # A local server needs no key, but the SDK insists on one: any placeholder will do.
-        self.client = openai.OpenAI(api_key=api_key or "no-key", base_url=s.base_url,
-                                    max_retries=s.max_retries, timeout=s.timeout_s)
+        super().__init__(s, openai, openai.OpenAI, api_key or "no-key")
 
     def body(self, system: str, user: str, tool: Tool | list[Tool]) -> dict:
-        tools = tool if isinstance(tool, list) else [tool]
+        tools, body = self._start(tool)
         tool = tools[0]                   # json mode answers the first (the decision) only
-        body: dict[str, Any] = {"model": self.s.model, "max_tokens": self.s.max_tokens}
         if self.s.temperature is not None:
             body["temperature"] = self.s.temperature
         if self.s.tool_mode == "json":
@@ -170,15 +184,9 @@ class OpenAIBackend:
         return body
 
     def send(self, body: dict) -> dict:
-        try:
-            return self.client.chat.completions.create(**body).model_dump(mode="json")
-        except self._errors.APIStatusError as e:
-            message = _message(e)
-            raise LLMCallError(f"OpenAI-compatible API error {e.status_code}: {message}"
-                               f"{openai_hint(message, self.s)}") from None
-        except self._errors.APIConnectionError as e:
-            raise LLMCallError(f"OpenAI-compatible server unreachable at {self.s.base_url or 'api.openai.com'} "
-                               f"after {self.s.max_retries} retries: {e}") from None
+        return sdk_call(self._errors, lambda: self.client.chat.completions.create(**body), self.s,
+                        error="OpenAI-compatible API error", unreachable=f"OpenAI-compatible server unreachable at "
+                        f"{self.s.base_url or 'api.openai.com'}", hint=lambda message: openai_hint(message, self.s))
 
     def parse(self, raw: dict) -> Reply:
         u = raw.get("usage") or {}
