@@ -96,6 +96,8 @@ SlurmdSpoolDir=/var/spool/slurmd
 # again after 10 s (the credential lifetime; SLURM's default holds it back 120 s)
 AuthInfo=cred_expire=10
 KillWait=5
+# and the schedulers look every 5 s (the backfill scheduler, which starts a requeued job, every 30 s by default)
+SchedulerParameters=bf_interval=5,sched_interval=5
 MinJobAge=300
 NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$real_mb State=UNKNOWN
 PartitionName=$PARTITION Nodes=$NODE Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO

@@ -103,7 +103,7 @@ class LoraLever:
         from sia.train.samples import reward_stats
 
         lora = self.cfg.lora
-        thresholds = {k: lora.thresholds[k] for k in ("format_failure_sft", "sparse_zero_share", "min_groups")}
+        thresholds = dict(lora.thresholds)    # the choice's keywords (conf/lora/default.yaml)
         forced = decision.training.algorithm
         has_gold = self.task.supports_gold_sft()
         # the incumbent's val digest the decision was made on (the loop stamps it)
