@@ -45,7 +45,6 @@ class ChoiceThresholds:
     format_failure_sft: float = MISSING
     sparse_zero_share: float = MISSING
     min_groups: int = MISSING
-    min_signal_groups: int = MISSING
 
 
 @dataclass

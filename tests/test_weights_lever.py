@@ -97,8 +97,7 @@ def _lever(tmp_path, task, train):
                             "lora": OmegaConf.merge(lora, {
                                 "samples_per_prompt": 4, "rollout_examples": 8, "rollout_temperature": 0.9,
                                 "positive_threshold": None,
-                                "thresholds": {"format_failure_sft": 0.3, "sparse_zero_share": 0.8, "min_groups": 8,
-                                               "min_signal_groups": 4}}),
+                                "thresholds": {"format_failure_sft": 0.3, "sparse_zero_share": 0.8, "min_groups": 8}}),
                             "seed": 0, "model": {}, "cache_dir": str(tmp_path)})
 
     class NoBench:

@@ -5,11 +5,7 @@ sample -> no training (or ``sft`` on gold targets when the task has them); no gr
 different rewards -> ``rs_sft``, whatever the reward's shape (every group-relative advantage,
 grpo's and eaw's leave-one-out one, is 0 then, and a value baseline, ppo, would only learn
 which prompts are easy; imitating the samples above the threshold still reinforces what
-worked); mostly zero reward with a few wins -> ``eaw`` (the entropic objective is made for rare
-wins); fewer groups with spread than ``min_signal_groups`` -> ``rs_sft`` too (a handful of
-group-relative advantages is a noisy gradient: in benchmarks/weights_algorithms.py, at ~3 such
-groups per update, grpo's val gain over 3 seeds was -2.1 [-20, +16] on sql_qa and +2.8 [-3.2, +8.8]
-on legal_charge, rs_sft's +6.3 and +4.2 on every seed); otherwise -> ``grpo``. ``prior_shape``
+worked); mostly zero reward with a few wins -> ``eaw``; otherwise -> ``grpo``. ``prior_shape``
 (``Scoring.reward_shape``) stands in for the shape only when the rollout is too small to tell.
 """
 from __future__ import annotations
@@ -23,8 +19,7 @@ MIN_PER_GROUP = 2          # fewer samples per group (or fewer groups than min_g
 
 
 def choose_algorithm(stats: RewardStats, *, has_gold: bool, format_rate: float, prior_shape: str,
-                     format_failure_sft: float, sparse_zero_share: float, min_groups: int,
-                     min_signal_groups: int) -> tuple[str | None, str]:
+                     format_failure_sft: float, sparse_zero_share: float, min_groups: int) -> tuple[str | None, str]:
     """(algorithm or None for "do not train", rationale quoting the statistics).
 
     ``format_rate`` is the share of answers the evaluator could not read (as
@@ -62,11 +57,6 @@ def choose_algorithm(stats: RewardStats, *, has_gold: bool, format_rate: float, 
     elif shape == "sparse":
         name, why = "eaw", (f"{stats.zero_share:.0%} of samples at zero with {stats.n_positive} positive: "
                             "the entropic objective puts the update on the rare wins")
-    elif (signal := round(stats.spread_share * stats.groups)) < min_signal_groups:
-        name = "rs_sft"
-        why = (f"only {signal} of {stats.groups} groups hold different rewards (< {min_signal_groups}, "
-               f"lora.thresholds.min_signal_groups): too few group-relative advantages for a steady update; "
-               f"rejection-sampling SFT imitates the {stats.n_positive} samples above the threshold")
     else:
         name, why = "grpo", (f"{stats.spread_share:.0%} of groups hold different rewards (variance "
                              f"{stats.group_variance:.4f}): group-relative advantages carry the signal")
