@@ -63,7 +63,7 @@ INTERVAL_LEVEL = 0.95
 _EPS = 1e-12
 
 
-@dataclass
+@dataclass(frozen=True)
 class KeepSettings:
     rule: str = "paired"      # paired | strict
     alpha: float = 0.05       # false-keep chance of the significance path, over all looks
@@ -85,8 +85,7 @@ class KeepSettings:
 
 
 def read_settings(source) -> KeepSettings:
-    """The keep settings of a feedback agent or its config node (``feedback.keep*``);
-    defaults for what it lacks. TypeError/ValueError when a value is not a number."""
+    """The keep settings of a config node (``feedback.keep*``); defaults for what it lacks. TypeError/ValueError when a value is not a number."""
     default = KeepSettings()
     return KeepSettings(rule=str(getattr(source, "keep", default.rule)),
                         alpha=float(getattr(source, "keep_alpha", default.alpha)),
@@ -94,9 +93,8 @@ def read_settings(source) -> KeepSettings:
                         chunk=int(getattr(source, "keep_chunk", default.chunk)))
 
 
-def settings_of(feedback) -> KeepSettings:
-    """The keep settings a feedback agent carries, checked (ValueError names each problem)."""
-    settings = read_settings(feedback)
+def checked(settings: KeepSettings) -> KeepSettings:
+    """``settings``, or a ValueError naming each problem."""
     problems = settings.problems()
     if problems:
         raise ValueError("; ".join(problems))

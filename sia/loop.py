@@ -20,7 +20,7 @@ from sia.agents.decision import AgentCost, Decision, InvalidDecision, PlanForeca
 from sia.agents.digest import digest
 from sia.data import RunData
 from sia.evaluation import SplitScores
-from sia.keep import PairedRule, paired_gains, settings_of
+from sia.keep import PairedRule, checked, paired_gains
 from sia.pace import OutOfTime, PaceGuard, Rates, WeightsPlan, plan_weights
 from sia.parts import LeverFailed, LeverOffer, Parts, TrainReport
 from sia.records import GenerationRecord, Incumbent, RunState
@@ -36,7 +36,7 @@ class Loop:
         self.run, self.task, self.data, self.parts, self.tracker = run, task, data, parts, tracker
         self.state, self.budget, self.generate_seconds = state, budget, generate_seconds
         self.baselines = baselines or {}   # name -> {description, val, test}
-        self.keep = settings_of(parts.feedback)   # feedback.keep*: how a candidate is judged on val
+        self.keep = checked(parts.feedback.keep_settings)   # feedback.keep*: how a candidate is judged on val
 
     # ---- scoring ---------------------------------------------------------------------
     def _score(self, generation: int, harness: Path, adapter: str | None, full: bool) -> dict[str, SplitScores]:

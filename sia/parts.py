@@ -20,6 +20,7 @@ from typing import Any, Callable, Protocol, runtime_checkable
 from sia.agents.decision import Decision
 from sia.evaluation import SplitScores
 from sia.harness.contract import Job, JobResult
+from sia.keep import KeepSettings
 from sia.tasks import Example, Task
 
 MIN_ROLLOUT_EXAMPLES = 2     # the smallest rollout a weight update runs (and a time plan shrinks to)
@@ -77,6 +78,8 @@ class Feedback(Protocol):
     # True: every kept generation is also scored on the train probe (``budget.probe_train_examples``)
     # and the context carries its digest and trajectories (over-/under-fitting, train with gold).
     wants_train_probe: bool
+    # how the loop judges this feedback's candidates on val (``feedback.keep*``, sia/keep.py)
+    keep_settings: KeepSettings = KeepSettings()
 
     def decide(self, ctx: Any) -> Decision:
         """``ctx`` is a ``sia.agents.context.FeedbackContext``; the result is validated."""

@@ -13,7 +13,7 @@ from sia.assemble import assemble
 from sia.engine.base import EngineStats, GenResult
 from sia.harness.options import with_options
 from sia.harness.pool import HarnessPool
-from sia.keep import KeepSettings, PairedRule, p_greater, p_less, paired_gains
+from sia.keep import KeepSettings, PairedRule, p_greater, p_less, paired_gains, read_settings
 from sia.parts import Feedback
 from sia.records import GenerationRecord, Incumbent
 from sia.run import RunDir, new_state
@@ -126,8 +126,7 @@ class Scripted(Feedback):
     wants_train_probe = False
 
     def __init__(self, cfg, task):
-        self.keep, self.keep_chunk = cfg.feedback.keep, cfg.feedback.keep_chunk
-        self.keep_alpha, self.keep_margin = cfg.feedback.keep_alpha, cfg.feedback.keep_margin
+        self.keep_settings = read_settings(cfg.feedback)
         self.code = with_options(task.seed_harness(), label_list=True)
 
     def decide(self, ctx):

@@ -115,7 +115,7 @@ def test_a_feedback_lacking_a_declared_member_fails_when_the_parts_are_built(tmp
         def decide(self, ctx):
             return Decision(action="stop", rationale="done")
 
-    with pytest.raises(TypeError, match=r"the feedback part .*Old lacks decide_with, wants_train_probe "
+    with pytest.raises(TypeError, match=r"the feedback part .*Old lacks decide_with, keep_settings, wants_train_probe "
                                         r"\(declared by sia\.parts\.Feedback"):
         _parts(tmp_path, feedback=Old())
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 from sia.agents.context import FeedbackContext
 from sia.agents.decision import Decision, TrainingPlan
 from sia.agents.digest import Digest
+from sia.keep import KeepSettings
 from sia.tasks import HarnessEdit
 
 SYMPTOM_ORDER = ("errors", "format", "accuracy", "variance")
@@ -47,7 +48,7 @@ class OfflineFeedback:
                  keep: str = "paired", keep_alpha: float = 0.05, keep_margin: float = 2.0, keep_chunk: int = 16):
         self.name = name
         # the keep rule's settings (sia/keep.py): the loop reads them off the feedback it runs
-        self.keep, self.keep_alpha, self.keep_margin, self.keep_chunk = keep, keep_alpha, keep_margin, keep_chunk
+        self.keep_settings = KeepSettings(rule=keep, alpha=keep_alpha, margin=keep_margin, chunk=keep_chunk)
         self.abstain_threshold, self.error_threshold = abstain_threshold, error_threshold
         self.underfit_gap, self.baseline_gap = underfit_gap, baseline_gap
         self.algorithm = algorithm            # lora.algorithm: auto lets the lever choose

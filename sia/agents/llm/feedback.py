@@ -20,11 +20,13 @@ from typing import Any, Iterable, Protocol
 
 from sia.agents.decision import AUTO, AgentCost, Decision, InvalidDecision, TrainingPlan
 from sia.agents.digest import Digest
+from sia.keep import KeepSettings
 from sia.agents.llm.backends import LLMCallError, Reply
 from sia.agents.llm.client import AgentBudgetExhausted, LLMClient, client_for_run, cost_since, unavailable
 from sia.agents.llm.diff import DiffError, apply_edit
 from sia.agents.llm.prompts import (FEEDBACK_INSTRUCTIONS, TRY_HARNESS, decide_tool, feedback_request,
-                                    offered_algorithms, quoted_json, static_prefix)
+                                    offered_algorithms, static_prefix)
+from sia.agents.llm.quoting import quoted_json
 from sia.agents.llm.scrub import held_out_strings
 from sia.agents.llm.trajectories import select
 from sia.parts import Feedback, HarnessChecker, LeverOffer
@@ -169,8 +171,8 @@ class LLMFeedback:
         self.trajectory_tokens, self.repairs = trajectory_tokens, int(repairs)
         self.agent_tokens, self.agent_dollars = agent_tokens, agent_dollars
         self.facts = dict(facts or {})   # run facts from the config: task model, context, per-example caps
-        # the loop's keep rule (sia.keep.settings_of reads these off the feedback, as off the offline ones)
-        self.keep, self.keep_alpha, self.keep_margin, self.keep_chunk = keep, keep_alpha, keep_margin, keep_chunk
+        # the loop's keep rule (declared on sia.parts.Feedback), as the offline feedback agents carry it
+        self.keep_settings = KeepSettings(rule=keep, alpha=keep_alpha, margin=keep_margin, chunk=keep_chunk)
         for key, value in (("tries", tries), ("try_examples", try_examples)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"agent.{key}={value!r} must be a whole number >= 0 (0 turns try_harness off)")
