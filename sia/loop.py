@@ -22,7 +22,7 @@ from sia.data import RunData
 from sia.evaluation import SplitScores
 from sia.keep import PairedRule, checked, paired_gains
 from sia.pace import OutOfTime, PaceGuard, Rates, WeightsPlan, plan_weights
-from sia.parts import LeverFailed, LeverOffer, Parts, TrainReport
+from sia.parts import LeverFailed, LeverOffer, MetaOutcome, Parts, TrainReport
 from sia.records import GenerationRecord, Incumbent, RunState
 from sia.run import RunDir, read_json, write_json_atomic, write_text_atomic
 from sia.tasks import Task
@@ -70,16 +70,16 @@ class Loop:
         harness = gen_dir / "harness.py"
         if not harness.is_file():
             outcome = self.parts.meta.first_harness(self.parts.env)
-            write_json_atomic(gen_dir / "meta.json", outcome.info)
+            write_json_atomic(gen_dir / "meta.json", outcome.to_json())
             write_text_atomic(harness, outcome.code)
         problem = self.parts.evaluator.bench.check(harness)
         if problem:
             raise RuntimeError(f"the first harness ({harness}) does not load in the sandbox: {problem}")
-        info = read_json(gen_dir / "meta.json") if (gen_dir / "meta.json").is_file() else {}
-        fell_back = "; fell back to the seed harness" if info.get("fell_back_to_seed") else ""
+        meta = MetaOutcome.from_json(read_json(gen_dir / "meta.json") if (gen_dir / "meta.json").is_file() else {})
+        fell_back = "; fell back to the seed harness" if meta.fell_back_to_seed else ""
         record = GenerationRecord(generation=0, action="seed", kept=True, harness=str(harness),
-                                  rationale=f"first harness (Meta-Agent {info.get('agent', '?')}){fell_back}",
-                                  **_agent_cost(AgentCost.from_json(info.get("cost"))))
+                                  rationale=f"first harness (Meta-Agent {meta.agent}){fell_back}",
+                                  **_agent_cost(meta.cost or AgentCost()))
         return self._fill(record, self._score(0, harness, None, full=True))
 
     def _context(self, generation: int, inc: Incumbent) -> FeedbackContext:

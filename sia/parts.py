@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Protocol, runtime_checkable
 
-from sia.agents.decision import Decision
+from sia.agents.decision import AgentCost, Decision
 from sia.evaluation import SplitScores
 from sia.harness.contract import Job, JobResult
 from sia.keep import KeepSettings
@@ -33,10 +33,24 @@ class LeverFailed(RuntimeError):
 
 @dataclass
 class MetaOutcome:
-    """The first harness and how it came about (written to ``gen_000/meta.json``)."""
+    """The first harness and how it came about (``gen_000/meta.json``: these fields, flat)."""
 
     code: str
-    info: dict[str, Any] = field(default_factory=dict)   # agent, tries, errors, fell_back_to_seed, cost
+    agent: str                           # which Meta-Agent wrote it (seed | llm | ...)
+    fell_back_to_seed: bool = False      # the agent's harness never passed: the task's seed harness instead
+    cost: AgentCost | None = None        # an LLM agent's calls
+    details: dict[str, Any] = field(default_factory=dict)   # the rest, for the record: model, tries, errors, reason
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.details, "agent": self.agent, "fell_back_to_seed": self.fell_back_to_seed,
+                "cost": asdict(self.cost) if self.cost is not None else None}
+
+    @classmethod
+    def from_json(cls, data: dict, code: str = "") -> "MetaOutcome":
+        known = ("agent", "fell_back_to_seed", "cost")
+        return cls(code=code, agent=str(data.get("agent", "?")), fell_back_to_seed=bool(data.get("fell_back_to_seed")),
+                   cost=AgentCost.from_json(data["cost"]) if data.get("cost") else None,
+                   details={k: v for k, v in data.items() if k not in known})
 
 
 class HarnessChecker(Protocol):

@@ -126,8 +126,8 @@ def test_meta_harness_that_fails_the_check_is_repaired_on_the_second_answer(lega
     with ScriptedLLMServer([_tool(code=broken), _tool(code=seed + "\n# repaired\n")]) as server:
         checker = FakeChecker()
         out = LLMMetaAgent(llm=_llm(server), repairs=2).first_harness(_env(legal, tmp_path, checker))
-    assert out.code.endswith("# repaired\n") and out.info["tries"] == 2
-    assert out.info["fell_back_to_seed"] is False and "SyntaxError" in out.info["errors"][0]
+    assert out.code.endswith("# repaired\n") and out.details["tries"] == 2
+    assert out.fell_back_to_seed is False and "SyntaxError" in out.details["errors"][0]
     first, second = (r["body"] for r in server.requests)
     assert first["system"][0]["cache_control"] == {"type": "ephemeral"}          # the static prefix is cached
     assert "task.md" in first["system"][0]["text"] and "def solve(inputs: dict, ctx)" in first["system"][0]["text"]
@@ -137,7 +137,7 @@ def test_meta_harness_that_fails_the_check_is_repaired_on_the_second_answer(lega
     calls = [r for r in _ledger(tmp_path) if r["event"] == "call"]
     assert len(calls) == 2 and all(c["role"] == "meta" and c["dollars"] > 0 for c in calls)
     assert calls[1]["tokens_cached"] > 0                    # the second request read the cached prefix
-    assert out.info["cost"]["calls"] == 2 and out.info["cost"]["dollars"] > 0
+    assert out.cost.calls == 2 and out.cost.dollars > 0
 
 
 def test_meta_falls_back_to_the_seed_after_the_repairs(legal, tmp_path):
@@ -145,8 +145,8 @@ def test_meta_falls_back_to_the_seed_after_the_repairs(legal, tmp_path):
     with ScriptedLLMServer([bad, bad, bad]) as server:
         out = LLMMetaAgent(llm=_llm(server), repairs=2, show_seed=False).first_harness(
             _env(legal, tmp_path, FakeChecker()))
-    assert out.code == legal[0].seed_harness() and out.info["fell_back_to_seed"] is True
-    assert out.info["tries"] == 3 and len(server.requests) == 3 and "no solve" in out.info["reason"]
+    assert out.code == legal[0].seed_harness() and out.fell_back_to_seed is True
+    assert out.details["tries"] == 3 and len(server.requests) == 3 and "no solve" in out.details["reason"]
     assert "seed harness" not in server.requests[0]["body"]["messages"][0]["content"][0]["text"]
 
 
@@ -402,7 +402,7 @@ def test_openai_json_mode_and_a_harness_in_a_code_block(legal, tmp_path):
     with ScriptedLLMServer([{"text": f"Here it is:\n```python\n{seed}```"}]) as server:
         out = LLMMetaAgent(llm=_llm(server, "openai", tool_mode="json")).first_harness(
             _env(legal, tmp_path, FakeChecker()))
-    assert out.code.strip() == seed.strip() and out.info["tries"] == 1
+    assert out.code.strip() == seed.strip() and out.details["tries"] == 1
     body = server.requests[0]["body"]
     assert "tools" not in body and body["response_format"]["type"] == "json_schema"   # guided by the schema
     with ScriptedLLMServer([{"text": 'ok ```json\n{"action": "stop", "rationale": "json mode"}\n```'}]) as server:

@@ -47,15 +47,15 @@ def test_json_mode_asks_for_the_tools_schema_and_reads_a_bare_json_answer(tmp_pa
     assert "tools" not in body and "tool_choice" not in body
     assert fmt["type"] == "json_schema" and fmt["json_schema"]["name"] == WRITE_HARNESS.name
     assert fmt["json_schema"]["schema"] == WRITE_HARNESS.schema and fmt["json_schema"]["strict"] is False
-    assert out.code == seed and not out.info["fell_back_to_seed"] and out.info["tries"] == 1
+    assert out.code == seed and not out.fell_back_to_seed and out.details["tries"] == 1
 
 
 def test_a_server_without_tool_calls_is_explained_and_the_run_falls_back(tmp_path):
     with ScriptedLLMServer([{"status": 400, "message": NO_TOOL_PARSER}]) as server:
         out = LLMMetaAgent(llm=_llm(server), repairs=2).first_harness(_env(tmp_path))
     assert len(server.requests) == 1 and "tools" in server.requests[0]["body"]
-    assert out.info["fell_back_to_seed"] and out.info["tries"] == 0
-    error = out.info["errors"][0]
+    assert out.fell_back_to_seed and out.details["tries"] == 0
+    error = out.details["errors"][0]
     assert "400" in error and "--tool-call-parser" in error and "llm.tool_mode=json" in error   # the fix
     calls = [json.loads(x) for x in (tmp_path / "agents.jsonl").read_text().splitlines()]
     assert [c["outcome"] for c in calls if c.get("event") == "call"] == ["error"]
@@ -66,7 +66,7 @@ def test_a_context_overflow_names_max_tokens(tmp_path):
     with ScriptedLLMServer([{"status": 400, "message": message}]) as server:
         out = LLMMetaAgent(llm=_llm(server, tool_mode="json", max_tokens=512), repairs=0).first_harness(
             _env(tmp_path))
-    assert "llm.max_tokens (now 512)" in out.info["errors"][0] and out.info["fell_back_to_seed"]
+    assert "llm.max_tokens (now 512)" in out.details["errors"][0] and out.fell_back_to_seed
 
 
 def test_a_small_max_tokens_is_sent_and_only_a_budget_cut_is_refused(tmp_path):

@@ -304,7 +304,7 @@ def test_meta_truncation_asks_for_a_shorter_file_then_accepts(tmp_path):
               _tool(notes="shorter", code=seed)]
     with ScriptedLLMServer(script) as server:
         out = LLMMetaAgent(llm=_llm(server)).first_harness(_env((task, task.load()), tmp_path, FakeChecker()))
-    assert out.code == seed and not out.info["fell_back_to_seed"] and "cut at max_tokens" in out.info["errors"][0]
+    assert out.code == seed and not out.fell_back_to_seed and "cut at max_tokens" in out.details["errors"][0]
     assert "output limit" in json.dumps(server.requests[1]["body"]["messages"][-1], ensure_ascii=False)
 
 

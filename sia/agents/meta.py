@@ -11,4 +11,4 @@ class SeedMetaAgent:
     name = "seed"
 
     def first_harness(self, env: AgentEnv) -> MetaOutcome:
-        return MetaOutcome(code=env.task.seed_harness(), info={"agent": "seed", "source": "task seed harness"})
+        return MetaOutcome(code=env.task.seed_harness(), agent="seed", details={"source": "task seed harness"})

@@ -25,4 +25,4 @@ class ShortSeedMetaAgent:
                              "to cap; use agent.meta=seed for this task")
         # None when the seed already asks for no more: then it is used as it is
         code = with_options(seed, max_tokens=min(self.max_tokens, int(options["max_tokens"]))) or seed
-        return MetaOutcome(code=code, info={"agent": self.name, "source": f"task seed harness, max_tokens<={self.max_tokens}"})
+        return MetaOutcome(code=code, agent=self.name, details={"source": f"task seed harness, max_tokens<={self.max_tokens}"})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from sia.agents.decision import AgentCost
 from sia.agents.llm.backends import LLMCallError, Reply
 from sia.agents.llm.client import AgentBudgetExhausted, LLMClient, client_for_run, cost_since, unavailable
 from sia.agents.llm.prompts import META_INSTRUCTIONS, WRITE_HARNESS, meta_request, static_prefix
@@ -97,7 +98,7 @@ class LLMMetaAgent:
                 else env.checker.check(code)
             if problem is None:
                 client.ledger.note_outcome("meta", "accepted", tries=tries)
-                return MetaOutcome(code, info=self._info(client, before, tries, errors, False, None))
+                return self._outcome(code, client, before, tries, errors, False, None)
             errors.append(problem)
             client.ledger.note_outcome("meta", "rejected", error=problem[:300])
             if attempt < self.repairs:
@@ -105,10 +106,11 @@ class LLMMetaAgent:
                                  f"Fix it and call write_harness again with the whole file.")
         reason = (f"no accepted harness after {tries} answer(s); the seed harness is generation 0. "
                   f"Last problem: {errors[-1] if errors else 'none'}")
-        return MetaOutcome(seed, info=self._info(client, before, tries, errors, True, reason))
+        return self._outcome(seed, client, before, tries, errors, True, reason)
 
-    def _info(self, client: LLMClient, before: dict, tries: int, errors: list[str], fell_back: bool,
-              reason: str | None) -> dict:
-        return {"agent": "llm", "model": client.settings.model, "backend": client.settings.backend,
-                "tries": tries, "errors": errors, "fell_back_to_seed": fell_back, "reason": reason,
-                "cost": cost_since(client, before)}
+    def _outcome(self, code: str, client: LLMClient, before: dict, tries: int, errors: list[str], fell_back: bool,
+                 reason: str | None) -> MetaOutcome:
+        return MetaOutcome(code, agent="llm", fell_back_to_seed=fell_back,
+                           cost=AgentCost.from_json(cost_since(client, before)),
+                           details={"model": client.settings.model, "backend": client.settings.backend,
+                                    "tries": tries, "errors": errors, "reason": reason})
