@@ -566,3 +566,20 @@ def test_the_model_configs_own_lora_targets_are_the_ones_trained(cache_dir):
     assert adapted == {"q_proj"}
     default = load_lora_model(MODEL_CFG, LORA_CFG, model_dir)
     assert {name.split(".")[-4] for name, _ in default.named_parameters() if "lora_A" in name} == set(LORA_CFG.target_modules)
+
+
+def test_equal_rewards_with_a_rounding_variance_are_no_spread_for_the_choice_grpo_and_eaw():
+    """Three equal graded rewards (0.1) have a variance of ~2e-34 from the mean's rounding: the
+    choice must not read that as spread and pick grpo, which then finds every advantage 0 (seen on
+    scrna_denoise in benchmarks/weights_algorithms.py); all three share one test."""
+    from sia.train import eaw, grpo
+
+    flat = scored({f"g{i}": [0.1, 0.1, 0.1] for i in range(8)})
+    stats = reward_stats(flat, threshold=0.05)
+    assert stats.spread_share == 0.0
+    assert choose_algorithm(stats, has_gold=False, format_rate=0, prior_shape="graded", **THRESHOLDS)[0] == "rs_sft"
+    for module in (grpo, eaw):
+        with pytest.raises(ValueError, match="share one reward"):
+            module.prepare(flat, {"scale_rewards": "group", "loss_type": "dapo", "kl_target": 0.6931})
+    small = scored({f"g{i}": [0.1, 0.1 + 1e-3, 0.1] for i in range(8)})   # a real, small difference
+    assert reward_stats(small, threshold=0.05).spread_share == 1.0

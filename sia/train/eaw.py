@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 
 from sia.train import grpo
-from sia.train.samples import Sample, group_by, indices_by_group
+from sia.train.samples import Sample, group_by, has_spread, indices_by_group
 
 BETA_MAX = 1e6
 BISECT_STEPS = 60
@@ -101,7 +101,7 @@ def prepare(samples: list[Sample], settings: dict) -> tuple[list[tuple[Sample, d
     scored = grpo._scored(samples, "eaw")
     kl_target = float(settings["kl_target"])
     advantages, betas = entropic_advantages([s.reward for s in scored], [s.group for s in scored], kl_target)
-    spread = {g for g, idx in group_by(scored).items() if len({scored[i].reward for i in idx}) > 1}
+    spread = {g for g, idx in group_by(scored).items() if has_spread([scored[i].reward for i in idx])}
     kept = [(s, {"advantage": a, "temperature": s.sampling_temperature or 0.0})
             for s, a in zip(scored, advantages) if s.group in spread]
     if not kept:

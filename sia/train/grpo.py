@@ -21,9 +21,7 @@ from __future__ import annotations
 import torch
 
 from sia.train.lora_module import LoraModule, masked_mean_per_row, reduce_tokens
-from sia.train.samples import Sample, group_by, indices_by_group
-
-STD_EPS = 1e-6
+from sia.train.samples import SPREAD_EPS, Sample, group_by, has_spread, indices_by_group
 
 
 def group_advantages(rewards: list[float], groups: list[str], scale: str) -> list[float]:
@@ -37,10 +35,10 @@ def group_advantages(rewards: list[float], groups: list[str], scale: str) -> lis
         mean = sum(values) / len(values)
         std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
         for i in indices:
-            if std < STD_EPS:
+            if not has_spread(values):
                 out[i] = 0.0
             else:
-                out[i] = (rewards[i] - mean) / (std + STD_EPS) if scale == "group" else rewards[i] - mean
+                out[i] = (rewards[i] - mean) / (std + SPREAD_EPS) if scale == "group" else rewards[i] - mean
     return out
 
 

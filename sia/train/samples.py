@@ -104,10 +104,20 @@ def reward_stats(samples: list[Sample], threshold: float = 0.0) -> RewardStats:
         positive_share=positive / n if n else 0.0,
         n_positive=positive,
         group_variance=sum(variances) / len(variances) if variances else 0.0,
-        spread_share=sum(v > 0 for v in variances) / len(variances) if variances else 0.0,
+        spread_share=sum(has_spread(v) for v in by_group.values()) / len(by_group) if by_group else 0.0,
         binary=len(set(rewards)) <= 2,
         threshold=float(threshold),
     )
+
+
+# A group whose rewards' std is below this holds one reward: three equal rewards can have a
+# variance of 1e-34 from the mean's rounding, and no group-relative advantage is taken from that.
+SPREAD_EPS = 1e-6
+
+
+def has_spread(values: list[float]) -> bool:
+    """Whether a group's rewards differ (the one test the choice, GRPO and the entropic objective share)."""
+    return _variance(values) ** 0.5 >= SPREAD_EPS
 
 
 def _variance(values: list[float]) -> float:
