@@ -32,13 +32,12 @@ def group_advantages(rewards: list[float], groups: list[str], scale: str) -> lis
     out = [0.0] * len(rewards)
     for indices in indices_by_group(groups).values():
         values = [rewards[i] for i in indices]
+        if not has_spread(values):   # equal rewards: every advantage stays 0
+            continue
         mean = sum(values) / len(values)
         std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
         for i in indices:
-            if not has_spread(values):
-                out[i] = 0.0
-            else:
-                out[i] = (rewards[i] - mean) / (std + SPREAD_EPS) if scale == "group" else rewards[i] - mean
+            out[i] = (rewards[i] - mean) / (std + SPREAD_EPS) if scale == "group" else rewards[i] - mean
     return out
 
 
