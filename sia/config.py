@@ -8,6 +8,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from sia.engine.model_cache import COMPLETE_MARKER
 from sia.train.settings import ALGORITHMS as TRAIN_ALGORITHMS, PRECISIONS, algorithm_settings, micro_batches
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -147,7 +148,7 @@ def model_hidden_size(cfg: DictConfig) -> tuple[int, str] | None:
         return _checkpoint_hidden_size(Path(str(_get(cfg, "model.path"))).expanduser())
     if source == "embedded" and _get(cfg, "model.gguf_package"):
         cached = Path(str(_get(cfg, "cache_dir") or ".")) / "models" / str(_get(cfg, "model.name"))
-        if (cached / "COMPLETE").is_file() and (found := _checkpoint_hidden_size(cached)):
+        if (cached / COMPLETE_MARKER).is_file() and (found := _checkpoint_hidden_size(cached)):
             return found
         try:
             from sia.engine.model_cache import find_packaged_gguf

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from sia.agents.decision import AUTO, Decision
+from sia.engine.model_cache import COMPLETE_MARKER
 from sia.evaluation import Workbench
 from sia.harness.contract import Job
 from sia.levers.rollouts import RolloutPlan, collect, rollout_samples, rotating_examples
@@ -63,7 +64,7 @@ class LoraLever:
         info_file, out_dir = gen_dir / "train.json", gen_dir / "adapter"
         if info_file.is_file():
             report = TrainReport.from_json(read_json(info_file))
-            if report.skipped or (out_dir / "COMPLETE").is_file():
+            if report.skipped or (out_dir / COMPLETE_MARKER).is_file():
                 return self._finish(generation, report, out_dir)
         training = decision.training
         examples = training.examples
