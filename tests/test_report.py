@@ -245,3 +245,31 @@ def test_wandb_report_is_built_offline_with_its_panels_and_queries(tmp_path, mon
     assert paired["best test 95% interval"] in text and "rules - harness_only" in text     # the paired table
     assert report["comparison"][0]["best test"] in text                                   # the t intervals
     assert "1:harness:few_shot+(+0.800/16)" in text                                      # the decisions
+
+
+def test_a_resumed_sweeps_earlier_jobs_are_attempts_of_its_runs_not_more_runs(tmp_path):
+    """Rerunning a sweep's command resumes its run dirs with new jobs; the report counts runs, not
+    jobs: the earlier jobs are listed under the run they worked on, and a job that never started its
+    run is one row however many times it was submitted."""
+    from submitit.core.utils import DelayedSubmission
+
+    _fake_run(tmp_path, "0_legal_charge_rules_s0", "rules", 0, (0.1, 0.1), (0.9, 0.8))
+    (tmp_path / "0_legal_charge_rules_s0" / ".hydra").mkdir()
+    (tmp_path / "0_legal_charge_rules_s0" / ".hydra" / "hydra.yaml").write_text("hydra:\n  job:\n    id: '115_0'\n")
+    for array in ("93", "115"):
+        for index, seed in ((0, 0), (1, 1)):
+            job = f"{array}_{index}"
+            folder = tmp_path / ".submitit" / job
+            folder.mkdir(parents=True)
+            DelayedSubmission(print, [f"seed={seed}", "feedback=rules", "task=legal_charge"]).dump(
+                folder / f"{job}_submitted.pkl")
+            (folder / f"{job}_0_log.err").write_text(
+                f"slurmstepd-vm: error: *** JOB {job} ON vm CANCELLED AT 2026-12-01T10:00:00 ***\n")
+    report = build_report(tmp_path, use_sacct=False)
+    (group,) = [r for r in report["comparison"] if r["feedback"] == "rules"]
+    assert group["runs"] == "1/2"                       # one finished run of two, not 1 of 4 jobs
+    rows = [(r["job"], r["run"], r["status"]) for r in report["job_rows"]]
+    assert rows[:2] == [("115_0", "0_legal_charge_rules_s0", "finished"),
+                        ("93_0", "0_legal_charge_rules_s0", "cancelled")]
+    assert [job for job, _, _ in rows[2:]] == ["115_1", "93_1"]     # newest first: 115 after 93 as numbers
+    assert "its latest job is 115_1" in report["job_rows"][3]["detail"]

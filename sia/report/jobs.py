@@ -105,6 +105,10 @@ def _from_slurm(job: submitit.SlurmJob, err: str, detail: str) -> tuple[str, str
     if state == "UNKNOWN":
         return None
     status = SLURM_WORDS.get(state, state.lower())
+    if status == "pending" and job.paths.stderr.exists():
+        # started (its log exists): sacct's array record (e.g. 138_[2-5%6] PENDING), which submitit
+        # spreads over every index in the range, can outlive the task's own RUNNING row
+        status = "running"
     if status == "cancelled":
         return status, "cancelled (scancel or an administrator)"
     if status in ("running", "pending", "requeued"):
@@ -125,6 +129,11 @@ def _index(job_id: str) -> int | None:
     return int(index) if index and index.isdigit() else None
 
 
+def _array_number(job_id: str) -> tuple[int, str]:
+    head = job_id.split("_")[0]
+    return (int(head), head) if head.isdigit() else (-1, head)   # 93 before 115, as submitted
+
+
 def read_jobs(sweep_dir: Path, use_sacct: bool = True) -> list[Job]:
     """Every submitted job under ``sweep_dir/.submitit``; ``use_sacct=False`` reads results and logs
     alone (another machine, accounting purged)."""
@@ -143,5 +152,5 @@ def read_jobs(sweep_dir: Path, use_sacct: bool = True) -> list[Job]:
             status, detail = _from_slurm(job, err, detail) or (status, detail)
         jobs.append(Job(job_id=job.job_id, folder=job.paths.folder, index=_index(job.job_id),
                         status=status, detail=detail, overrides=_overrides(job)))
-    jobs.sort(key=lambda j: (j.job_id.split("_")[0], j.index if j.index is not None else -1))
+    jobs.sort(key=lambda j: (_array_number(j.job_id), j.index if j.index is not None else -1))
     return jobs

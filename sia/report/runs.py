@@ -35,6 +35,7 @@ class Run:
     detail: str = ""                           # error text or where an unfinished run stands
     swept: dict[str, str] = field(default_factory=dict)
     choices: dict[str, str] = field(default_factory=dict)   # config group -> option (hydra runtime.choices)
+    earlier_jobs: list = field(default_factory=list)        # report.jobs.Job: earlier attempts a later job resumed
 
     @property
     def finished(self) -> bool:

@@ -44,21 +44,42 @@ def attach_jobs(runs: list[R.Run], jobs: list[Job], sweep_dir: Path) -> list[R.R
             continue
         matched.add(job.job_id)
         run.job_id = job.job_id
-        if not run.finished and job.status not in ("completed", "unknown"):
+        if job.status == "running" and run.state is not None:
+            run.status, run.detail = "running", f"at generation {run.state.next_generation}"
+        elif not run.finished and job.status not in ("completed", "unknown"):
             run.status, run.detail = job.status, job.detail or run.detail
+    # a resumed sweep's earlier jobs ran the same run dirs (same Hydra job number, same task, feedback
+    # and seed); the run dir names only its latest job, so the earlier ones are attempts, not runs
+    by_number = {r.name.split("_", 1)[0]: r for r in runs if r.path.parent == sweep_dir}
     extra = []
-    for job in jobs:
+    unstarted: dict[tuple, R.Run] = {}       # (job number, overrides) -> the latest job that made no run dir
+    for job in reversed(jobs):               # the newest first: it is the run, older ones its attempts
         if job.job_id in matched:
             continue
         overrides = dict(o.lstrip("+~").replace("/", ".").split("=", 1) for o in job.overrides if "=" in o)
+        resumed = by_number.get(str(job.index)) if job.index is not None else None
+        if resumed is not None and _same_run(resumed, overrides):
+            resumed.earlier_jobs.append(job)
+            continue
+        key = (job.index, tuple(sorted(overrides.items())))
+        if job.index is not None and key in unstarted:
+            unstarted[key].earlier_jobs.append(job)
+            continue
         seed = overrides.get("seed")
         extra.append(R.Run(path=job.folder, task=overrides.get("task"), feedback=overrides.get("feedback"),
                            seed=int(seed) if seed and seed.isdigit() else None, overrides=overrides,
                            job_id=job.job_id, state=None, summary=None, status=job.status,
                            detail=job.detail or "no run dir: the job never started the run"))
+        unstarted[key] = extra[-1]
+    extra.reverse()
     out = runs + extra
     R.mark_swept(out)
     return out
+
+
+def _same_run(run: R.Run, overrides: dict[str, str]) -> bool:
+    ours = {"task": run.task, "feedback": run.feedback, "seed": None if run.seed is None else str(run.seed)}
+    return all(overrides[k] == v for k, v in ours.items() if k in overrides and v is not None)
 
 
 def group_runs(runs: list[R.Run]) -> list[Group]:
@@ -184,6 +205,9 @@ def job_rows(runs: list[R.Run]) -> list[dict]:
         rows.append({"job": run.job_id or "-", "run": run.name, "feedback": run.feedback or "?",
                      "seed": "-" if run.seed is None else str(run.seed), "swept": swept or "-",
                      "status": run.status, "detail": (run.detail or "").replace("|", "/")})
+        for job in run.earlier_jobs:
+            rows.append({**rows[-1], "job": job.job_id, "status": job.status,
+                         "detail": f"an earlier attempt of this run; its latest job is {run.job_id or '?'}"})
     return rows
 
 
