@@ -13,7 +13,7 @@ these protocols when it is built, so a part that lacks one fails at assembly, na
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, runtime_checkable
 
@@ -21,6 +21,7 @@ from sia.agents.decision import AgentCost, Decision
 from sia.evaluation import SplitScores
 from sia.harness.contract import Job, JobResult
 from sia.keep import KeepSettings
+from sia.records import split_fields
 from sia.tasks import Example, Task
 
 MIN_ROLLOUT_EXAMPLES = 2     # the smallest rollout a weight update runs (and a time plan shrinks to)
@@ -147,8 +148,7 @@ class TrainReport:
     @classmethod
     def from_json(cls, data: dict) -> "TrainReport":
         """Reads any ``train.json`` (an older one lacks some keys: their defaults)."""
-        names = {f.name for f in fields(cls)}
-        known = {k: v for k, v in data.items() if k in names and v is not None}
+        known = {k: v for k, v in split_fields(cls, data)[0].items() if v is not None}
         return cls(**{**known, "algorithm": data.get("algorithm"), "skipped": data.get("skipped")})
 
 

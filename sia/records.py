@@ -12,7 +12,9 @@ from typing import Any
 STATE_VERSION = 2
 
 
-def _known(cls, data: dict) -> tuple[dict, dict]:
+def split_fields(cls, data: dict) -> tuple[dict, dict]:
+    """(the keys of ``data`` that are fields of dataclass ``cls``, the rest): reads a record an older or
+    newer release wrote, whose keys differ from today's."""
     names = {f.name for f in fields(cls)}
     return {k: v for k, v in data.items() if k in names}, {k: v for k, v in data.items() if k not in names}
 
@@ -27,7 +29,7 @@ class Incumbent:
 
     @classmethod
     def from_json(cls, data: dict | None) -> "Incumbent | None":
-        return None if data is None else cls(**_known(cls, data)[0])
+        return None if data is None else cls(**split_fields(cls, data)[0])
 
 
 @dataclass
@@ -79,7 +81,7 @@ class GenerationRecord:
 
     @classmethod
     def from_json(cls, data: dict) -> "GenerationRecord":
-        known, extra = _known(cls, data)
+        known, extra = split_fields(cls, data)
         known.setdefault("extra", {})
         known["extra"] = {**known["extra"], **extra}
         return cls(**{k: v for k, v in known.items()})

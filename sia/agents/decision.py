@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 from sia.agents.digest import Digest
+from sia.records import split_fields
 
 ACTIONS = ("harness", "weights", "stop")
 AUTO = "auto"     # the weights lever picks the algorithm from the rollout's reward statistics
@@ -63,8 +64,7 @@ class AgentCost:
 
     @classmethod
     def from_json(cls, data: dict | None) -> "AgentCost":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in (data or {}).items() if k in names})
+        return cls(**split_fields(cls, data or {})[0])
 
 
 @dataclass
