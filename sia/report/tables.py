@@ -50,16 +50,19 @@ def attach_jobs(runs: list[R.Run], jobs: list[Job], sweep_dir: Path) -> list[R.R
             run.status, run.detail = job.status, job.detail or run.detail
     # a resumed sweep's earlier jobs ran the same run dirs (same Hydra job number, same task, feedback
     # and seed); the run dir names only its latest job, so the earlier ones are attempts, not runs
-    by_number = {r.name.split("_", 1)[0]: r for r in runs if r.path.parent == sweep_dir}
+    by_number: dict[str, list[R.Run]] = {}
+    for r in runs:
+        if r.path.parent == sweep_dir:
+            by_number.setdefault(r.name.split("_", 1)[0], []).append(r)
     extra = []
     unstarted: dict[tuple, R.Run] = {}       # (job number, overrides) -> the latest job that made no run dir
     for job in reversed(jobs):               # the newest first: it is the run, older ones its attempts
         if job.job_id in matched:
             continue
         overrides = dict(o.lstrip("+~").replace("/", ".").split("=", 1) for o in job.overrides if "=" in o)
-        resumed = by_number.get(str(job.index)) if job.index is not None else None
-        if resumed is not None and _same_run(resumed, overrides):
-            resumed.earlier_jobs.append(job)
+        resumed = [r for r in by_number.get(str(job.index), []) if _same_run(r, overrides)]
+        if len(resumed) == 1:
+            resumed[0].earlier_jobs.append(job)
             continue
         key = (job.index, tuple(sorted(overrides.items())))
         if job.index is not None and key in unstarted:
