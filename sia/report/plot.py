@@ -1,6 +1,7 @@
 """report.png: left, the incumbent's val score per generation for every group (mean line, band
 from the lowest to the highest seed, each seed's decisions marked at its candidate's val score);
-right, test at the best generation (mean bar, 95% t interval over seeds, one dot per seed)."""
+right, test at the best generation (mean bar, 95% t interval over seeds, one dot per seed). The best
+non-LLM baseline of the runs' own task is a dashed line on both, where all runs share one task."""
 from __future__ import annotations
 
 import os
@@ -8,7 +9,7 @@ import statistics
 from pathlib import Path
 
 from sia.report import runs as R
-from sia.report.tables import Group, t_interval
+from sia.report.tables import Group, best_baseline, t_interval
 
 MARKERS = {"seed": "o", "harness": "s", "weights": "^", "stop": "x", "invalid": "X"}
 
@@ -63,6 +64,14 @@ def plot_report(groups: list[Group], path: Path, title: str) -> dict[str, list[s
                         yerr=None if n < 2 else half, capsize=5, ecolor="black")
             ax_test.scatter([i] * len(best_tests), best_tests, color=color, edgecolors="black", zorder=3, s=26)
             labels["test"].append(group.label)
+    baseline = best_baseline([r for g in drawn for r in g.finished])
+    if baseline is not None and len({g.task for g in drawn}) == 1:
+        name, val, test = baseline
+        ax.axhline(val, ls="--", color="gray", lw=1.2, label=f"best baseline: {name}")
+        labels["val"].append(f"best baseline: {name}")
+        if test is not None:
+            ax_test.axhline(test, ls="--", color="gray", lw=1.2)
+            labels["test"].append(f"best baseline: {name}")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("generation")
     ax.set_ylabel(f"val {metric} (incumbent)")
@@ -76,7 +85,8 @@ def plot_report(groups: list[Group], path: Path, title: str) -> dict[str, list[s
     ax.legend(handles=decision_keys, loc="upper left", fontsize=7, ncol=3, frameon=False)
     ax_test.set_xticks(range(len(drawn)), [g.label for g in drawn], rotation=20, ha="right", fontsize=8)
     ax_test.set_ylabel(f"test {metric}")
-    ax_test.set_title("test at the best generation\n(bar = mean, whisker = 95% t interval, dots = seeds)", fontsize=9)
+    ax_test.set_title("test at the best generation\n(bar = mean, whisker = 95% t interval,\ndots = seeds, dashed = best baseline)",
+                      fontsize=9)
     ax_test.grid(alpha=0.3, axis="y")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()

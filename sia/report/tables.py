@@ -119,21 +119,28 @@ def _pm(stat: tuple[float, float, int] | None, digits: int = 3) -> str:
     return f"{mean:.{digits}f} ± {half:.{digits}f}"
 
 
-def _best_baseline(runs: list[R.Run]) -> str:
-    """The best non-LLM baseline by val (its val / test), as the runs' summaries report it."""
+def best_baseline(runs: list[R.Run]) -> tuple[str, float, float | None] | None:
+    """The best non-LLM baseline by val, as the runs' summaries report it: (name, mean val, mean test)."""
     found = {}
     for run in runs:
         for name, b in ((run.summary or {}).get("baselines") or {}).items():
             if isinstance(b, dict) and b.get("val") is not None:
                 found.setdefault(name, []).append((b["val"], b.get("test")))
     if not found:
-        return "-"
+        return None
     direction = next((R.direction(r) for r in runs if r.summary), "max")
     pick = max if direction == "max" else min
     name = pick(found, key=lambda k: statistics.fmean(v for v, _ in found[k]))
-    val = statistics.fmean(v for v, _ in found[name])
     tests = [t for _, t in found[name] if t is not None]
-    return f"{name} {val:.3f} / {statistics.fmean(tests):.3f}" if tests else f"{name} {val:.3f} / -"
+    return name, statistics.fmean(v for v, _ in found[name]), statistics.fmean(tests) if tests else None
+
+
+def _best_baseline(runs: list[R.Run]) -> str:
+    best = best_baseline(runs)
+    if best is None:
+        return "-"
+    name, val, test = best
+    return f"{name} {val:.3f} / {'-' if test is None else f'{test:.3f}'}"
 
 
 def comparison_rows(groups: list[Group]) -> list[dict]:
