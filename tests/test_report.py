@@ -284,3 +284,17 @@ def test_report_figure_draws_the_best_baseline_of_the_task_on_both_panels(tmp_pa
     _fake_run(tmp_path, "other_task", "rules", 0, (0.1, 0.1), (0.5, 0.5), task="sql_qa")
     mixed = plot_report(build_report(tmp_path, use_sacct=False)["groups"], tmp_path / "m.png", "t")
     assert not any("baseline" in label for label in mixed["val"] + mixed["test"])   # no one task's line
+
+
+def test_report_written_elsewhere_names_the_sweep_command_that_made_it(tmp_path):
+    """``--out`` puts report.md/png where docs live; the md says which sweep and report commands made it."""
+    _fabricated(tmp_path / "sweep")
+    (tmp_path / "sweep" / "multirun.yaml").write_text(
+        "hydra:\n  overrides:\n    hydra: [hydra/launcher=slurm_local, hydra.sweep.dir=sweep]\n"
+        "    task: [+sweep=ablation, task=legal_charge]\n")
+    assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "docs"), "--no-wandb-offline"]) == 0
+    md = (tmp_path / "docs" / "report.md").read_text()
+    assert ("Sweep: `python -m sia -m +sweep=ablation task=legal_charge hydra/launcher=slurm_local "
+            "hydra.sweep.dir=sweep`") in md
+    assert (tmp_path / "docs" / "report.png").stat().st_size > 0 and "](report.png)" in md
+    assert not (tmp_path / "sweep" / "report.md").exists()

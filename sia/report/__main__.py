@@ -3,7 +3,7 @@
 Groups runs by task, feedback (feedback.name) and every swept key, pools the seeds, and prints
 the comparison, the per-generation decisions and each SLURM job's fate (cancelled and failed
 jobs included, read from submitit's job folders). Writes ``report.md`` and ``report.png`` in
-the folder, and W&B Tables into the runs' offline W&B runs; ``--wandb`` publishes online too.
+the folder (or ``--out``), and W&B Tables into the runs' offline W&B runs; ``--wandb`` publishes online too.
 """
 from __future__ import annotations
 
@@ -27,11 +27,21 @@ def build_report(folder: Path, use_sacct: bool = True) -> dict:
             "paired": paired_rows(groups), "decisions": decision_rows(groups), "job_rows": job_rows(runs)}
 
 
-def write_markdown(report: dict, folder: Path, png: Path | None) -> Path:
+def sweep_command(folder: Path) -> str | None:
+    """The command line of the newest sweep launched into ``folder`` (Hydra's multirun.yaml), as typed."""
+    overrides = R.dig(R.read_yaml(folder / "multirun.yaml"), "hydra.overrides")
+    if not isinstance(overrides, dict):
+        return None
+    words = [str(o) for o in (overrides.get("task") or []) + (overrides.get("hydra") or [])]
+    return "python -m sia -m " + " ".join(words)
+
+
+def write_markdown(report: dict, out: Path, png: Path | None, title: str, command: str | None = None) -> Path:
     metric = next((R.metric_name(r) for r in report["runs"] if r.summary), "score")
     direction = next((R.direction(r) for r in report["runs"] if r.summary), "max")
     better = "higher" if direction == "max" else "lower"
-    text = [f"# SIA report: {folder}\n",
+    made = [f"Sweep: `{command}`; report: `python -m sia.report {title}`.\n\n"] if command else []
+    text = [f"# SIA report: {title}\n\n", *made,
             f"Primary metric: {metric} ({better} is better); mean ± the half-width of its 95% t interval over "
             f"the finished seeds ((n=1): one seed, no interval). Best baseline: the non-LLM baseline with the "
             f"best val, its val / test.\n",
@@ -47,7 +57,7 @@ def write_markdown(report: dict, folder: Path, png: Path | None) -> Path:
             "\n## Runs and jobs\n", markdown_table(report["job_rows"])]
     if png is not None:
         text.append(f"\n![incumbent val per generation and test at the best generation]({png.name})\n")
-    path = folder / "report.md"
+    path = out / "report.md"
     path.write_text("".join(text), encoding="utf-8")
     return path
 
@@ -58,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wandb", action="store_true", help="also publish the report to W&B online")
     parser.add_argument("--no-wandb-offline", action="store_true",
                         help="do not write the tables into the runs' offline W&B runs")
+    parser.add_argument("--out", type=Path, help="write report.md and report.png here (default: the folder)")
     parser.add_argument("--no-sacct", action="store_true", help="read job states from submitit's logs only")
     args = parser.parse_args(argv)
     folder = args.folder.resolve()
@@ -70,11 +81,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sia.report: no runs under {folder} (no state.json, .hydra/ or .submitit/ job folders); "
               f"pass the folder a sweep or run wrote", file=sys.stderr)
         return 2
+    out = (args.out or folder).resolve()
+    out.mkdir(parents=True, exist_ok=True)
     png = None
     if any(g.finished for g in report["groups"]):
-        png = folder / "report.png"
+        png = out / "report.png"
         plot_report(report["groups"], png, f"SIA report: {folder.name}")
-    md = write_markdown(report, folder, png)
+    md = write_markdown(report, out, png, str(args.folder), sweep_command(folder))
     print_tables(f"SIA report: {folder}", [("comparison (mean ± 95% t half-width over seeds)", report["comparison"]),
                                             (f"paired by seed: each feedback minus {BASELINE}", report["paired"]),
                                             ("decisions per generation (+ kept, - rejected, ! failed)",

@@ -53,7 +53,7 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def _read_yaml(path: Path) -> Any:
+def read_yaml(path: Path) -> Any:
     try:
         return yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError):
@@ -70,7 +70,7 @@ def load_state(path: Path) -> RunState | None:
         return None
 
 
-def _dig(data: dict | None, dotted: str) -> Any:
+def dig(data: dict | None, dotted: str) -> Any:
     for part in dotted.split("."):
         if not isinstance(data, dict):
             return None
@@ -79,7 +79,7 @@ def _dig(data: dict | None, dotted: str) -> Any:
 
 
 def _overrides(path: Path) -> dict[str, str]:
-    items = _read_yaml(path / ".hydra" / "overrides.yaml") or []
+    items = read_yaml(path / ".hydra" / "overrides.yaml") or []
     out = {}
     for item in items:
         key, _, value = str(item).partition("=")
@@ -88,17 +88,17 @@ def _overrides(path: Path) -> dict[str, str]:
 
 
 def read_run(path: Path) -> Run:
-    config = _read_yaml(path / "config.yaml") or {}
-    hydra_cfg = _read_yaml(path / ".hydra" / "config.yaml") or {}
+    config = read_yaml(path / "config.yaml") or {}
+    hydra_cfg = read_yaml(path / ".hydra" / "config.yaml") or {}
     cfg = config or hydra_cfg
     overrides = _overrides(path)
     summary = _read_json(path / "summary.json")
-    hydra_yaml = _read_yaml(path / ".hydra" / "hydra.yaml")
-    job = _dig(hydra_yaml, "hydra.job.id")
-    choices = {str(k).replace("/", "."): str(v) for k, v in (_dig(hydra_yaml, "hydra.runtime.choices") or {}).items()}
-    seed = _dig(cfg, "seed")
-    run = Run(path=path, task=_dig(cfg, "task.name") or (summary or {}).get("task"),
-              feedback=_dig(cfg, "feedback.name") or (summary or {}).get("feedback") or overrides.get("feedback"),
+    hydra_yaml = read_yaml(path / ".hydra" / "hydra.yaml")
+    job = dig(hydra_yaml, "hydra.job.id")
+    choices = {str(k).replace("/", "."): str(v) for k, v in (dig(hydra_yaml, "hydra.runtime.choices") or {}).items()}
+    seed = dig(cfg, "seed")
+    run = Run(path=path, task=dig(cfg, "task.name") or (summary or {}).get("task"),
+              feedback=dig(cfg, "feedback.name") or (summary or {}).get("feedback") or overrides.get("feedback"),
               seed=int(seed) if isinstance(seed, int) else None, overrides=overrides,
               job_id=None if job in (None, "", "???") or str(job).startswith("job_id_for_") else str(job),
               state=load_state(path), summary=summary, config=cfg, choices=choices)
@@ -138,7 +138,7 @@ def _value(run: Run, key: str) -> str:
         return run.overrides[key]
     if key in run.choices:
         return run.choices[key]
-    value = _dig(run.config, key)
+    value = dig(run.config, key)
     if isinstance(value, dict):          # a config group node (model.engine): its name
         value = value.get("name", "?")
     return "-" if value is None else str(value)
