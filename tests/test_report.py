@@ -295,6 +295,7 @@ def test_report_written_elsewhere_names_the_sweep_command_that_made_it(tmp_path)
     assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "docs"), "--no-wandb-offline"]) == 0
     md = (tmp_path / "docs" / "report.md").read_text()
     assert ("Sweep: `python -m sia -m +sweep=ablation task=legal_charge hydra/launcher=slurm_local "
-            "hydra.sweep.dir=sweep`") in md
+            f"hydra.sweep.dir=sweep`; report: `python -m sia.report {tmp_path / 'sweep'} --out {tmp_path / 'docs'} "
+            "--no-wandb-offline`") in md
     assert (tmp_path / "docs" / "report.png").stat().st_size > 0 and "](report.png)" in md
     assert not (tmp_path / "sweep" / "report.md").exists()

@@ -36,15 +36,16 @@ def sweep_command(folder: Path) -> str | None:
     return "python -m sia -m " + " ".join(words)
 
 
-def write_markdown(report: dict, out: Path, png: Path | None, title: str, command: str | None = None) -> Path:
+def write_markdown(report: dict, out: Path, png: Path | None, title: str, command: str | None = None,
+                   report_command: str = "") -> Path:
     metric = next((R.metric_name(r) for r in report["runs"] if r.summary), "score")
     direction = next((R.direction(r) for r in report["runs"] if r.summary), "max")
     better = "higher" if direction == "max" else "lower"
-    made = [f"Sweep: `{command}`; report: `python -m sia.report {title}`.\n\n"] if command else []
+    made = [f"Sweep: `{command}`; report: `{report_command}`.\n\n"] if command else []
     text = [f"# SIA report: {title}\n\n", *made,
             f"Primary metric: {metric} ({better} is better); mean ± the half-width of its 95% t interval over "
             f"the finished seeds ((n=1): one seed, no interval). Best baseline: the non-LLM baseline with the "
-            f"best val, its val / test.\n",
+            f"best val, its val / test.\n\n",
             "## Comparison\n", markdown_table(report["comparison"]),
             f"\n## Paired by seed: each feedback minus {BASELINE}\n",
             "Differences on the same seeds (best val; test at the best generation): mean ± 95% t half-width, "
@@ -87,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     if any(g.finished for g in report["groups"]):
         png = out / "report.png"
         plot_report(report["groups"], png, f"SIA report: {folder.name}")
-    md = write_markdown(report, out, png, str(args.folder), sweep_command(folder))
+    typed = "python -m sia.report " + " ".join(sys.argv[1:] if argv is None else argv)
+    md = write_markdown(report, out, png, str(args.folder), sweep_command(folder), typed)
     print_tables(f"SIA report: {folder}", [("comparison (mean ± 95% t half-width over seeds)", report["comparison"]),
                                             (f"paired by seed: each feedback minus {BASELINE}", report["paired"]),
                                             ("decisions per generation (+ kept, - rejected, ! failed)",
