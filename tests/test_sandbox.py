@@ -496,3 +496,33 @@ def test_a_harness_filling_its_scratch_stops_at_the_limit_and_the_run_goes_on(tm
     assert on_disk == [0]                                    # none of it ever reached the disk
     assert after.error is None and after.answer == "still running"
     assert not os.listdir(scratch_root)
+
+
+SLEEP_OR_SPIN = '''
+import time
+
+def solve(inputs, ctx):
+    end = time.monotonic() + inputs["seconds"]
+    if inputs["mode"] == "sleep":
+        time.sleep(inputs["seconds"])
+    while inputs["mode"] == "spin" and time.monotonic() < end:
+        pass
+    return inputs["mode"]
+'''
+
+
+def test_the_example_timeout_counts_cpu_time_not_wall_time(tmp_path):
+    """A job that waits 2 s without computing passes a 1-s limit (a loaded machine stretches wall
+    time, not CPU time); one that would compute for 20 s is stopped after 1 s of CPU; one that
+    would sleep 20 s is stopped by the 3x wall backstop."""
+    harness = write(tmp_path, "h.py", SLEEP_OR_SPIN)
+    jobs = [Job(id="sleeps", inputs={"mode": "sleep", "seconds": 2.0}),
+            Job(id="spins", inputs={"mode": "spin", "seconds": 20.0}),
+            Job(id="sleeps-too-long", inputs={"mode": "sleep", "seconds": 20.0})]
+    with HarnessPool(FakeEngine(), workers=1, example_timeout_s=1.0, scratch_root=str(tmp_path / "s")) as pool:
+        slept, spun, slept_long = pool.run(harness, jobs, {}, {}, progress=False)
+    assert slept.error is None and slept.answer == "sleep" and slept.wall_s >= 2.0
+    assert spun.error["kind"] == "timeout" and "of CPU time" in spun.error["message"]
+    assert 1.0 <= spun.wall_s < 20.0
+    assert slept_long.error["kind"] == "timeout" and "3 s of wall time" in slept_long.error["message"]
+    assert 3.0 <= slept_long.wall_s < 20.0

@@ -29,6 +29,8 @@ POLL_S = 0.5                # upper bound on a select(): notice dead workers pro
 MIN_STARTUP_S = 30.0        # interpreter start + harness import, on a loaded machine
 WARMUP_WAIT_S = 5.0         # hold the first jobs until the first workers are all up (or this passes)
 LEFTOVER_SETTLE_S = 0.2     # a thread joined just before the reply may still be exiting: look again
+CPU_CHECK_S = 0.25          # how often a busy worker's CPU time is read (a /proc scan of its processes)
+WALL_BACKSTOP = 3.0         # x the example timeout: a job that waits on something other than the model
 ERROR_KINDS = set(get_args(ErrorKind))
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,7 @@ class Session:
         self.layers: dict | None = None
         self.jobs: list[Job] = []
         self.held_objects = 0     # decoded size of the results kept so far in this run
+        self.cpu_checked = 0.0    # when busy workers' CPU time was last read
         self.held_bytes = 0
 
     # -- worker processes ------------------------------------------------------------------
@@ -253,11 +256,21 @@ class Session:
     # -- the loop --------------------------------------------------------------------------
 
     def check_deadlines(self, now: float) -> None:
+        # The example timeout counts the job's CPU time, so a harness's fate does not depend on how
+        # loaded the machine is (two runs of one seed score alike); wall time (model waits not
+        # counted) is only a backstop for a job that sleeps or blocks.
         timeout = self.pool.example_timeout_s
         startup = max(timeout, MIN_STARTUP_S)
+        read_cpu = now - self.cpu_checked >= CPU_CHECK_S
+        if read_cpu:
+            self.cpu_checked = now
         for w in self.live_workers():
-            if w.state == "busy" and w.compute_s(now) >= timeout:
-                self.fail_worker(w, "timeout", f"no answer after {timeout:g} s (not counting time waiting for the model)")
+            if w.state == "busy" and read_cpu and w.cpu_s() >= timeout:
+                self.fail_worker(w, "timeout", f"no answer after {timeout:g} s of CPU time "
+                                               "(time waiting for the model not counted)")
+            elif w.state == "busy" and w.compute_s(now) >= WALL_BACKSTOP * timeout:
+                self.fail_worker(w, "timeout", f"no answer after {WALL_BACKSTOP * timeout:g} s of wall time "
+                                               "(model waits not counted): it waited on something else")
             elif w.state == "starting" and now - w.started >= startup:
                 self.fail_worker(w, "import", f"the worker did not import the harness within {startup:g} s")
             elif w.child.poll() is not None:
@@ -270,7 +283,7 @@ class Session:
             timeout = min(timeout, due - now)
         for w in self.workers:
             if w.state == "busy":
-                timeout = min(timeout, self.pool.example_timeout_s - w.compute_s(now))
+                timeout = min(timeout, WALL_BACKSTOP * self.pool.example_timeout_s - w.compute_s(now))
         return max(timeout, 0.0)
 
     def step(self) -> None:

@@ -77,6 +77,24 @@ def children_of(pid: int) -> list[int]:
         return []
 
 
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used by ``pid`` and its descendants, the finished ones its
+    processes waited for included; 0.0 once it is gone."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for proc in procs:
+        try:
+            t = proc.cpu_times()
+        except psutil.Error:      # ended between the listing and the read
+            continue
+        total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
 def thread_count(pid: int) -> int:
     try:
         return psutil.Process(pid).num_threads()

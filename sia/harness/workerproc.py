@@ -14,7 +14,7 @@ import time
 
 from sia.harness import protocol
 from sia.harness.sandbox import SIA_DIR, scrubbed_env
-from sia.harness.supervisor import Child
+from sia.harness.supervisor import Child, tree_cpu_s
 
 STDERR_TAIL_BYTES = 8192
 
@@ -44,12 +44,18 @@ class Worker:
         self.job = index
         self.job_id = job_id
         self.job_start = time.monotonic()
+        self.job_cpu_start = tree_cpu_s(self.child.pid) if index is not None else 0.0
         self.llm_s = 0.0
         self.wait_start = 0.0
         self.llm_calls = 0
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.served: list[dict] = []   # the job's model calls as the parent saw them
+
+    def cpu_s(self) -> float:
+        """CPU seconds the worker's processes spent on the current job: what the example timeout
+        counts, the same on an idle machine and a loaded one (wall time is not)."""
+        return tree_cpu_s(self.child.pid) - self.job_cpu_start
 
     def compute_s(self, now: float) -> float:
         """Wall time of the current job minus the time spent waiting for the engine."""

@@ -210,7 +210,7 @@ def run_facts_text(facts: dict | None, budget_left: dict | None) -> str:
         rows.append(f"- task model: {f['model']}" + (f", context {f['context']} tokens" if f.get("context")
                                                                else ""))
     caps = [f"{f[k]} {label}" for k, label in (("max_llm_calls", "model calls"), ("max_new_tokens",
-            "new tokens per call by default"), ("example_timeout_s", "s per example (model time not counted)"),
+            "new tokens per call by default"), ("example_timeout_s", "CPU s per example (model time not counted)"),
             ("memory_mb", "MB memory per worker")) if f.get(k)]
     if caps:
         rows.append("- per example the harness gets at most: " + ", ".join(caps))
