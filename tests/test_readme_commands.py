@@ -39,6 +39,14 @@ RESUME_MORE = f"python -m sia resume={RUN_DIR} budget.wall_clock_minutes=60"
 SWEEP_LOCAL = "python -m sia -m +sweep=ablation hydra/launcher=slurm_local budget=smoke"
 SWEEP_GPU = ("python -m sia -m +sweep=ablation hydra/launcher=slurm hydra.launcher.partition=gpu model=gpt_oss_20b "
              "lora.rank=32 lora.activation_checkpointing=true task=legal_charge task.data.path=/data/lawbench.json")
+ABLATION_SWEEPS = [   # the README's Results: the sweeps behind docs/ablations/
+    "python -m sia -m +sweep=ablation hydra/launcher=slurm_local task=legal_charge feedback=rules,harness_only "
+    "budget.wall_clock_minutes=30 hydra.sweep.dir=multirun/ablation_legal_charge",
+    "python -m sia -m +sweep=ablation hydra/launcher=slurm_local task=sql_qa budget.wall_clock_minutes=15 "
+    "hydra.sweep.dir=multirun/ablation_sql_qa",
+    "python -m sia -m +sweep=ablation hydra/launcher=slurm_local task=scrna_denoise feedback=rules,harness_only "
+    "budget.wall_clock_minutes=15 hydra.sweep.dir=multirun/ablation_scrna_denoise"]
+REPORT_DOCS = "python -m sia.report multirun/ablation_sql_qa --out docs/ablations/sql_qa"
 REPORT = "python -m sia.report multirun/2026-12-01/18-00-00"
 REPORT_WANDB = "python -m sia.report multirun/2026-12-01/18-00-00 --wandb"   # publishing needs a login: built offline
 VLLM = ".venv-vllm/bin/python -m sia model.engine=vllm budget=smoke"
@@ -89,6 +97,8 @@ COMMANDS = {
                                          r"^model\.device='cuda' but this machine has no usable CUDA device")),
     SWEEP_LOCAL: Command(HERE + "test_slurm_sweep_and_report_commands"),
     REPORT: Command(HERE + "test_slurm_sweep_and_report_commands"),
+    **{line: Command(HERE + "test_slurm_sweep_and_report_commands") for line in ABLATION_SWEEPS},
+    REPORT_DOCS: Command("tests/test_report.py::test_report_written_elsewhere_names_the_sweep_command_that_made_it"),
     REPORT_WANDB: Command("tests/test_report.py::test_wandb_report_is_built_offline_with_its_panels_and_queries"),
     VLLM: Command("tests/test_vllm.py::test_readme_vllm_smoke_command"),
     MEMORY_PLAN: Command(HERE + "test_memory_plan_command"),
