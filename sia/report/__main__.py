@@ -28,7 +28,8 @@ def build_report(folder: Path, use_sacct: bool = True) -> dict:
 
 
 def sweep_command(folder: Path) -> str | None:
-    """The command line of the newest sweep launched into ``folder`` (Hydra's multirun.yaml), as typed."""
+    """The command line of the newest sweep launched into ``folder``, from Hydra's multirun.yaml (the
+    same overrides as typed, the job's before Hydra's own)."""
     overrides = R.dig(R.read_yaml(folder / "multirun.yaml"), "hydra.overrides")
     if not isinstance(overrides, dict):
         return None
