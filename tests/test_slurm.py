@@ -99,7 +99,9 @@ def test_job_hitting_its_time_limit_is_resubmitted_and_finishes(work_dir):
     folder = job_folders(sweep_dir)[0]
     log = "".join(p.read_text() for p in folder.glob("*_log.*"))
     assert out.returncode == 0, out.stderr[-2000:] + log[-3000:]
-    assert "this job is timed-out" in log and "Requeued job" in log, log[-3000:]
+    # submitit's own "Requeued job" line can be lost: SLURM stops the step as soon as the requeue is
+    # asked for, before the handler logs it; sacct below is the record of the requeue
+    assert "this job is timed-out" in log, log[-3000:]
     attempts = [state for _, state in sacct_settled(folder.name, duplicates=True)]
     assert "REQUEUED" in attempts and attempts[-1] == "COMPLETED", attempts
     run = _run_dirs(sweep_dir)[0]
